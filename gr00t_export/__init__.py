@@ -1,0 +1,3 @@
+"""gr00t-export: a staged compiler for GR00T N1.5 policies."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,32 @@
+"""Shared fixtures: the real NVIDIA data lives in ../shared/data beside the checkout, never in the repo."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (it lives in ../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pick_n_place() -> Path:
+    return _shared("robot_sim.PickNPlace")
+
+
+@pytest.fixture(scope="session")
+def real_eagle_dir() -> Path:
+    return _shared("eagle2_hg_model")
+
+
+@pytest.fixture(scope="session")
+def golden_vectors():
+    import numpy as np
+
+    return dict(np.load(_shared("test_vectors") / "gr1_pickplace_ep1_step5_transforms.npz", allow_pickle=False))

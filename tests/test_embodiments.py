@@ -1,0 +1,240 @@
+"""Embodiment tags, modality configs (built-in and YAML) and the metadata.json model."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gr00t_export.embodiments import (
+    DATA_CONFIGS,
+    EMBODIMENT_TAG_TO_INDEX,
+    ModalityConfig,
+    embodiment_index,
+    load_modality_config,
+    modality_config_from_dict,
+    modality_config_to_dict,
+    save_modality_config,
+)
+from gr00t_export.errors import InputError
+from gr00t_export.metadata import (
+    EmbodimentMetadata,
+    check_against,
+    compute_key_stats,
+    metadata_from_lerobot_stats,
+    read_metadata,
+    write_metadata,
+)
+
+
+def test_n15_tag_table_and_lookup():
+    assert EMBODIMENT_TAG_TO_INDEX == {"gr1": 24, "oxe_droid": 17, "agibot_genie1": 26, "new_embodiment": 31}
+    assert embodiment_index("gr1") == 24
+    with pytest.raises(InputError, match="unknown embodiment tag 'unitree_g1'.*agibot_genie1, gr1"):
+        embodiment_index("unitree_g1")
+
+
+def test_builtin_configs_match_n15_data_config():
+    arms = DATA_CONFIGS["fourier_gr1_arms_only"]
+    assert arms.state_keys == ("state.left_arm", "state.right_arm", "state.left_hand", "state.right_hand")
+    assert arms.action_keys == tuple(k.replace("state.", "action.") for k in arms.state_keys)
+    assert set(arms.state_modes.values()) == {"sin_cos"} and set(arms.action_modes.values()) == {"min_max"}
+    assert arms.video_keys == ("video.ego_view",) and arms.embodiment_id == 24
+    assert arms.language_key == "annotation.human.action.task_description"
+    assert arms.action_horizon == 16 and arms.observation_indices == (0,)
+
+    waist = DATA_CONFIGS["fourier_gr1_arms_waist"]
+    assert waist.state_keys[-1] == "state.waist" and waist.action_keys[-1] == "action.waist"
+    assert waist.language_key == "annotation.human.coarse_action"
+
+    g1 = DATA_CONFIGS["unitree_g1"]
+    assert g1.embodiment_tag == "new_embodiment" and g1.video_keys == ("video.rs_view",)
+    assert [g1.short(k) for k in g1.state_keys] == ["left_arm", "right_arm", "left_hand", "right_hand"]
+    assert set(g1.state_modes.values()) == {"min_max"} == set(g1.action_modes.values())
+    assert g1.language_key == "annotation.human.task_description"
+
+
+def test_load_builtin_by_name():
+    assert load_modality_config("unitree_g1") is DATA_CONFIGS["unitree_g1"]
+
+
+@pytest.mark.parametrize("name", sorted(DATA_CONFIGS))
+def test_yaml_round_trip_builtin(tmp_path: Path, name: str):
+    cfg = DATA_CONFIGS[name]
+    back = load_modality_config(save_modality_config(cfg, tmp_path / f"{name}.yaml"))
+    assert back == cfg
+
+
+def test_yaml_round_trip_custom_with_short_keys(tmp_path: Path):
+    path = tmp_path / "arm.yaml"
+    path.write_text(
+        "embodiment_tag: new_embodiment\n"
+        "video_keys: [front]\n"
+        "state_keys: [arm, gripper]\n"
+        "action_keys: [action.arm, gripper]\n"
+        "language_key: null\n"
+        "state_modes: {arm: q99, state.gripper: mean_std}\n"
+        "action_modes: {arm: min_max, gripper: binary}\n"
+        "action_indices: [0, 1, 2, 3]\n"
+        "joint_names: {action.gripper: [grip]}\n"
+    )
+    cfg = load_modality_config(path)
+    assert cfg.name == "arm" and cfg.video_keys == ("video.front",)
+    assert cfg.state_keys == ("state.arm", "state.gripper") and cfg.action_horizon == 4
+    assert cfg.state_mode("state.gripper") == "mean_std" and cfg.action_mode("action.gripper") == "binary"
+    assert cfg.language_key is None and cfg.default_instruction == "Perform the default behavior."
+    assert load_modality_config(save_modality_config(cfg, tmp_path / "again.yaml")) == cfg
+    # Modes left out mean identity, and the writer spells them out.
+    partial = modality_config_from_dict({"embodiment_tag": "gr1", "state_keys": ["a"], "action_keys": ["b"]})
+    assert modality_config_to_dict(partial)["state_modes"] == {"state.a": "identity"}
+
+
+BASE = {"embodiment_tag": "new_embodiment", "state_keys": ["state.a"], "action_keys": ["action.a"]}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"state_modes": {"state.a": "zscore"}}, "unknown mode 'zscore'"),
+        ({"action_modes": {"action.a": "sin_cos"}}, "cannot be inverted"),
+        ({"state_modes": {"state.b": "min_max"}}, "not in state_keys"),
+        ({"embodiment_tag": "unitree_g1"}, "unknown embodiment tag"),
+        ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+        ({"action_keys": []}, "no action keys"),
+        ({"state_keys": ["state.a", "a"]}, "repeat a key"),
+        ({"state_keys": "state.a"}, "must be a list"),
+        ({"action_indices": ["x"]}, "action_indices must be a non-empty list of integers"),
+        ({"joint_names": {"state.zz": ["j"]}}, "not a state or action key"),
+    ],
+)
+def test_yaml_errors(tmp_path: Path, override: dict, message: str):
+    path = tmp_path / "bad.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({**BASE, **override}))
+    with pytest.raises(InputError, match=message) as err:
+        load_modality_config(path)
+    assert "\n" not in str(err.value) and ";" in str(err.value)
+
+
+def test_yaml_missing_required_and_unparsable(tmp_path: Path):
+    for text, message in [
+        ("action_keys: [a]\n", "no embodiment_tag"),
+        ("embodiment_tag: gr1\n", "no action_keys"),
+        ("- just\n- a list\n", "must be a YAML mapping"),
+        ("embodiment_tag: [gr1\n", "is not valid YAML"),
+    ]:
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(InputError, match=message):
+            load_modality_config(path)
+    with pytest.raises(InputError, match="unknown data config 'nope'.*fourier_gr1_arms_only"):
+        load_modality_config("nope")
+
+
+def test_short_and_frozen():
+    cfg = DATA_CONFIGS["fourier_gr1_arms_only"]
+    assert ModalityConfig.short("state.left_arm") == "left_arm"
+    with pytest.raises(AttributeError):
+        cfg.name = "x"  # type: ignore[misc]
+
+
+# --- metadata.json ---------------------------------------------------------------------------------
+
+
+def _meta(tag: str = "new_embodiment") -> EmbodimentMetadata:
+    rng = np.random.default_rng(0)
+    stats = compute_key_stats(rng.normal(size=(100, 3)))
+    return EmbodimentMetadata(
+        tag=tag,
+        state={"a": stats},
+        action={"a": compute_key_stats(rng.normal(size=(50, 2)))},
+        modalities={
+            "video": {"front": {"resolution": [640, 480], "channels": 3, "fps": 30.0}},
+            "state": {"a": {"absolute": True, "rotation_type": None, "shape": [3], "continuous": True}},
+            "action": {"a": {"absolute": True, "rotation_type": None, "shape": [2], "continuous": True}},
+        },
+    )
+
+
+def test_compute_key_stats_matches_numpy():
+    x = np.arange(200, dtype=np.float64).reshape(100, 2)
+    s = compute_key_stats(x)
+    np.testing.assert_array_equal(s.q01, np.quantile(x, 0.01, axis=0))
+    np.testing.assert_array_equal(s.q99, np.quantile(x, 0.99, axis=0))
+    np.testing.assert_array_equal(s.std, x.std(axis=0))
+    assert s.dim == 2 and s.min.dtype == np.float64
+    with pytest.raises(InputError, match="cannot compute statistics"):
+        compute_key_stats(np.zeros((0, 3)))
+
+
+def test_metadata_write_read_round_trip(tmp_path: Path):
+    meta = _meta()
+    path = write_metadata(tmp_path / "experiment_cfg" / "metadata.json", {"new_embodiment": meta})
+    raw = json.loads(path.read_text())
+    assert set(raw["new_embodiment"]) == {"statistics", "modalities", "embodiment_tag"}
+    assert set(raw["new_embodiment"]["statistics"]["state"]["a"]) == {"max", "min", "mean", "std", "q01", "q99"}
+    back = read_metadata(tmp_path, "new_embodiment")  # checkpoint dir works too
+    assert back.modalities == meta.modalities and back.state_dim("a") == 3 and back.action_dim("a") == 2
+    for name in ("min", "max", "mean", "std", "q01", "q99"):
+        np.testing.assert_array_equal(getattr(back.state["a"], name), getattr(meta.state["a"], name))
+
+
+def test_metadata_errors(tmp_path: Path):
+    path = write_metadata(tmp_path / "metadata.json", {"new_embodiment": _meta()})
+    with pytest.raises(InputError, match=r"No metadata found for embodiment tag: gr1 \(has: new_embodiment\)"):
+        read_metadata(path, "gr1")
+    with pytest.raises(InputError, match="metadata file not found"):
+        read_metadata(tmp_path / "missing.json", "gr1")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="cannot parse"):
+        read_metadata(bad, "gr1")
+    bad.write_text(json.dumps({"gr1": {"modalities": {}}}))
+    with pytest.raises(InputError, match="no statistics"):
+        read_metadata(bad, "gr1")
+    bad.write_text(json.dumps({"gr1": {"statistics": {"state": {"a": {"min": [0]}}, "action": {}}}}))
+    with pytest.raises(InputError, match="lacks max, mean, std, q01, q99"):
+        read_metadata(bad, "gr1")
+
+
+def test_check_against_names_first_bad_key():
+    modes = {"state_modes": {"state.a": "min_max"}, "action_modes": {"action.a": "q99"}}
+    cfg = modality_config_from_dict({**BASE, **modes})
+    check_against(_meta(), cfg)
+    meta = _meta()
+    del meta.action["a"]
+    with pytest.raises(InputError, match="no statistics for action.a"):
+        check_against(meta, cfg)
+    meta = _meta()
+    meta.modalities["state"]["a"]["shape"] = [4]
+    with pytest.raises(InputError, match="state.a statistics have 3 dims but its shape is 4"):
+        check_against(meta, cfg)
+    with pytest.raises(InputError, match="no modalities.state.b.shape"):
+        check_against(_meta(), replace(cfg, state_keys=("state.b",), state_modes={}))
+    with pytest.raises(InputError, match="2 joint_names but 3 dims"):
+        check_against(_meta(), replace(cfg, joint_names={"state.a": ("j1", "j2")}))
+
+
+def test_metadata_from_lerobot_stats_pick_n_place(pick_n_place: Path, tmp_path: Path):
+    cfg = DATA_CONFIGS["fourier_gr1_arms_only"]
+    meta = metadata_from_lerobot_stats(pick_n_place, cfg)
+    modality = json.loads((pick_n_place / "meta" / "modality.json").read_text())
+    stats = json.loads((pick_n_place / "meta" / "stats.json").read_text())
+    assert meta.tag == "gr1"
+    for mod, source in (("state", "observation.state"), ("action", "action")):
+        table = meta.state if mod == "state" else meta.action
+        assert set(table) == set(modality[mod])
+        for short, sl in modality[mod].items():
+            d = sl["end"] - sl["start"]
+            assert table[short].dim == d == meta.modalities[mod][short]["shape"][0]
+            np.testing.assert_array_equal(table[short].q99, stats[source]["q99"][sl["start"] : sl["end"]])
+            assert meta.modalities[mod][short] == {
+                "absolute": True, "rotation_type": None, "shape": [d], "continuous": True
+            }
+    assert [meta.state_dim(cfg.short(k)) for k in cfg.state_keys] == [7, 7, 6, 6]
+    assert meta.modalities["video"]["ego_view"] == {"resolution": [256, 256], "channels": 3, "fps": 20.0}
+    back = read_metadata(write_metadata(tmp_path / "m.json", {"gr1": meta}), "gr1")
+    assert back.modalities == meta.modalities
+    np.testing.assert_array_equal(back.action["waist"].max, meta.action["waist"].max)

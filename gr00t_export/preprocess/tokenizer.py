@@ -1,0 +1,528 @@
+"""Eagle 2.5 (Qwen2 byte-level BPE) tokenizer and GR00T N1.5 prompt building, without transformers.
+
+Deployment needs the exact ids NVIDIA's pipeline feeds the backbone. That pipeline is
+`apply_chat_template(add_generation_prompt=True)` on the Eagle processor, then the processor's
+`<image-i>` expansion, then Qwen2's tokenizer with left padding. Here the tokenizer is rebuilt from the
+plain vocab.json/merges.txt files with the `tokenizers` library, and the prompt is rebuilt as a string.
+`train_tiny_tokenizer` writes a small tokenizer dir of the same format for tiny test models.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from gr00t_export.errors import InputError
+
+# Qwen2's pre-tokenizer split: contractions, letter runs (with one leading non-letter), single digits,
+# punctuation runs, newline runs and whitespace runs (a trailing space stays with the next word).
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+IMAGE_TOKEN = "<IMG_CONTEXT>"
+IMG_START = "<img>"
+IMG_END = "</img>"
+DEFAULT_TOKENS_PER_IMAGE = 256
+
+# The added tokens of Eagle 2.5's tokenizer in id order, from `<|endoftext|>` (151643 in the real one,
+# the first id after the BPE vocab) to `</interval>` (151679), with their `special` flag.
+ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+    ("<IMG_CONTEXT>", True),
+    ("<img>", True),
+    ("</img>", True),
+    ("<box>", True),
+    ("</box>", True),
+    ("<quad>", True),
+    ("</quad>", True),
+    ("<ref>", True),
+    ("</ref>", True),
+    ("<interval>", True),
+    ("</interval>", True),
+)
+ADDITIONAL_SPECIAL_TOKENS: tuple[str, ...] = tuple(c for c, special in ADDED_TOKENS if special and c != PAD_TOKEN)
+
+# Keys of the dict `train_tiny_tokenizer` returns, mapped to token contents.
+_SPECIAL_ID_NAMES = {
+    "pad_id": PAD_TOKEN,
+    "im_start_id": IM_START,
+    "im_end_id": IM_END,
+    "image_token_id": IMAGE_TOKEN,
+    "img_start_id": IMG_START,
+    "img_end_id": IMG_END,
+}
+
+
+def format_language(instruction: str) -> str:
+    """The text NVIDIA's GR00TTransform actually puts in the user turn: `str(np.array([instruction]))`.
+
+    `_apply_vlm_processing` passes the (1,) annotation array itself, not its element, as the chat
+    message text, so Jinja renders it with brackets and quotes: `['pick the apple']`. The golden ids
+    contain these characters and the checkpoint was trained on them. NumPy formats a one-element str
+    array as `[` + repr(element) + `]`.
+    """
+    return "[" + repr(instruction) + "]"
+
+
+def build_prompt(
+    instruction: str,
+    num_images: int,
+    *,
+    tokens_per_image: int = DEFAULT_TOKENS_PER_IMAGE,
+    wrap_as_array: bool = True,
+) -> str:
+    """The exact prompt string NVIDIA's Eagle processor tokenizes for one sample.
+
+    chat_template.json with one user message [image]*num_images + [text] and add_generation_prompt
+    renders `<image-i>` placeholders; the processor replaces each with `<image i><img>`, 256 (one 224px
+    tile) `<IMG_CONTEXT>` and `</img>`. `wrap_as_array=False` puts the raw instruction instead of
+    NVIDIA's `['...']` form (see `format_language`).
+    """
+    if not isinstance(instruction, str):
+        raise InputError(f"instruction must be a str, got {type(instruction).__name__}; pass plain text")
+    if isinstance(num_images, bool) or not isinstance(num_images, int | np.integer) or num_images < 0:
+        raise InputError(f"num_images must be an int >= 0, got {num_images!r}; pass the number of views")
+    text = format_language(instruction) if wrap_as_array else instruction
+    images = "".join(
+        f"<image {i}>{IMG_START}{IMAGE_TOKEN * tokens_per_image}{IMG_END}" for i in range(1, int(num_images) + 1)
+    )
+    return f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{images}{text}{IM_END}\n{IM_START}assistant\n"
+
+
+def _qwen2_tokenizer(model: models.BPE) -> Tokenizer:
+    """A Qwen2 byte-level BPE pipeline around `model` (no added tokens yet)."""
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read {path}: {err}; point to an intact Eagle tokenizer dir") from err
+
+
+def _added_tokens(eagle_dir: Path) -> list[tuple[int, AddedToken]]:
+    """Added tokens sorted by id, from tokenizer_config.json's added_tokens_decoder or added_tokens.json."""
+    config_path = eagle_dir / "tokenizer_config.json"
+    config = _read_json(config_path) if config_path.is_file() else {}
+    decoder = config.get("added_tokens_decoder")
+    if decoder:
+        out = []
+        for key, spec in decoder.items():
+            token = AddedToken(
+                spec["content"],
+                single_word=bool(spec.get("single_word", False)),
+                lstrip=bool(spec.get("lstrip", False)),
+                rstrip=bool(spec.get("rstrip", False)),
+                normalized=bool(spec.get("normalized", False)),
+                special=bool(spec.get("special", False)),
+            )
+            out.append((int(key), token))
+        return sorted(out, key=lambda item: item[0])
+    added_path = eagle_dir / "added_tokens.json"
+    if not added_path.is_file():
+        raise InputError(
+            f"{eagle_dir} has neither tokenizer_config.json added_tokens_decoder nor added_tokens.json; "
+            "point to the Eagle 2.5 tokenizer dir (eagle2_hg_model)"
+        )
+    specials = set(config.get("additional_special_tokens") or ())
+    for name in ("pad_token", "eos_token", "bos_token", "unk_token"):
+        value = config.get(name)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if value:
+            specials.add(value)
+    mapping = _read_json(added_path)
+    return sorted(
+        ((int(i), AddedToken(c, normalized=False, special=c in specials)) for c, i in mapping.items()),
+        key=lambda item: item[0],
+    )
+
+
+class EagleTokenizer:
+    """Qwen2 byte-level BPE plus Eagle's added tokens, with GR00T's prompt and left padding."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        tokens_per_image: int = DEFAULT_TOKENS_PER_IMAGE,
+        image_token: str = IMAGE_TOKEN,
+        img_start: str = IMG_START,
+        img_end: str = IMG_END,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.tokens_per_image = int(tokens_per_image)
+        self.image_token_id = self._require_id(image_token)
+        self.img_start_id = self._require_id(img_start)
+        self.img_end_id = self._require_id(img_end)
+        self.pad_id = self._require_id(PAD_TOKEN)
+        self.im_start_id = self._require_id(IM_START)
+        self.im_end_id = self._require_id(IM_END)
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if (image_token, img_start, img_end) != (IMAGE_TOKEN, IMG_START, IMG_END):
+            raise InputError(
+                f"processor_config.json names image tokens {image_token!r}/{img_start!r}/{img_end!r}; "
+                f"only Eagle 2.5's {IMAGE_TOKEN}/{IMG_START}/{IMG_END} are supported"
+            )
+
+    def _require_id(self, content: str) -> int:
+        token_id = self.tokenizer.token_to_id(content)
+        if token_id is None:
+            raise InputError(f"tokenizer has no {content!r} token; point to an Eagle 2.5 tokenizer dir")
+        return int(token_id)
+
+    @classmethod
+    def from_dir(cls, eagle_dir: str | Path) -> EagleTokenizer:
+        """Build from an Eagle/Qwen2 tokenizer dir (vocab.json, merges.txt, added tokens, processor cfg)."""
+        eagle_dir = Path(eagle_dir)
+        if not eagle_dir.is_dir():
+            raise InputError(f"tokenizer dir {eagle_dir} does not exist; pass the Eagle 2.5 model dir")
+        missing = [n for n in ("vocab.json", "merges.txt") if not (eagle_dir / n).is_file()]
+        if missing:
+            raise InputError(
+                f"{eagle_dir} lacks {', '.join(missing)}; point to the Eagle 2.5 tokenizer dir (eagle2_hg_model)"
+            )
+        try:
+            bpe = models.BPE.from_file(str(eagle_dir / "vocab.json"), str(eagle_dir / "merges.txt"))
+        except Exception as err:  # the Rust loader raises a bare Exception on malformed files
+            raise InputError(
+                f"cannot parse {eagle_dir}/vocab.json + merges.txt: {err}; restore the original tokenizer files"
+            ) from err
+        tok = _qwen2_tokenizer(bpe)
+        for token_id, token in _added_tokens(eagle_dir):
+            existing = tok.token_to_id(token.content)
+            if existing is None:
+                if token.special:
+                    tok.add_special_tokens([token])
+                else:
+                    tok.add_tokens([token])
+                existing = tok.token_to_id(token.content)
+            if existing != token_id:
+                raise InputError(
+                    f"added token {token.content!r} should have id {token_id} but gets {existing}; "
+                    "vocab.json and the added token ids must be contiguous, restore the original files"
+                )
+        proc_path = eagle_dir / "processor_config.json"
+        proc = _read_json(proc_path) if proc_path.is_file() else {}
+        return cls(
+            tok,
+            tokens_per_image=int(proc.get("tokens_per_tile", DEFAULT_TOKENS_PER_IMAGE)),
+            image_token=proc.get("image_token", IMAGE_TOKEN),
+            img_start=proc.get("image_start_token", IMG_START),
+            img_end=proc.get("image_end_token", IMG_END),
+        )
+
+    def build_prompt(self, instruction: str, num_images: int, *, wrap_as_array: bool = True) -> str:
+        """The prompt string for one sample; see the module-level `build_prompt`."""
+        return build_prompt(
+            instruction, num_images, tokens_per_image=self.tokens_per_image, wrap_as_array=wrap_as_array
+        )
+
+    def encode(
+        self, instructions: list[str], num_images: int, *, wrap_as_array: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids and attention_mask, both (B, L) int64, left padded with `<|endoftext|>` to the longest.
+
+        No truncation, as in NVIDIA's pipeline. Any Unicode text is accepted: the NFC + byte-level
+        pipeline matches the reference tokenizer exactly, non-ASCII included.
+        """
+        if isinstance(instructions, str) or not isinstance(instructions, list | tuple) or not instructions:
+            raise InputError("instructions must be a non-empty list of str; wrap one instruction as [text]")
+        prompts = [self.build_prompt(s, num_images, wrap_as_array=wrap_as_array) for s in instructions]
+        encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=False)
+        length = max(len(e.ids) for e in encodings)
+        input_ids = np.full((len(prompts), length), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(prompts), length), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            input_ids[row, length - n :] = enc.ids
+            attention_mask[row, length - n :] = 1
+        return input_ids, attention_mask
+
+    def decode(self, ids: list[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
+        """Ids back to text (debugging and tests)."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tiny tokenizer for tiny test models.
+
+_VERBS = tuple(
+    "pick place put move grab lift drop open close push pull slide stack unstack rotate turn flip "
+    "pour wipe insert remove take hand carry bring fold unfold press hang hold release shake sort "
+    "pack unpack load unload fetch return swap align tilt scoop squeeze".split(" ")
+)
+_OBJECTS = tuple(
+    "apple|banana|orange|lemon|pear|peach|grape|carrot|potato|sweet potato|tomato|onion|pepper|"
+    "cucumber|corn|eggplant|broccoli|mushroom|bread|cheese|egg|milk carton|juice box|soda can|"
+    "water bottle|wine glass|cup|mug|bowl|plate|spoon|fork|knife|spatula|pan|pot|kettle|lid|jar|"
+    "bottle|can|box|block|cube|cylinder|ball|toy car|book|pen|pencil|marker|scissors|tape|sponge|"
+    "towel|napkin|cloth|shirt|sock|shoe|hat|remote|phone|screwdriver|hammer|wrench|bolt|nut|screw|"
+    "battery|cable|plug|drawer|door|cabinet|microwave|fridge|oven|faucet|switch|button|handle|tray|"
+    "basket|bin|crate|container|bag|package|candle|vase|flower|plant".split("|")
+)
+_PLACES = tuple(
+    "counter|table|shelf|top shelf|bottom shelf|sink|stove|cutting board|tray|basket|bin|drawer|"
+    "cabinet|microwave|fridge|oven|plate|bowl|box|crate|floor|chair|desk|bed|couch|rack|dish rack|"
+    "dishwasher|cupboard|pantry|conveyor|workbench|toolbox|container|bag|left side|right side|center|"
+    "corner|edge|front|back|charging dock|storage area|kitchen|living room|garage".split("|")
+)
+_ADJECTIVES = tuple(
+    "red green blue yellow white black orange purple pink brown gray small large big tiny tall short "
+    "empty full open closed left right nearest farthest first second third last wooden metal plastic "
+    "glass clean dirty wet dry round square heavy light".split(" ")
+)
+_PREPOSITIONS = tuple(
+    "in|into|on|onto|inside|on top of|next to|behind|in front of|under|near|beside|to|toward|"
+    "away from|from|out of|off".split("|")
+)
+# Endings for instructions; empty strings weight "no ending".
+_ADVERBS = tuple(
+    "||| carefully| slowly| quickly| gently| firmly| then stop| and return home| with the left hand|"
+    " with the right hand| using both hands".split("|")
+)
+_TEMPLATES = (
+    "{v} the {a}{o} {p} the {l}{d}",
+    "{v} the {o} from the {l} and {v2} it {p} the {l2}{d}",
+    "{V} the {a}{o} {p} the {a2}{l}.",
+    "{v} {n} {o}s {p} the {l}{d}",
+    "Please {v} the {o} {p} the {l}.",
+    "{V} the {o}, then {v2} the {o2}{d}.",
+    "Step {n}: {v} the {a}{o} {p} the {l}!",
+    "Can you {v} the {o} {p} the {l}?",
+    "{v} the {o} ({a}) {p} the {l} - {n} cm away",
+    "{V} {n}x {o}: {l} -> {l2}; {d2}",
+    "task {n}: {v}_{o} @ {l} [{a}]",
+    "{v} the {o} {p} the {l}\n{v2} the {o2} {p} the {l2}",
+)
+
+
+def _tiny_corpus(seed: int, n_sentences: int = 12000) -> list[str]:
+    """Combinatorial robot instructions (verbs, objects, places, modifiers), drawn with a seeded RNG."""
+    rng = random.Random(seed)
+    words = sorted(set(itertools.chain(_VERBS, _OBJECTS, _PLACES, _ADJECTIVES, _PREPOSITIONS)))
+    corpus = [" ".join(words), ", ".join(w.capitalize() for w in words)]
+    for _ in range(n_sentences):
+        verb, verb2 = rng.choice(_VERBS), rng.choice(_VERBS)
+        adjective = rng.choice(_ADJECTIVES)
+        fields = {
+            "v": verb,
+            "V": verb.capitalize(),
+            "v2": verb2,
+            "o": rng.choice(_OBJECTS),
+            "o2": rng.choice(_OBJECTS),
+            "a": rng.choice(("", adjective + " ")),
+            "a2": rng.choice(_ADJECTIVES) + " ",
+            "p": rng.choice(_PREPOSITIONS),
+            "l": rng.choice(_PLACES),
+            "l2": rng.choice(_PLACES),
+            "d": rng.choice(_ADVERBS),
+            "d2": rng.choice(_ADVERBS).strip() or "done",
+            "n": str(rng.randint(0, 120)),
+        }
+        text = rng.choice(_TEMPLATES).format(**fields)
+        if rng.random() < 0.1:
+            text = text.upper()
+        corpus.append(text)
+    return corpus
+
+
+# Eagle's chat template, written for the tiny dir: same output for string and list (image/video/text)
+# message contents, a default system turn and the generation prompt.
+_TINY_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    + SYSTEM_PROMPT
+    + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}<image {{ image_count.value }}>{% endif %}<image-{{ image_count.value }}>"
+    "{% elif part['type'] == 'video' or 'video' in part %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}<video {{ video_count.value }}>{% endif %}<video-{{ video_count.value }}>"
+    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _token_spec(content: str, special: bool) -> dict[str, Any]:
+    return {
+        "content": content,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": special,
+    }
+
+
+def _write_json(path: Path, obj: Any, *, sort_keys: bool = False, indent: int | None = 2) -> None:
+    text = json.dumps(obj, ensure_ascii=False, indent=indent, sort_keys=sort_keys)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def train_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 1024, seed: int = 0) -> tuple[dict[str, int], int]:
+    """Train a small Qwen2-style byte-level BPE and write an Eagle-format tokenizer dir to `out_dir`.
+
+    The BPE vocab holds exactly `vocab_size` entries (256 byte symbols + merges); Eagle's 37 added
+    tokens follow in the real order, so `<|endoftext|>` = vocab_size and `<IMG_CONTEXT>` = vocab_size
+    + 26, the same offsets as 151643/151669. Same seed, same bytes. Returns (special ids, total size);
+    the ids dict has pad/im_start/im_end/image_token/img_start/img_end ids and every added token.
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 300:
+        raise InputError(f"vocab_size must be an int >= 300, got {vocab_size!r}; use e.g. 1024")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = _qwen2_tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=alphabet,
+        special_tokens=[],
+    )
+    tok.train_from_iterator(_tiny_corpus(seed), trainer=trainer)
+    model_state = json.loads(tok.model.__getstate__())
+    vocab: dict[str, int] = model_state["vocab"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model_state["merges"]]
+    if len(vocab) != vocab_size:
+        raise InputError(
+            f"tiny BPE reached {len(vocab)} tokens, not vocab_size={vocab_size}; the embedded corpus is too "
+            "small for that size, use a smaller vocab_size (<= 1024 is safe)"
+        )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ordered_vocab = dict(sorted(vocab.items(), key=lambda item: item[1]))
+    _write_json(out / "vocab.json", ordered_vocab, indent=None)
+    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+
+    ids = {content: vocab_size + offset for offset, (content, _) in enumerate(ADDED_TOKENS)}
+    total = vocab_size + len(ADDED_TOKENS)
+    _write_json(out / "added_tokens.json", ids, sort_keys=True)
+    special_token = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    _write_json(
+        out / "special_tokens_map.json",
+        {
+            "additional_special_tokens": list(ADDITIONAL_SPECIAL_TOKENS),
+            "eos_token": {"content": IM_END, **special_token},
+            "pad_token": {"content": PAD_TOKEN, **special_token},
+        },
+    )
+    _write_json(
+        out / "tokenizer_config.json",
+        {
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "add_prefix_space": False,
+            "added_tokens_decoder": {
+                str(ids[content]): _token_spec(content, special) for content, special in ADDED_TOKENS
+            },
+            "additional_special_tokens": list(ADDITIONAL_SPECIAL_TOKENS),
+            "bos_token": None,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": IM_END,
+            "errors": "replace",
+            "model_max_length": 16384,
+            "pad_token": PAD_TOKEN,
+            "padding_side": "left",
+            "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer",
+            "unk_token": None,
+        },
+    )
+    _write_json(out / "chat_template.json", {"chat_template": _TINY_CHAT_TEMPLATE}, indent=4)
+    _write_json(
+        out / "preprocessor_config.json",
+        {
+            "crop_size": None,
+            "data_format": "channels_first",
+            "default_to_square": False,
+            "do_center_crop": None,
+            "do_convert_rgb": True,
+            "do_normalize": True,
+            "do_pad": False,
+            "do_rescale": True,
+            "do_resize": False,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_processor_type": "Eagle2_5_VLImageProcessorFast",
+            "image_std": [0.5, 0.5, 0.5],
+            "max_dynamic_tiles": 12,
+            "min_dynamic_tiles": 1,
+            "pad_during_tiling": False,
+            "processor_class": "Eagle2_5_VLProcessor",
+            "resample": 3,
+            "rescale_factor": 1.0 / 255.0,
+            "size": {"height": 224, "width": 224},
+            "tokens_per_tile": DEFAULT_TOKENS_PER_IMAGE,
+            "use_thumbnail": True,
+        },
+        indent=4,
+    )
+    _write_json(
+        out / "processor_config.json",
+        {
+            "image_end_token": IMG_END,
+            "image_placeholder": "image",
+            "image_start_token": IMG_START,
+            "image_token": IMAGE_TOKEN,
+            "processor_class": "Eagle2_5_VLProcessor",
+            "tokens_per_tile": DEFAULT_TOKENS_PER_IMAGE,
+            "video_placeholder": "video",
+            "video_token": IMAGE_TOKEN,
+        },
+        indent=4,
+    )
+    special_ids = {name: ids[content] for name, content in _SPECIAL_ID_NAMES.items()}
+    special_ids.update(ids)
+    return special_ids, total

@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from gr00t_export.config import Gr00tConfig, read_config
 from gr00t_export.errors import InputError
 from gr00t_export.model import UNUSED_KEY_PREFIXES, Gr00tN15
+from gr00t_export.util import sha256_file
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -53,10 +54,7 @@ class Checkpoint:
         """sha256 over config.json and every weight file: identifies the exact source of an export."""
         digest = hashlib.sha256()
         for f in [self.path / "config.json", *self.weight_files]:
-            digest.update(f.name.encode())
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 24):
-                    digest.update(chunk)
+            digest.update(f"{f.name}:{sha256_file(f)}".encode())
         return digest.hexdigest()
 
 

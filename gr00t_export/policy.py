@@ -1,0 +1,199 @@
+"""The PyTorch reference policy: the oracle every exported artifact is compared against.
+
+raw observation dict -> eval transforms (video, chat prompt + tokens, state) -> `Gr00tN15` ->
+un-normalise and split -> `{"action.<key>": (16, d)}`, as NVIDIA's `Gr00tPolicy.get_action` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gr00t_export.embodiments import ModalityConfig, embodiment_index, load_modality_config
+from gr00t_export.errors import InputError
+from gr00t_export.load import Checkpoint, load_model, open_checkpoint, torch_dtype
+from gr00t_export.metadata import EmbodimentMetadata, check_against, read_metadata
+from gr00t_export.model import Gr00tN15
+from gr00t_export.preprocess.state_action import ActionPostprocessor, StatePreprocessor
+from gr00t_export.preprocess.tokenizer import EagleTokenizer
+from gr00t_export.preprocess.video import VideoPreprocessor
+
+Observation = dict[str, np.ndarray]
+
+
+@dataclass
+class ModelInputs:
+    """What the model consumes after the eval transforms (one policy tick, batch B)."""
+
+    pixel_values: torch.Tensor  # (B*T*V, 3, 224, 224) float32 in [-1, 1]
+    input_ids: torch.Tensor  # (B, L) int64
+    attention_mask: torch.Tensor  # (B, L) int64
+    state: torch.Tensor  # (B, 1, 64) float32
+    embodiment_id: torch.Tensor  # (B,) int64
+
+
+@dataclass
+class PolicySpec:
+    """Everything about a policy except its weights: shared by the reference and the exported runner."""
+
+    modality: ModalityConfig
+    metadata: EmbodimentMetadata
+    action_horizon: int
+    action_dim: int
+
+    def noise(self, batch: int, noise: np.ndarray | None, seed: int) -> torch.Tensor:
+        """The initial actions of the Euler sampler: given (16,32)/(B,16,32), else seeded N(0, 1)."""
+        shape = (batch, self.action_horizon, self.action_dim)
+        if noise is None:
+            return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+        arr = np.asarray(noise, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = np.broadcast_to(arr, shape)
+        if arr.shape != shape:
+            raise InputError(f"noise has shape {arr.shape}, expected {shape[1:]} or {shape}; regenerate it")
+        return torch.from_numpy(arr.copy())
+
+
+def batch_observation(obs: Observation, modality: ModalityConfig) -> tuple[Observation, bool]:
+    """Adds the batch axis to an unbatched observation; returns (batched obs, was_batched)."""
+    for key in (*modality.video_keys, *modality.state_keys):
+        if key not in obs:
+            have = ", ".join(sorted(obs)) or "nothing"
+            raise InputError(f"observation lacks {key!r} (has: {have}); provide every key of the modality config")
+    batched = np.asarray(obs[modality.video_keys[0]]).ndim == 5
+    if batched:
+        return obs, True
+    out = {}
+    for key, value in obs.items():
+        arr = np.asarray(value)
+        out[key] = arr[None]
+    return out, False
+
+
+def instructions(obs: Observation, modality: ModalityConfig, batch: int) -> list[str]:
+    key = modality.language_key
+    if key is None or key not in obs:
+        return [modality.default_instruction] * batch
+    arr = np.asarray(obs[key])
+    if arr.ndim == 1 and batch == 1 and arr.shape[0] >= 1 and not isinstance(arr[0], np.ndarray):
+        arr = arr[None]
+    return [str(np.asarray(row).reshape(-1)[0]) for row in arr]
+
+
+class Transforms:
+    """The eval transforms of N1.5 for one modality config, in torch."""
+
+    def __init__(self, modality: ModalityConfig, metadata: EmbodimentMetadata, tokenizer: EagleTokenizer,
+                 max_state_dim: int):
+        check_against(metadata, modality)
+        self.modality, self.metadata, self.tokenizer = modality, metadata, tokenizer
+        self.video = VideoPreprocessor()
+        self.state = StatePreprocessor(modality, metadata, max_state_dim=max_state_dim)
+        self.state_dims = [metadata.state_dim(ModalityConfig.short(k)) for k in modality.state_keys]
+        self.embodiment_id = embodiment_index(modality.embodiment_tag)
+
+    def frames(self, obs: Observation) -> np.ndarray:
+        """(B, T, H, W, C) per view -> (B*T*V, H, W, C) uint8, time-major then view as Eagle orders them."""
+        views = []
+        for key in self.modality.video_keys:
+            v = np.asarray(obs[key])
+            if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] != 3:
+                raise InputError(f"{key} must be uint8 (T, H, W, 3) frames, got {v.dtype} {v.shape[1:]}")
+            views.append(v)
+        stacked = np.stack(views, axis=2)  # (B, T, V, H, W, C)
+        return stacked.reshape(-1, *stacked.shape[3:])
+
+    def raw_state(self, obs: Observation) -> np.ndarray:
+        parts = []
+        for key, dim in zip(self.modality.state_keys, self.state_dims, strict=True):
+            s = np.asarray(obs[key], dtype=np.float64)
+            if s.ndim != 3 or s.shape[-1] != dim:
+                raise InputError(f"{key} must be (T, {dim}) per sample (the metadata's dim), got {s.shape[1:]}")
+            if not np.isfinite(s).all():
+                raise InputError(f"{key} contains NaN or inf; fix the observation")
+            parts.append(s)
+        return np.concatenate(parts, axis=-1)  # (B, T, D_raw)
+
+    def __call__(self, obs: Observation) -> ModelInputs:
+        obs, _ = batch_observation(obs, self.modality)
+        frames = self.frames(obs)
+        batch = np.asarray(obs[self.modality.video_keys[0]]).shape[0]
+        images_per_sample = frames.shape[0] // batch
+        with torch.no_grad():
+            pixel_values = self.video(torch.from_numpy(np.ascontiguousarray(frames)))
+            state, _ = self.state(torch.from_numpy(self.raw_state(obs)))
+        ids, mask = self.tokenizer.encode(instructions(obs, self.modality, batch), images_per_sample)
+        return ModelInputs(
+            pixel_values=pixel_values,
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            state=state[:, -1:].float(),  # N1.5 conditions on the last observed state
+            embodiment_id=torch.full((batch,), self.embodiment_id, dtype=torch.long),
+        )
+
+
+def resolve_policy_inputs(ckpt: Checkpoint, embodiment_tag: str, modality_config: str | Path | None
+                          ) -> tuple[ModalityConfig, EmbodimentMetadata]:
+    embodiment_index(embodiment_tag)
+    modality = load_modality_config(modality_config or default_modality(embodiment_tag))
+    if modality.embodiment_tag != embodiment_tag:
+        modality = dataclasses.replace(modality, embodiment_tag=embodiment_tag)
+    metadata = read_metadata(ckpt.metadata_path, embodiment_tag)
+    return modality, metadata
+
+
+def default_modality(embodiment_tag: str) -> str:
+    defaults = {"gr1": "fourier_gr1_arms_only", "new_embodiment": "unitree_g1"}
+    if embodiment_tag not in defaults:
+        raise InputError(f"no default modality config for {embodiment_tag!r}; pass --modality_config NAME|FILE")
+    return defaults[embodiment_tag]
+
+
+class ReferencePolicy:
+    def __init__(self, model: Gr00tN15, transforms: Transforms, device: str | torch.device = "cpu"):
+        self.model, self.transforms, self.device = model, transforms, torch.device(device)
+        ah = model.cfg.action_head
+        self.spec = PolicySpec(transforms.modality, transforms.metadata, ah.action_horizon, ah.action_dim)
+        self.postprocess = ActionPostprocessor(transforms.modality, transforms.metadata)
+
+    @classmethod
+    def from_checkpoint(cls, model_path: str | Path, eagle_path: str | Path | None = None,
+                        embodiment_tag: str = "gr1", modality_config: str | Path | None = None,
+                        dtype: str = "fp32", device: str = "cpu") -> ReferencePolicy:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
+        ckpt = open_checkpoint(model_path, eagle_path)
+        modality, metadata = resolve_policy_inputs(ckpt, embodiment_tag, modality_config)
+        model, _ = load_model(ckpt, dtype=torch_dtype(dtype), device=device)
+        tokenizer = EagleTokenizer.from_dir(ckpt.eagle_dir)
+        if tokenizer.image_token_id != ckpt.config.image_token_index:
+            raise InputError(f"tokenizer's <IMG_CONTEXT> id {tokenizer.image_token_id} != image_token_index "
+                             f"{ckpt.config.image_token_index}; use the Eagle dir that matches the checkpoint")
+        transforms = Transforms(modality, metadata, tokenizer, model.cfg.action_head.max_state_dim)
+        return cls(model, transforms, device)
+
+    @torch.no_grad()
+    def action_pred(self, inputs: ModelInputs, init_actions: torch.Tensor) -> torch.Tensor:
+        """Model-space inputs -> normalised (B, 16, 32) float32."""
+        dtype = next(self.model.parameters()).dtype
+        d = self.device
+        out = self.model(inputs.pixel_values.to(d, dtype), inputs.input_ids.to(d), inputs.attention_mask.to(d),
+                         inputs.state.to(d, dtype), inputs.embodiment_id.to(d), init_actions.to(d, dtype))
+        return out.float().cpu()
+
+    def get_action(self, obs: Observation, noise: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        _, batched = batch_observation(obs, self.spec.modality)
+        inputs = self.transforms(obs)
+        init = self.spec.noise(inputs.input_ids.shape[0], noise, seed)
+        return decode_actions(self.postprocess, self.action_pred(inputs, init), batched)
+
+
+def decode_actions(postprocess: ActionPostprocessor, action_pred: torch.Tensor, batched: bool
+                   ) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        actions = postprocess.split(postprocess(action_pred.double()))
+    return {k: (v.float().numpy() if batched else v[0].float().numpy()) for k, v in actions.items()}

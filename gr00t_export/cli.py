@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-out_console = Console()
+out_console = Console(width=None if sys.stdout.isatty() else 150)  # tables stay readable in CI logs
 
 
 def cli_errors(fn):
@@ -145,7 +145,8 @@ def load_noise(noise_path: Path | None):
     try:
         noise = np.load(noise_path, allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise InputError(f"--noise {noise_path} is not a readable .npy ({err}); save float32 (16,32) with np.save")
+        raise InputError(f"--noise {noise_path} is not a readable .npy ({err}); save (16,32) float32 with np.save"
+                         ) from None
     if not np.isfinite(noise).all():
         raise InputError(f"--noise {noise_path} contains NaN or inf")
     return noise
@@ -201,6 +202,143 @@ def predict(
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, **actions)
         console.print(f"[green]wrote[/] {out}")
+
+
+def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None, embodiment_tag: str,
+                  modality_config: str | None, backend: str | None, device: str):
+    """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path."""
+    import importlib.util
+    import inspect
+
+    from gr00t_export.errors import InputError
+
+    if (artifact_dir is None) == (model_path is None):
+        raise InputError("give exactly one policy: ARTIFACT_DIR (exported) or --model_path CKPT (reference)")
+    if backend not in (None, "ort", "trt", "torch"):
+        raise InputError(f"unknown --backend {backend!r}; use ort, trt or torch")
+    if backend == "trt" and importlib.util.find_spec("tensorrt") is None:
+        raise InputError("--backend trt needs TensorRT, which is not importable here; pip install tensorrt "
+                         "on a GPU machine, or use --backend ort")
+    if model_path is not None:
+        if backend not in (None, "torch"):
+            raise InputError(f"--model_path runs the PyTorch reference; --backend {backend} applies to ARTIFACT_DIR")
+        from gr00t_export.policy import ReferencePolicy
+
+        return ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config, "fp32", device)
+    try:
+        from gr00t_export.runner import ExportedGr00tRunner
+    except ImportError as err:
+        raise InputError(f"cannot load the exported runner ({err}); serve the checkpoint with --model_path") from None
+    if backend is not None and "backend" in inspect.signature(ExportedGr00tRunner).parameters:
+        return ExportedGr00tRunner(artifact_dir, device=device, backend=backend)
+    if backend in ("trt", "torch"):
+        raise InputError(f"this runner executes ARTIFACT_DIR with onnxruntime/TorchScript only; --backend {backend} "
+                         "is not available for artifacts (use --backend ort, or --model_path for PyTorch)")
+    return ExportedGr00tRunner(artifact_dir, device=device)
+
+
+@app.command()
+@cli_errors
+def serve(
+    artifact_dir: Annotated[Path | None, typer.Argument(help="Exported artifact dir to serve (or use --model_path).")
+                            ] = None,
+    model_path: ModelPath = None,
+    eagle_path: EaglePath = None,
+    embodiment_tag: EmbodimentTag = "gr1",
+    modality_config: ModalityOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless robots connect over the "
+                                           "network (then set --api_token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one).")] = 5555,
+    api_token: Annotated[str | None, typer.Option("--api_token", help="Answer only requests carrying this "
+                                                  "api_token.")] = None,
+    backend: Annotated[str | None, typer.Option(help="ort, trt or torch (default: ort for ARTIFACT_DIR, "
+                                                "torch for --model_path).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    log_every: Annotated[int, typer.Option("--log_every", min=0, help="Print get_action p50/p99 latency every N "
+                                           "requests (0: never).")] = 0,
+    max_message_mb: Annotated[float, typer.Option("--max_message_mb", min=0.001, help="Largest request answered "
+                                                  "(MiB); bigger ones get an error reply.")] = 64.0,
+):
+    """Serve a policy over Isaac-GR00T's ZeroMQ protocol (ping, get_action, get_modality_config, kill).
+
+    Clients written for NVIDIA's RobotInferenceServer connect unchanged; stops on kill, Ctrl-C or SIGTERM.
+
+    get_action is deterministic: the noise is seeded with 0 unless a request sends "seed" or "noise".
+    """
+    from gr00t_export.serve import PolicyServer
+
+    policy = _serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_token:
+        console.print(f"[yellow]warning:[/] serving on {host} without --api_token: anyone who reaches this port "
+                      "can drive the policy")
+    server = PolicyServer(policy, host=host, port=port, api_token=api_token,
+                          max_message_bytes=int(max_message_mb * 2**20), log_every=log_every,
+                          log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+    server.run()
+
+
+@app.command()
+@cli_errors
+def build(
+    model_path: ModelPath = None,
+    embodiment_tag: EmbodimentTag = "gr1",
+    modality_config: ModalityOpt = None,
+    eagle_path: EaglePath = None,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 (ONNX stage precision).")] = "fp32",
+    views: Annotated[int | None, typer.Option(help="Camera views (checked against the modality config).")] = None,
+    max_batch: Annotated[int, typer.Option("--max_batch", help="Largest batch of the TensorRT profiles.")] = 1,
+    output: Annotated[Path | None, typer.Option("--output", help="Artifact dir [default: out/<name>-<precision>].")
+                      ] = None,
+    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="LeRobot dataset whose first step is "
+                                                      "the export example.")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Make the tiny checkpoint and a synthetic dataset first "
+                                       "(under --output's parent) and build those.")] = False,
+    simplify: Annotated[bool, typer.Option(help="Simplify ONNX graphs with onnxslim (numerically checked).")] = True,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
+):
+    """Export a checkpoint into the deployable stages (TorchScript + ONNX), each checked against PyTorch."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from gr00t_export.build import BuildOptions
+    from gr00t_export.build import build as run_build
+    from gr00t_export.errors import InputError
+
+    if demo:
+        from gr00t_export.data.synthetic import make_dataset
+        from gr00t_export.embodiments import load_modality_config
+        from gr00t_export.make_checkpoint import make_checkpoint
+
+        output = output or Path("out/demo_export")
+        root = output.resolve().parent / "demo_inputs"
+        model_path, dataset_path = root / "tiny_checkpoint", root / "dataset"
+        if not (model_path / "config.json").is_file():
+            console.print(f"making the tiny demo checkpoint in {model_path}")
+            make_checkpoint(model_path, "tiny", 0, embodiment_tag, modality_config or "fourier_gr1_arms_only",
+                            force=True, show_progress=False)
+        if not (dataset_path / "meta" / "info.json").is_file():
+            console.print(f"making the synthetic demo dataset in {dataset_path}")
+            make_dataset(dataset_path, load_modality_config(modality_config or "fourier_gr1_arms_only"))
+    if model_path is None:
+        raise InputError("no checkpoint: pass --model_path CKPT (or --demo for the embedded tiny one)")
+    output = output or Path("out") / f"{model_path.name}-{precision}"
+    opts = BuildOptions(model_path=model_path, output=output, embodiment_tag=embodiment_tag,
+                        modality_config=modality_config, eagle_path=eagle_path, precision=precision, views=views,
+                        max_batch=max_batch, dataset_path=dataset_path, force=force, simplify=simplify)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("build", total=None)
+        result = run_build(opts, on_step=lambda label: progress.update(task, description=label))
+    table = Table(title=f"{result.output} ({result.seconds:.1f} s)", title_justify="left")
+    for col in ("stage", "file", "size", "precision", "inputs -> outputs", "check"):
+        table.add_column(col)
+    sizes = {f["path"]: f["size"] for f in result.manifest["files"]}
+    for s in result.stages:
+        size = sizes.get(s.file, 0) + sum(sizes.get(f, 0) for f in s.extra_files)
+        io = ", ".join(i.name for i in s.inputs) + " -> " + ", ".join(o.name for o in s.outputs)
+        check = f"[green]ok[/] {s.max_abs_diff:.1e}" if s.passed else f"[red]FAIL[/] {s.max_abs_diff:.1e}"
+        table.add_row(s.name, s.file, f"{size / 2**20:.1f} MiB", s.precision if s.format == "onnx" else "torchscript",
+                      io, check)
+    out_console.print(table)
 
 
 def main() -> None:  # pragma: no cover

@@ -37,6 +37,17 @@ class ModelInputs:
 
 
 @dataclass
+class RawInputs:
+    """An observation after checks, before any transform: what the preprocessing stages consume."""
+
+    frames: np.ndarray  # (B*T*V, H, W, 3) uint8, time-major then view
+    raw_state: np.ndarray  # (B, T, D_raw) float64, keys concatenated in modality order
+    instructions: list[str]  # B strings
+    batch: int
+    batched: bool  # False: the caller passed one unbatched observation
+
+
+@dataclass
 class PolicySpec:
     """Everything about a policy except its weights: shared by the reference and the exported runner."""
 
@@ -84,17 +95,11 @@ def instructions(obs: Observation, modality: ModalityConfig, batch: int) -> list
     return [str(np.asarray(row).reshape(-1)[0]) for row in arr]
 
 
-class Transforms:
-    """The eval transforms of N1.5 for one modality config, in torch."""
+class ObservationReader:
+    """Checks an observation against the modality config and flattens it into `RawInputs`."""
 
-    def __init__(self, modality: ModalityConfig, metadata: EmbodimentMetadata, tokenizer: EagleTokenizer,
-                 max_state_dim: int):
-        check_against(metadata, modality)
-        self.modality, self.metadata, self.tokenizer = modality, metadata, tokenizer
-        self.video = VideoPreprocessor()
-        self.state = StatePreprocessor(modality, metadata, max_state_dim=max_state_dim)
-        self.state_dims = [metadata.state_dim(ModalityConfig.short(k)) for k in modality.state_keys]
-        self.embodiment_id = embodiment_index(modality.embodiment_tag)
+    def __init__(self, modality: ModalityConfig, state_dims: list[int]):
+        self.modality, self.state_dims = modality, state_dims
 
     def frames(self, obs: Observation) -> np.ndarray:
         """(B, T, H, W, C) per view -> (B*T*V, H, W, C) uint8, time-major then view as Eagle orders them."""
@@ -104,35 +109,56 @@ class Transforms:
             if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] != 3:
                 raise InputError(f"{key} must be uint8 (T, H, W, 3) frames, got {v.dtype} {v.shape[1:]}")
             views.append(v)
+        if len({v.shape for v in views}) != 1:
+            raise InputError(f"camera views differ in shape ({[v.shape[1:] for v in views]}); resize them to one size")
         stacked = np.stack(views, axis=2)  # (B, T, V, H, W, C)
-        return stacked.reshape(-1, *stacked.shape[3:])
+        return np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[3:]))
 
     def raw_state(self, obs: Observation) -> np.ndarray:
         parts = []
         for key, dim in zip(self.modality.state_keys, self.state_dims, strict=True):
-            s = np.asarray(obs[key], dtype=np.float64)
-            if s.ndim != 3 or s.shape[-1] != dim:
-                raise InputError(f"{key} must be (T, {dim}) per sample (the metadata's dim), got {s.shape[1:]}")
+            s = np.asarray(obs[key])
+            if s.dtype.kind not in "fiu" or s.ndim != 3 or s.shape[-1] != dim:
+                raise InputError(f"{key} must be numeric (T, {dim}) per sample (the metadata's dim), "
+                                 f"got {s.dtype} {s.shape[1:]}")
             if not np.isfinite(s).all():
                 raise InputError(f"{key} contains NaN or inf; fix the observation")
-            parts.append(s)
+            parts.append(s.astype(np.float64))
         return np.concatenate(parts, axis=-1)  # (B, T, D_raw)
 
-    def __call__(self, obs: Observation) -> ModelInputs:
-        obs, _ = batch_observation(obs, self.modality)
+    def __call__(self, obs: Observation) -> RawInputs:
+        obs, batched = batch_observation(obs, self.modality)
         frames = self.frames(obs)
         batch = np.asarray(obs[self.modality.video_keys[0]]).shape[0]
-        images_per_sample = frames.shape[0] // batch
+        return RawInputs(frames=frames, raw_state=self.raw_state(obs),
+                         instructions=instructions(obs, self.modality, batch), batch=batch, batched=batched)
+
+
+class Transforms:
+    """The eval transforms of N1.5 for one modality config, in torch."""
+
+    def __init__(self, modality: ModalityConfig, metadata: EmbodimentMetadata, tokenizer: EagleTokenizer,
+                 max_state_dim: int):
+        check_against(metadata, modality)
+        self.modality, self.metadata, self.tokenizer = modality, metadata, tokenizer
+        self.video = VideoPreprocessor()
+        self.state = StatePreprocessor(modality, metadata, max_state_dim=max_state_dim)
+        self.reader = ObservationReader(modality, [metadata.state_dim(ModalityConfig.short(k))
+                                                   for k in modality.state_keys])
+        self.embodiment_id = embodiment_index(modality.embodiment_tag)
+
+    def __call__(self, obs: Observation) -> ModelInputs:
+        raw = self.reader(obs)
         with torch.no_grad():
-            pixel_values = self.video(torch.from_numpy(np.ascontiguousarray(frames)))
-            state, _ = self.state(torch.from_numpy(self.raw_state(obs)))
-        ids, mask = self.tokenizer.encode(instructions(obs, self.modality, batch), images_per_sample)
+            pixel_values = self.video(torch.from_numpy(raw.frames))
+            state, _ = self.state(torch.from_numpy(raw.raw_state))
+        ids, mask = self.tokenizer.encode(raw.instructions, raw.frames.shape[0] // raw.batch)
         return ModelInputs(
             pixel_values=pixel_values,
             input_ids=torch.from_numpy(ids),
             attention_mask=torch.from_numpy(mask),
             state=state[:, -1:].float(),  # N1.5 conditions on the last observed state
-            embodiment_id=torch.full((batch,), self.embodiment_id, dtype=torch.long),
+            embodiment_id=torch.full((raw.batch,), self.embodiment_id, dtype=torch.long),
         )
 
 

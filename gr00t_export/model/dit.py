@@ -61,11 +61,11 @@ class AdaLayerNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.linear = nn.Linear(dim, dim * 2)
-        self.eps = eps
+        self.dim, self.eps = dim, eps
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         scale, shift = self.linear(F.silu(temb)).chunk(2, dim=1)
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale[:, None]) + shift[:, None]
+        return F.layer_norm(x, (self.dim,), eps=self.eps) * (1 + scale[:, None]) + shift[:, None]
 
 
 class TransformerBlock(nn.Module):
@@ -137,6 +137,7 @@ class DiT(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         d = cfg.inner_dim
+        self.dim = d
         self.interleave = cfg.interleave_self_attention
         self.timestep_encoder = TimestepEncoder(d)
         self.transformer_blocks = nn.ModuleList(
@@ -157,5 +158,5 @@ class DiT(nn.Module):
             context = None if (self.interleave and i % 2 == 1) else vl_embs
             x = block(x, context, temb)
         shift, scale = self.proj_out_1(F.silu(temb)).chunk(2, dim=1)  # note: (shift, scale) here
-        x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+        x = F.layer_norm(x, (self.dim,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
         return self.proj_out_2(x)

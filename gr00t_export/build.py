@@ -1,0 +1,178 @@
+"""`gr00t-export build`: load -> partition -> export/optimise -> manifest; the output appears whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gr00t_export import __version__
+from gr00t_export.config import config_to_dict
+from gr00t_export.embodiments import ModalityConfig, modality_config_to_dict
+from gr00t_export.errors import InputError, ValidationFailure
+from gr00t_export.export import ExportedStage, export_partition
+from gr00t_export.load import load_model, open_checkpoint
+from gr00t_export.metadata import EmbodimentMetadata
+from gr00t_export.partition import PRECISIONS, GraphSpec, Partition, graph_spec_path, partition
+from gr00t_export.policy import Observation, Transforms, resolve_policy_inputs
+from gr00t_export.preprocess.tokenizer import EagleTokenizer
+from gr00t_export.runner import MANIFEST, SPEC_FILE
+from gr00t_export.util import atomic_output_dir, sha256_file
+
+
+@dataclass
+class BuildOptions:
+    model_path: Path
+    output: Path
+    embodiment_tag: str = "gr1"
+    modality_config: str | None = None
+    eagle_path: Path | None = None
+    precision: str = "fp32"
+    views: int | None = None
+    max_batch: int = 1
+    dataset_path: Path | None = None
+    force: bool = False
+    simplify: bool = True
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    stages: list[ExportedStage]
+    seconds: float
+    manifest: dict = field(default_factory=dict)
+
+
+def example_observation(modality: ModalityConfig, metadata: EmbodimentMetadata, dataset_path: Path | None
+                        ) -> Observation:
+    """A real dataset step when a dataset is given; else a seeded frame and the metadata's mean state."""
+    if dataset_path is not None:
+        from gr00t_export.data.lerobot import LeRobotDataset
+
+        dataset = LeRobotDataset(dataset_path)
+        episode, step = next(iter(dataset.iter_steps(modality, 1)))
+        return dataset.observation(episode, step, modality)
+    rng = np.random.default_rng(0)
+    obs: Observation = {}
+    for key in modality.video_keys:
+        w, h = metadata.modalities.get("video", {}).get(ModalityConfig.short(key), {}).get("resolution", [256, 256])
+        obs[key] = rng.integers(0, 256, (modality.state_horizon, h, w, 3), dtype=np.uint8)
+    for key in modality.state_keys:
+        short = ModalityConfig.short(key)
+        stats = metadata.state.get(short)
+        mean = stats.mean if stats is not None else np.zeros(metadata.state_dim(short))
+        obs[key] = np.repeat(mean[None], modality.state_horizon, axis=0)
+    if modality.language_key:
+        obs[modality.language_key] = np.array(["pick up the object and place it on the plate"])
+    return obs
+
+
+def seq_len_profile(tokenizer: EagleTokenizer, views: int, spec: GraphSpec) -> dict[str, int]:
+    """min/opt/max prompt lengths for TensorRT profiles, measured with the build's own tokenizer."""
+    prof = spec.profiles
+    base = tokenizer.encode([""], views)[0].shape[1]
+    typical = tokenizer.encode([prof["typical_instruction"]], views)[0].shape[1]
+    return {"min": int(base), "opt": int(typical), "max": int(base + prof["max_instruction_tokens"])}
+
+
+def resolve_profiles(tokenizer: EagleTokenizer, spec: GraphSpec, max_batch: int) -> dict[str, dict]:
+    profiles = {}
+    for views in spec.profiles["views"]:
+        batch = {"min": 1, "opt": 1, "max": max_batch}
+        profiles[f"views_{views}"] = {
+            "batch": batch,
+            "num_images": {k: v * views for k, v in batch.items()},
+            "seq_len": seq_len_profile(tokenizer, views, spec),
+        }
+    return profiles
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    try:
+        import onnxslim
+
+        versions["onnxslim"] = onnxslim.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def file_entries(root: Path) -> list[dict]:
+    return [{"path": str(f.relative_to(root)), "sha256": sha256_file(f), "size": f.stat().st_size}
+            for f in sorted(root.rglob("*")) if f.is_file() and f.name != MANIFEST]
+
+
+def write_manifest(root: Path, opts: BuildOptions, part: Partition, stages: list[ExportedStage], fingerprint: str,
+                   modality: ModalityConfig, metadata: EmbodimentMetadata, model_cfg: dict,
+                   profiles: dict) -> dict:
+    manifest = {
+        "format_version": 1,
+        "tool": {"name": "gr00t-export", "version": __version__},
+        "libraries": library_versions(),
+        "created_unix": int(time.time()),
+        "source": {"model_path": str(opts.model_path.resolve()), "fingerprint_sha256": fingerprint},
+        "embodiment_tag": modality.embodiment_tag,
+        "modality_config": modality_config_to_dict(modality),
+        "metadata": metadata.to_dict(),
+        "precision": part.precision,
+        "views": part.views,
+        "max_batch": opts.max_batch,
+        "model": {"action_horizon": model_cfg["action_head"]["action_horizon"],
+                  "action_dim": model_cfg["action_head"]["action_dim"], "config": model_cfg},
+        "profiles": profiles,
+        "stages": [asdict(s) | {"passed": s.passed} for s in stages],
+        "files": file_entries(root),
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def build(opts: BuildOptions, on_step=None) -> BuildResult:
+    """The whole staged export; `on_step(label)` is called as each step starts (for progress display)."""
+    start = time.perf_counter()
+    step = on_step or (lambda label: None)
+    if opts.precision not in PRECISIONS:
+        raise InputError(f"unknown --precision {opts.precision!r}; use fp32, fp16 or bf16")
+    if opts.max_batch < 1:
+        raise InputError(f"--max_batch must be >= 1, got {opts.max_batch}")
+    step("load checkpoint")
+    ckpt = open_checkpoint(opts.model_path, opts.eagle_path)
+    modality, metadata = resolve_policy_inputs(ckpt, opts.embodiment_tag, opts.modality_config)
+    views = len(modality.video_keys)
+    if opts.views is not None and opts.views != views:
+        raise InputError(f"--views {opts.views} but modality config {modality.name!r} has {views} camera view(s); "
+                         "use a modality config with that many video keys")
+    tokenizer = EagleTokenizer.from_dir(ckpt.eagle_dir)
+    transforms = Transforms(modality, metadata, tokenizer, ckpt.config.action_head.max_state_dim)
+    obs = example_observation(modality, metadata, opts.dataset_path)
+    raw = transforms.reader(obs)
+    model, _ = load_model(ckpt, dtype=PRECISIONS[opts.precision])
+    step("partition")
+    part = partition(model, transforms, opts.precision)
+    ah = ckpt.config.action_head
+    init_actions = torch.randn((raw.batch, ah.action_horizon, ah.action_dim),
+                               generator=torch.Generator().manual_seed(0))
+    fingerprint = ckpt.fingerprint()
+    with atomic_output_dir(opts.output, force=opts.force) as tmp:
+        stages = export_partition(part, raw, init_actions, tmp, simplify=opts.simplify,
+                                  on_stage=lambda name: step(f"export {name}"))
+        failed = [s for s in stages if not s.passed]
+        if failed:
+            worst = failed[0]
+            raise ValidationFailure(f"stage {worst.name} drifts from its PyTorch twin by {worst.max_abs_diff:.3g} "
+                                    f"(> {worst.atol:g} for {opts.precision}); nothing was written")
+        step("manifest")
+        (tmp / SPEC_FILE).write_bytes(graph_spec_path().read_bytes())
+        manifest = write_manifest(tmp, opts, part, stages, fingerprint, modality, metadata,
+                                  config_to_dict(ckpt.config), resolve_profiles(tokenizer, part.spec, opts.max_batch))
+    return BuildResult(Path(opts.output), stages, time.perf_counter() - start, manifest)

@@ -1,0 +1,140 @@
+"""Stage 3 — export: each stage module to its artifact (TorchScript or ONNX), checked against its twin.
+
+Every stage is exported from the feeds it actually receives when the whole pipeline runs on a real
+observation, and the written artifact is re-loaded and run on those same feeds before it is accepted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from gr00t_export.errors import ValidationFailure
+from gr00t_export.optimize import OptimizeReport, optimize, save_onnx
+from gr00t_export.partition import Partition, StageSpec
+from gr00t_export.policy import RawInputs
+from gr00t_export.runner import OnnxStageRunner, TorchStageRunner, run_pipeline
+
+# How far an artifact may drift from its PyTorch twin on the export inputs before the build fails.
+EXPORT_ATOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: list[int]
+
+
+@dataclass
+class ExportedStage:
+    name: str
+    file: str
+    format: str
+    precision: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    max_abs_diff: float
+    atol: float
+    optimize: OptimizeReport | None = None
+    extra_files: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.atol
+
+
+def _info(name: str, value: Any) -> TensorInfo:
+    if isinstance(value, torch.Tensor):
+        return TensorInfo(name, str(value.dtype).removeprefix("torch."), list(value.shape))
+    return TensorInfo(name, "string", [len(value)])
+
+
+def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    worst = 0.0
+    for key, x in a.items():
+        y = b[key]
+        x, y = torch.as_tensor(x).double().cpu(), torch.as_tensor(y).double().cpu()
+        if x.shape != y.shape:
+            raise ValidationFailure(f"output {key} has shape {tuple(y.shape)}, its twin {tuple(x.shape)}")
+        if x.numel():
+            worst = max(worst, float((x - y).abs().max()))
+    return worst
+
+
+def trace_feeds(part: Partition, raw: RawInputs, init_actions: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """Runs the eager twins end to end and records what each stage receives."""
+    twins = {s.name: TorchStageRunner(part.modules[s.name], s) for s in part.spec.stages}
+    trace: dict[str, dict[str, Any]] = {}
+    run_pipeline(part.spec, twins, raw, init_actions, trace)
+    return trace
+
+
+def export_torchscript(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any], path: Path) -> torch.nn.Module:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(module)
+        torch.jit.save(scripted, str(path))
+        return torch.jit.load(str(path))
+
+
+def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any], path: Path, opset: int) -> None:
+    """Legacy (TorchScript-based) exporter: it keeps shared weights as one initializer when a loop is unrolled
+    and honours dynamic axes; >2 GB graphs are re-saved with all weights in one `.onnx_data` file."""
+    args = tuple(feeds[n] for n in stage.input_names)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
+        raw_path = Path(scratch) / path.name
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, args, str(raw_path), dynamo=False, opset_version=opset,
+                input_names=stage.input_names, output_names=stage.output_names,
+                dynamic_axes=stage.dynamic_axes(), do_constant_folding=True,
+            )
+        save_onnx(onnx.load(str(raw_path)), path)
+
+
+def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor, out_dir: Path,
+                     simplify: bool = True, on_stage: Callable[[str], None] | None = None) -> list[ExportedStage]:
+    """Writes every stage of `part` under `out_dir` (paths from the graph spec) and checks each one."""
+    trace = trace_feeds(part, raw, init_actions)
+    atol = EXPORT_ATOL[part.precision]
+    results = []
+    for stage in part.spec.stages:
+        if on_stage:
+            on_stage(stage.name)
+        module, feeds, path = part.modules[stage.name], trace[stage.name], out_dir / stage.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        expected = TorchStageRunner(module, stage).infer(feeds)
+        report = None
+        if stage.format == "torchscript":
+            loaded = export_torchscript(module, stage, feeds, path)
+            got = TorchStageRunner(loaded, stage).infer(feeds)
+        else:
+            raw_path = path.with_name(path.stem + ".raw.onnx")
+            export_onnx(module, stage, feeds, raw_path, part.spec.opset)
+            numpy_feeds = {k: v.numpy() for k, v in feeds.items()}
+            report = optimize(raw_path, path, numpy_feeds, stage.output_names, atol=atol / 10, simplify=simplify)
+            for f in (raw_path, raw_path.with_name(raw_path.name + "_data")):
+                f.unlink(missing_ok=True)
+            got = OnnxStageRunner(path, stage, ["CPUExecutionProvider"]).infer(feeds)
+        for name, value in got.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                raise ValidationFailure(f"stage {stage.name} output {name} has NaN/inf in {part.precision}; "
+                                        "export in fp32 or report this model")
+        data = path.with_name(path.name + "_data")
+        results.append(ExportedStage(
+            name=stage.name, file=stage.file, format=stage.format, precision=part.precision,
+            inputs=[_info(k, v) for k, v in feeds.items()], outputs=[_info(k, v) for k, v in got.items()],
+            max_abs_diff=max_abs_diff(expected, got), atol=atol, optimize=report,
+            extra_files=[str(Path(stage.file).with_name(data.name))] if data.exists() else [],
+        ))
+    return results

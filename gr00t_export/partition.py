@@ -1,0 +1,233 @@
+"""Stage 2 — partition: the policy as deployable stages, each a module with the spec's named inputs/outputs.
+
+The graph spec (`graph_specs/gr00t_n1_5.yaml`, shipped in the package) says which stages exist, their
+files, tensor names, dtypes and symbolic dims. `partition()` builds one PyTorch module per stage from a
+loaded model and its transforms; the exporter writes them out and validation runs them as the PyTorch
+twins of the artifacts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from gr00t_export.errors import InputError
+from gr00t_export.model import Gr00tN15
+from gr00t_export.policy import Transforms
+from gr00t_export.preprocess.state_action import ActionPostprocessor, StatePreprocessor
+from gr00t_export.preprocess.tokenizer_script import ScriptableEagleTokenizer
+from gr00t_export.preprocess.video import VideoPreprocessor
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SPEC_NAME = "gr00t_n1_5.yaml"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "float" = the build precision; else a concrete dtype name
+    shape: tuple[str | int, ...]
+    source: str | None = None  # inputs only: "external" or "<stage>/<output>"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    file: str
+    format: str  # "torchscript" | "onnx"
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Symbolic dims that vary at run time (batch, views, prompt length), for the ONNX exporter."""
+        varying = {"batch", "num_images", "seq_len"}
+        return {t.name: {i: d for i, d in enumerate(t.shape) if d in varying}
+                for t in (*self.inputs, *self.outputs) if any(d in varying for d in t.shape)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    opset: int
+    stages: tuple[StageSpec, ...]
+    profiles: dict
+    precision_policy: dict = field(default_factory=dict)
+
+    def edges(self) -> dict[str, list[str]]:
+        """Data flow `"stage/output": ["stage/input", ...]`: what the IGG config and the runners follow."""
+        flow: dict[str, list[str]] = {}
+        for s in self.stages:
+            for t in s.inputs:
+                if t.source != "external":
+                    flow.setdefault(t.source, []).append(f"{s.name}/{t.name}")
+        return flow
+
+    def external_inputs(self) -> dict[str, list[str]]:
+        return {s.name: [t.name for t in s.inputs if t.source == "external"] for s in self.stages
+                if any(t.source == "external" for t in s.inputs)}
+
+    def stage(self, name: str) -> StageSpec:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def graph_spec_path() -> Path:
+    return Path(str(resources.files("gr00t_export") / "resources" / "graph_specs" / SPEC_NAME))
+
+
+def load_graph_spec(path: str | Path | None = None) -> GraphSpec:
+    path = Path(path) if path else graph_spec_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+        stages = tuple(
+            StageSpec(
+                name=s["name"], file=s["file"], format=s["format"],
+                inputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), t["from"]) for t in s["inputs"]),
+                outputs=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in s["outputs"]),
+            )
+            for s in raw["stages"]
+        )
+        return GraphSpec(raw["name"], int(raw["opset"]), stages, raw["profiles"], raw.get("precision_policy", {}))
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise InputError(f"graph spec {path} is unreadable or incomplete ({err}); reinstall the package") from None
+
+
+# --- the stage modules --------------------------------------------------------------------------------
+
+class VideoStage(nn.Module):
+    """uint8 frames -> pixel_values in the build precision."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.video = VideoPreprocessor()
+        self.dtype = dtype
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.video(frames).to(self.dtype)
+
+
+class StateStage(nn.Module):
+    """Raw state (per key, concatenated in modality order) -> model state (B, 1, 64) and embodiment id."""
+
+    def __init__(self, state: StatePreprocessor, embodiment_id: int, dtype: torch.dtype):
+        super().__init__()
+        self.state = state
+        self.embodiment_id = embodiment_id
+        self.dtype = dtype
+
+    def forward(self, raw_state: Tensor) -> tuple[Tensor, Tensor]:
+        state, _ = self.state(raw_state)
+        batch = raw_state.shape[0]
+        ids = torch.full([batch], self.embodiment_id, dtype=torch.long, device=raw_state.device)
+        return state[:, -1:].to(self.dtype), ids
+
+
+class VisionStage(nn.Module):
+    def __init__(self, model: Gr00tN15):
+        super().__init__()
+        self.vision_model = model.backbone.eagle_model.vision_model
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.vision_model(pixel_values)
+
+
+class LLMStage(nn.Module):
+    """Token embedding, mlp1, image-token scatter, Qwen3 (select_layer layers) and eagle_linear in one graph."""
+
+    def __init__(self, model: Gr00tN15):
+        super().__init__()
+        self.eagle_model = model.backbone.eagle_model
+        self.eagle_linear = model.backbone.eagle_linear
+
+    def forward(self, input_ids: Tensor, vit_embeds: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.eagle_linear(self.eagle_model(input_ids, attention_mask, vit_embeds))
+
+
+class DenoisingStage(nn.Module):
+    """vlln + vl_self_attention + state encoder once, then the Euler steps unrolled over shared weights.
+
+    `backbone_attention_mask` is part of the interface but, as in N1.5, the action head attends to every
+    backbone token; it enters the graph only as a no-op so the exported input list matches the spec.
+    """
+
+    def __init__(self, model: Gr00tN15):
+        super().__init__()
+        self.action_head = model.action_head
+
+    def forward(self, backbone_features: Tensor, backbone_attention_mask: Tensor, state: Tensor,
+                embodiment_id: Tensor, init_actions: Tensor) -> Tensor:
+        features = backbone_features + 0 * backbone_attention_mask[:, :1, None].to(backbone_features.dtype)
+        return self.action_head.get_action(features, state, embodiment_id, init_actions)
+
+
+class PostprocessStage(nn.Module):
+    """Normalised action_pred -> un-normalised actions, one output per modality action key."""
+
+    def __init__(self, post: ActionPostprocessor):
+        super().__init__()
+        self.post = post
+        self.keys = [k for k, _, _ in post.key_slices]
+        self.starts = [s for _, s, _ in post.key_slices]
+        self.ends = [e for _, _, e in post.key_slices]
+
+    def forward(self, action_pred: Tensor) -> dict[str, Tensor]:
+        actions = self.post(action_pred.float())
+        out: dict[str, Tensor] = {}
+        for i, key in enumerate(self.keys):
+            out[key] = actions[..., self.starts[i]:self.ends[i]]
+        return out
+
+
+@dataclass
+class Partition:
+    """The stage modules of one policy for one precision and view count, in execution order."""
+
+    spec: GraphSpec
+    modules: dict[str, nn.Module]
+    precision: str
+    views: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+
+def partition(model: Gr00tN15, transforms: Transforms, precision: str = "fp32", spec: GraphSpec | None = None
+              ) -> Partition:
+    """Splits a loaded model (already in `precision`) and its transforms into the spec's stages."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    spec = spec or load_graph_spec()
+    dtype = PRECISIONS[precision]
+    views = len(transforms.modality.video_keys)
+    modules: dict[str, nn.Module] = {
+        "preprocess_video": VideoStage(dtype),
+        "preprocess_state_action": StateStage(transforms.state, transforms.embodiment_id, dtype),
+        "eagle2_tokenizer": ScriptableEagleTokenizer(transforms.tokenizer, num_images=views),
+        "vit": VisionStage(model),
+        "llm": LLMStage(model),
+        "denoising_subgraph": DenoisingStage(model),
+        "postprocess": PostprocessStage(ActionPostprocessor(transforms.modality, transforms.metadata)),
+    }
+    missing = [s.name for s in spec.stages if s.name not in modules]
+    if missing:
+        raise InputError(f"graph spec names stages this version cannot build: {', '.join(missing)}")
+    ordered = {s.name: modules[s.name] for s in spec.stages}
+    for m in ordered.values():
+        m.eval()
+    return Partition(spec=spec, modules=ordered, precision=precision, views=views)

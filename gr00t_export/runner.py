@@ -1,0 +1,185 @@
+"""Running the stages: one runner interface whatever executes a stage, and the exported policy built on it.
+
+`StageRunner.infer(feeds) -> outputs` (named tensors) is the same for an eager PyTorch twin, a TorchScript
+artifact and an onnxruntime session, so the pipeline, the validation tiers and the benchmark drive them
+all the same way (the shape of Polygraphy's runners, without its dependency on the hot path).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from gr00t_export.embodiments import ModalityConfig, modality_config_from_dict
+from gr00t_export.errors import InputError, ValidationFailure
+from gr00t_export.metadata import EmbodimentMetadata, KeyStats
+from gr00t_export.partition import GraphSpec, StageSpec, load_graph_spec
+from gr00t_export.policy import Observation, ObservationReader, PolicySpec, RawInputs, batch_observation
+from gr00t_export.util import sha256_file
+
+MANIFEST = "manifest.json"
+SPEC_FILE = "graph_spec.yaml"
+ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16,
+             "tensor(int64)": torch.int64, "tensor(uint8)": torch.uint8, "tensor(double)": torch.float64}
+
+
+class StageRunner(Protocol):
+    spec: StageSpec
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+def _outputs(spec: StageSpec, result: Any) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return dict(result)
+    if not isinstance(result, tuple | list):
+        result = (result,)
+    return dict(zip(spec.output_names, result, strict=True))
+
+
+class TorchStageRunner:
+    """An eager module or a TorchScript artifact; inputs passed positionally in spec order."""
+
+    def __init__(self, module: torch.nn.Module, spec: StageSpec, device: str | torch.device = "cpu"):
+        self.module, self.spec, self.device = module, spec, torch.device(device)
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        args = [feeds[n].to(self.device) if isinstance(feeds[n], torch.Tensor) else feeds[n]
+                for n in self.spec.input_names]
+        with torch.no_grad():
+            return _outputs(self.spec, self.module(*args))
+
+
+def ort_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise InputError("--device cuda asked for but onnxruntime has no CUDA EP; install onnxruntime-gpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxStageRunner:
+    """An onnxruntime session; float inputs are cast to the graph's declared types."""
+
+    def __init__(self, path: Path, spec: StageSpec, providers: list[str], threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.spec = spec
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_types = {i.name: ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        arrays = {}
+        for name, dtype in self.input_types.items():
+            t = feeds[name]
+            t = t.to(dtype) if isinstance(t, torch.Tensor) and dtype is not None else t
+            arrays[name] = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        out = self.session.run(self.spec.output_names, arrays)
+        return {n: torch.from_numpy(np.asarray(v)) for n, v in zip(self.spec.output_names, out, strict=True)}
+
+
+def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInputs, init_actions: torch.Tensor,
+                 trace: dict[str, dict[str, Any]] | None = None) -> dict[str, torch.Tensor]:
+    """Runs every stage in spec order, feeding each input from its `from:`; returns the last stage's outputs.
+
+    With `trace`, records each stage's feeds (so a stage can be re-run alone on real inputs).
+    """
+    external = {"frames": torch.from_numpy(raw.frames), "raw_state": torch.from_numpy(raw.raw_state),
+                "instructions": raw.instructions, "init_actions": init_actions}
+    produced: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    for stage in spec.stages:
+        feeds = {t.name: external[t.name] if t.source == "external" else produced[t.source] for t in stage.inputs}
+        if trace is not None:
+            trace[stage.name] = feeds
+        outputs = stages[stage.name].infer(feeds)
+        produced |= {f"{stage.name}/{k}": v for k, v in outputs.items()}
+    return outputs
+
+
+def read_manifest(artifact_dir: Path) -> dict:
+    path = artifact_dir / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{artifact_dir} has no {MANIFEST}, so it is not a complete gr00t-export build; "
+                         "re-run `gr00t-export build`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValidationFailure(f"{path} is not valid JSON ({err}); the drop was edited or truncated") from None
+
+
+def verify_file(artifact_dir: Path, entry: dict) -> None:
+    """Hash check before anything is loaded: a TorchScript file is code and must be the one we wrote."""
+    path = artifact_dir / entry["path"]
+    if not path.is_file():
+        raise ValidationFailure(f"artifact {entry['path']} is missing; re-run the build or restore the drop")
+    if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+        raise ValidationFailure(f"artifact {entry['path']} does not match its manifest sha256 (modified or "
+                                "corrupt); re-run the build or restore the drop")
+
+
+def policy_spec_from_manifest(manifest: dict) -> PolicySpec:
+    modality = modality_config_from_dict(manifest["modality_config"], where="manifest modality_config")
+    meta = manifest["metadata"]
+    metadata = EmbodimentMetadata(
+        tag=meta["embodiment_tag"],
+        state={k: KeyStats.from_dict(v, k) for k, v in meta["statistics"]["state"].items()},
+        action={k: KeyStats.from_dict(v, k) for k, v in meta["statistics"]["action"].items()},
+        modalities=meta["modalities"],
+    )
+    return PolicySpec(modality, metadata, manifest["model"]["action_horizon"], manifest["model"]["action_dim"])
+
+
+class ExportedGr00tRunner:
+    """The exported policy: TorchScript stages in torch, ONNX stages in onnxruntime (CUDA EP when asked).
+
+    Same `get_action(obs, noise, seed)` as `ReferencePolicy`, so both run the same observation and noise.
+    """
+
+    def __init__(self, artifact_dir: str | Path, device: str = "cpu", threads: int = 0):
+        self.dir = Path(artifact_dir)
+        if not self.dir.is_dir():
+            raise InputError(f"artifact dir {self.dir} does not exist; run `gr00t-export build` first")
+        self.manifest = read_manifest(self.dir)
+        files = {f["path"]: f for f in self.manifest["files"]}
+        if SPEC_FILE in files:
+            verify_file(self.dir, files[SPEC_FILE])
+        self.graph = load_graph_spec(self.dir / SPEC_FILE)
+        self.spec = policy_spec_from_manifest(self.manifest)
+        self.device = device
+        providers = ort_providers(device)
+        self.stages: dict[str, StageRunner] = {}
+        for stage in self.graph.stages:
+            entry = files.get(stage.file)
+            if entry is None:
+                raise ValidationFailure(f"manifest lists no {stage.file}; the drop is incomplete, re-run the build")
+            verify_file(self.dir, entry)
+            path = self.dir / stage.file
+            if stage.format == "onnx":
+                self.stages[stage.name] = OnnxStageRunner(path, stage, providers, threads)
+            else:
+                module = torch.jit.load(str(path), map_location=device if stage.name != "eagle2_tokenizer" else "cpu")
+                self.stages[stage.name] = TorchStageRunner(module, stage, device)
+        state_dims = [self.spec.metadata.state_dim(ModalityConfig.short(k)) for k in self.spec.modality.state_keys]
+        self.reader = ObservationReader(self.spec.modality, state_dims)
+
+    def run_raw(self, raw: RawInputs, init_actions: torch.Tensor, trace: dict | None = None) -> dict[str, Any]:
+        return run_pipeline(self.graph, self.stages, raw, init_actions, trace)
+
+    def get_action(self, obs: Observation, noise: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        _, batched = batch_observation(obs, self.spec.modality)
+        raw = self.reader(obs)
+        actions = self.run_raw(raw, self.spec.noise(raw.batch, noise, seed))
+        return {k: (v.float().cpu().numpy() if batched else v[0].float().cpu().numpy()) for k, v in actions.items()}

@@ -341,5 +341,48 @@ def build(
     out_console.print(table)
 
 
+@app.command()
+@cli_errors
+def bench(
+    artifact_dir: Annotated[Path | None, typer.Argument(help="Exported build (for the ort/trt backends).")] = None,
+    model_path: ModelPath = None,
+    eagle_path: EaglePath = None,
+    embodiment_tag: EmbodimentTag = "gr1",
+    modality_config: ModalityOpt = None,
+    backends: Annotated[str, typer.Option(help="Comma-separated: torch, torch-compile, ort, trt.")
+                        ] = "torch,torch-compile,ort,trt",
+    dtype: Annotated[str, typer.Option(help="Precision of the PyTorch backends: fp16, bf16 or fp32.")] = "fp16",
+    iters: Annotated[int, typer.Option(help="Timed iterations per backend.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 5,
+    device: Annotated[str, typer.Option(help="cuda or cpu (cpu: smoke tests only).")] = "cuda",
+    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="Take the observation from this "
+                                                      "LeRobot dataset.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure to this JSON file.")] = None,
+):
+    """Per-stage and end-to-end latency (median, p90) of each backend on the same observation, with ratios."""
+    from gr00t_export.bench import bench as run_bench
+    from gr00t_export.bench import table_rows, write_json
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    results = run_bench(artifact_dir, model_path, names, dtype, iters, warmup, device, dataset_path, eagle_path,
+                        embodiment_tag, modality_config, log=lambda m: console.print(m))
+    header, rows = table_rows(results)
+    gpu = "cpu"
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name()
+    table = Table(title=f"latency in ms on {gpu} ({iters} iterations, median)", title_justify="left")
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    out_console.print(table)
+    if json_out is not None:
+        write_json(results, json_out, {"device": gpu, "dtype": dtype, "iters": iters, "backends": names,
+                                       "artifact_dir": str(artifact_dir), "model_path": str(model_path)})
+        console.print(f"[green]wrote[/] {json_out}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

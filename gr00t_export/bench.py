@@ -1,0 +1,212 @@
+"""`gr00t-export bench`: per-stage and end-to-end latency of every runtime on one machine, in one table.
+
+Backends: `torch` (the PyTorch twins of the stages, eager), `torch-compile` (the same with
+`torch.compile(mode="reduce-overhead")`, i.e. CUDA graphs, on vit/llm/denoising), `ort` (the exported
+artifacts in onnxruntime; CUDA EP with device-resident I/O on a GPU) and `trt` (TensorRT engines, when
+the module and engines exist). All run the same observation and noise; ratios are against eager.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from gr00t_export.errors import InputError
+from gr00t_export.partition import PRECISIONS, partition
+from gr00t_export.policy import RawInputs, ReferencePolicy
+from gr00t_export.runner import ExportedGr00tRunner, StageRunner, TorchStageRunner, run_pipeline
+
+COMPILED_STAGES = ("vit", "llm", "denoising_subgraph")
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p90_ms: float
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    stages: dict[str, Timing] = field(default_factory=dict)
+    end_to_end: Timing | None = None
+    note: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(samples: list[float]) -> Timing:
+    ordered = sorted(samples)
+    return Timing(statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))])
+
+
+class TimedStage:
+    """Wraps a stage runner and records its wall time (synchronised on GPU) per call."""
+
+    def __init__(self, inner: StageRunner, device: torch.device):
+        self.inner, self.spec, self.device, self.samples = inner, inner.spec, device, []
+
+    def infer(self, feeds):
+        _sync(self.device)
+        start = time.perf_counter()
+        out = self.inner.infer(feeds)
+        _sync(self.device)
+        self.samples.append((time.perf_counter() - start) * 1e3)
+        return out
+
+
+def time_pipeline(graph, stages: dict[str, StageRunner], raw: RawInputs, init: torch.Tensor, device: torch.device,
+                  warmup: int, iters: int) -> tuple[dict[str, Timing], Timing]:
+    timed = {name: TimedStage(s, device) for name, s in stages.items()}
+    e2e = []
+    for i in range(warmup + iters):
+        if i == warmup:
+            for t in timed.values():
+                t.samples.clear()
+        _sync(device)
+        start = time.perf_counter()
+        run_pipeline(graph, timed, raw, init)
+        _sync(device)
+        if i >= warmup:
+            e2e.append((time.perf_counter() - start) * 1e3)
+    # the per-stage syncs inflate e2e slightly; measure e2e again without them
+    free = []
+    for _ in range(iters):
+        _sync(device)
+        start = time.perf_counter()
+        run_pipeline(graph, stages, raw, init)
+        _sync(device)
+        free.append((time.perf_counter() - start) * 1e3)
+    return {n: _stats(t.samples) for n, t in timed.items()}, _stats(free)
+
+
+def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, compile_: bool
+                 ) -> tuple[object, dict[str, StageRunner]]:
+    part = partition(policy.model, policy.transforms, precision)
+    stages: dict[str, StageRunner] = {}
+    for spec in part.spec.stages:
+        module = part.modules[spec.name]
+        on_cpu = spec.name == "eagle2_tokenizer"
+        module = module if on_cpu else module.to(device)
+        if compile_ and spec.name in COMPILED_STAGES:
+            module = torch.compile(module, mode="reduce-overhead", dynamic=False)
+        stages[spec.name] = TorchStageRunner(module, spec, "cpu" if on_cpu else device)
+    return part.spec, stages
+
+
+def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str], dtype: str, iters: int,
+          warmup: int, device: str, dataset_path: Path | None = None, eagle_path: Path | None = None,
+          embodiment_tag: str = "gr1", modality_config: str | None = None,
+          log: Callable[[str], None] = print) -> list[BackendResult]:
+    if artifact_dir is None and model_path is None:
+        raise InputError("nothing to benchmark: pass ARTIFACT_DIR and/or --model_path CKPT")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but no GPU is visible; use --device cpu")
+    runner = ExportedGr00tRunner(artifact_dir, device=device) if artifact_dir else None
+    if model_path is None and runner is not None:
+        model_path = Path(runner.manifest["source"]["model_path"])
+    policy = None
+    if any(b.startswith("torch") for b in backends):
+        if not (model_path and Path(model_path).is_dir()):
+            raise InputError("torch backends need the checkpoint: pass --model_path CKPT")
+        policy = ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config,
+                                                 dtype="fp32", device="cpu")
+        policy.model.to(device=dev, dtype=PRECISIONS[dtype])
+    modality = (runner or policy).spec.modality
+    obs = _observation(policy, runner, modality, dataset_path)
+    reader = runner.reader if runner else policy.transforms.reader
+    raw = reader(obs)
+    spec = (runner or policy).spec
+    init = spec.noise(raw.batch, None, 0).to(dev)
+    results = []
+    for backend in backends:
+        log(f"timing {backend} ...")
+        if backend in ("torch", "torch-compile"):
+            graph, stages = _twin_stages(policy, dtype, dev, backend == "torch-compile")
+        elif backend == "ort":
+            if runner is None:
+                raise InputError("the ort backend needs ARTIFACT_DIR (an exported build)")
+            graph, stages = runner.graph, runner.stages
+        elif backend == "trt":
+            try:
+                import tensorrt  # noqa: F401
+            except ImportError:
+                results.append(BackendResult("trt", note="skipped: the tensorrt module is not installed here"))
+                continue
+            results.append(BackendResult("trt", note="skipped: no engines/*.engine in the artifact dir"))
+            continue
+        else:
+            raise InputError(f"unknown backend {backend!r}; use torch, torch-compile, ort, trt")
+        per_stage, e2e = time_pipeline(graph, stages, raw, init, dev, warmup, iters)
+        results.append(BackendResult(backend, per_stage, e2e))
+    return results
+
+
+def _observation(policy, runner, modality, dataset_path: Path | None):
+    from gr00t_export.build import example_observation
+
+    metadata = (runner or policy).spec.metadata
+    return example_observation(modality, metadata, dataset_path)
+
+
+def table_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]]]:
+    stages = [s for r in results for s in r.stages]
+    stages = list(dict.fromkeys(stages))
+    eager = next((r for r in results if r.backend == "torch" and r.end_to_end), None)
+    header = ["backend", *stages, "end-to-end (p50 / p90 ms)", "vs eager"]
+    rows = []
+    for r in results:
+        if r.end_to_end is None:
+            rows.append([r.backend, *["-"] * len(stages), r.note, "-"])
+            continue
+        cells = [f"{r.stages[s].median_ms:.2f}" if s in r.stages else "-" for s in stages]
+        ratio = f"{r.end_to_end.median_ms / eager.end_to_end.median_ms:.3f}" if eager else "-"
+        rows.append([r.backend, *cells, f"{r.end_to_end.median_ms:.2f} / {r.end_to_end.p90_ms:.2f}", ratio])
+    return header, rows
+
+
+def write_json(results: list[BackendResult], path: Path, context: dict) -> None:
+    path.write_text(json.dumps({"context": context, "results": [asdict(r) for r in results]}, indent=2))
+
+
+def floor_analysis(cfg, seq_len: int, views: int, steps: int, bytes_per_param: int = 2,
+                   bandwidth_tbs: float = 3.35, peak_tflops: float = 989.0) -> list[dict]:
+    """Weight bytes and matmul FLOPs per stage from the config: the time below which no runtime can go."""
+    v, t, ah = cfg.vision, cfg.text, cfg.action_head
+    vit_params = v.num_hidden_layers * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size)
+    llm_layer = (t.hidden_size * t.head_dim * (t.num_attention_heads * 2 + t.num_key_value_heads * 2)
+                 + 3 * t.hidden_size * t.intermediate_size)
+    llm_params = cfg.select_layer * llm_layer + v.hidden_size * t.hidden_size
+    d, dit = ah.input_embedding_dim, ah.diffusion_model
+    dit_block = 2 * d * d + 2 * d * (dit.cross_attention_dim or d) + 8 * d * d + 2 * d * d
+    dit_params = dit.num_layers * dit_block + 4 * d * d
+    vl = ah.vl_self_attention.inner_dim
+    vlsa_params = ah.vl_self_attention.num_layers * 12 * vl * vl
+    enc = 3 * d * d + d * ah.action_dim + ah.hidden_size**2
+    images, tokens = views, 49
+    stages = [
+        ("vit", vit_params, 2 * vit_params * 256 * images),
+        ("llm", llm_params, 2 * llm_params * seq_len),
+        ("denoising_subgraph", vlsa_params + dit_params + enc,
+         2 * vlsa_params * seq_len + steps * 2 * (dit_params + enc) * tokens),
+    ]
+    out = []
+    for name, params, flops in stages:
+        read_ms = params * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
+        # the DiT re-reads its weights every Euler step
+        if name == "denoising_subgraph":
+            read_ms = (vlsa_params + steps * (dit_params + enc)) * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
+        compute_ms = flops / (peak_tflops * 1e12) * 1e3
+        out.append({"stage": name, "params_M": params / 1e6, "gflop": flops / 1e9, "weight_read_ms": read_ms,
+                    "compute_ms": compute_ms, "floor_ms": max(read_ms, compute_ms)})
+    return out

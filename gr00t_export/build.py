@@ -38,6 +38,7 @@ class BuildOptions:
     dataset_path: Path | None = None
     force: bool = False
     simplify: bool = True
+    device: str = "cpu"
 
 
 @dataclass
@@ -156,7 +157,7 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     transforms = Transforms(modality, metadata, tokenizer, ckpt.config.action_head.max_state_dim)
     obs = example_observation(modality, metadata, opts.dataset_path)
     raw = transforms.reader(obs)
-    model, _ = load_model(ckpt, dtype=PRECISIONS[opts.precision])
+    model, _ = load_model(ckpt, dtype=PRECISIONS[opts.precision], device=opts.device)
     step("partition")
     part = partition(model, transforms, opts.precision)
     ah = ckpt.config.action_head
@@ -165,7 +166,7 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     fingerprint = ckpt.fingerprint()
     with atomic_output_dir(opts.output, force=opts.force) as tmp:
         stages = export_partition(part, raw, init_actions, tmp, simplify=opts.simplify,
-                                  on_stage=lambda name: step(f"export {name}"))
+                                  on_stage=lambda name: step(f"export {name}"), device=opts.device)
         failed = [s for s in stages if not s.passed]
         if failed:
             worst = failed[0]

@@ -294,6 +294,7 @@ def build(
     demo: Annotated[bool, typer.Option("--demo", help="Make the tiny checkpoint and a synthetic dataset first "
                                        "(under --output's parent) and build those.")] = False,
     simplify: Annotated[bool, typer.Option(help="Simplify ONNX graphs with onnxslim (numerically checked).")] = True,
+    device: Annotated[str, typer.Option(help="Trace/export the model stages on cpu or cuda.")] = "cpu",
     force: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
 ):
     """Export a checkpoint into the deployable stages (TorchScript + ONNX), each checked against PyTorch."""
@@ -323,7 +324,8 @@ def build(
     output = output or Path("out") / f"{model_path.name}-{precision}"
     opts = BuildOptions(model_path=model_path, output=output, embodiment_tag=embodiment_tag,
                         modality_config=modality_config, eagle_path=eagle_path, precision=precision, views=views,
-                        max_batch=max_batch, dataset_path=dataset_path, force=force, simplify=simplify)
+                        max_batch=max_batch, dataset_path=dataset_path, force=force, simplify=simplify,
+                        device=device)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("build", total=None)

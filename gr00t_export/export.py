@@ -20,7 +20,7 @@ from gr00t_export.errors import ValidationFailure
 from gr00t_export.optimize import OptimizeReport, optimize, save_onnx
 from gr00t_export.partition import Partition, StageSpec
 from gr00t_export.policy import RawInputs
-from gr00t_export.runner import OnnxStageRunner, TorchStageRunner, run_pipeline
+from gr00t_export.runner import OnnxStageRunner, TorchStageRunner, ort_providers, run_pipeline
 
 # How far an artifact may drift from its PyTorch twin on the export inputs before the build fails.
 EXPORT_ATOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
@@ -69,9 +69,15 @@ def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
     return worst
 
 
-def trace_feeds(part: Partition, raw: RawInputs, init_actions: torch.Tensor) -> dict[str, dict[str, Any]]:
+def stage_device(stage: StageSpec, device: str | torch.device) -> torch.device:
+    """ONNX stages run where the model is; the small TorchScript pre/post stages always trace on CPU."""
+    return torch.device(device) if stage.format == "onnx" else torch.device("cpu")
+
+
+def trace_feeds(part: Partition, raw: RawInputs, init_actions: torch.Tensor, device: str | torch.device = "cpu"
+                ) -> dict[str, dict[str, Any]]:
     """Runs the eager twins end to end and records what each stage receives."""
-    twins = {s.name: TorchStageRunner(part.modules[s.name], s) for s in part.spec.stages}
+    twins = {s.name: TorchStageRunner(part.modules[s.name], s, stage_device(s, device)) for s in part.spec.stages}
     trace: dict[str, dict[str, Any]] = {}
     run_pipeline(part.spec, twins, raw, init_actions, trace)
     return trace
@@ -103,9 +109,15 @@ def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any]
 
 
 def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor, out_dir: Path,
-                     simplify: bool = True, on_stage: Callable[[str], None] | None = None) -> list[ExportedStage]:
-    """Writes every stage of `part` under `out_dir` (paths from the graph spec) and checks each one."""
-    trace = trace_feeds(part, raw, init_actions)
+                     simplify: bool = True, on_stage: Callable[[str], None] | None = None,
+                     device: str = "cpu") -> list[ExportedStage]:
+    """Writes every stage of `part` under `out_dir` (paths from the graph spec) and checks each one.
+
+    With `device="cuda"` the model stages trace and export on the GPU and are checked with onnxruntime's
+    CUDA EP when it is installed (the 3B graphs are slow on a CPU in fp16).
+    """
+    trace = trace_feeds(part, raw, init_actions, device)
+    providers = ort_providers(device) if device.startswith("cuda") else ["CPUExecutionProvider"]
     atol = EXPORT_ATOL[part.precision]
     results = []
     for stage in part.spec.stages:
@@ -113,7 +125,7 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
             on_stage(stage.name)
         module, feeds, path = part.modules[stage.name], trace[stage.name], out_dir / stage.file
         path.parent.mkdir(parents=True, exist_ok=True)
-        expected = TorchStageRunner(module, stage).infer(feeds)
+        expected = TorchStageRunner(module, stage, stage_device(stage, device)).infer(feeds)
         report = None
         if stage.format == "torchscript":
             loaded = export_torchscript(module, stage, feeds, path)
@@ -121,11 +133,11 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
         else:
             raw_path = path.with_name(path.stem + ".raw.onnx")
             export_onnx(module, stage, feeds, raw_path, part.spec.opset)
-            numpy_feeds = {k: v.numpy() for k, v in feeds.items()}
+            numpy_feeds = {k: v.cpu().numpy() for k, v in feeds.items()}
             report = optimize(raw_path, path, numpy_feeds, stage.output_names, atol=atol / 10, simplify=simplify)
             for f in (raw_path, raw_path.with_name(raw_path.name + "_data")):
                 f.unlink(missing_ok=True)
-            got = OnnxStageRunner(path, stage, ["CPUExecutionProvider"]).infer(feeds)
+            got = OnnxStageRunner(path, stage, providers).infer(feeds)
         for name, value in got.items():
             if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
                 raise ValidationFailure(f"stage {stage.name} output {name} has NaN/inf in {part.precision}; "

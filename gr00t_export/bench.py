@@ -19,7 +19,7 @@ import torch
 
 from gr00t_export.errors import InputError
 from gr00t_export.partition import PRECISIONS, partition
-from gr00t_export.policy import RawInputs, ReferencePolicy
+from gr00t_export.policy import Observation, RawInputs, ReferencePolicy
 from gr00t_export.runner import ExportedGr00tRunner, StageRunner, TorchStageRunner, run_pipeline
 
 COMPILED_STAGES = ("vit", "llm", "denoising_subgraph")
@@ -106,7 +106,7 @@ def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, 
 def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str], dtype: str, iters: int,
           warmup: int, device: str, dataset_path: Path | None = None, eagle_path: Path | None = None,
           embodiment_tag: str = "gr1", modality_config: str | None = None,
-          log: Callable[[str], None] = print) -> list[BackendResult]:
+          log: Callable[[str], None] = print, observation: Observation | None = None) -> list[BackendResult]:
     if artifact_dir is None and model_path is None:
         raise InputError("nothing to benchmark: pass ARTIFACT_DIR and/or --model_path CKPT")
     dev = torch.device(device)
@@ -123,7 +123,7 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
                                                  dtype="fp32", device="cpu")
         policy.model.to(device=dev, dtype=PRECISIONS[dtype])
     modality = (runner or policy).spec.modality
-    obs = _observation(policy, runner, modality, dataset_path)
+    obs = observation if observation is not None else _observation(policy, runner, modality, dataset_path)
     reader = runner.reader if runner else policy.transforms.reader
     raw = reader(obs)
     spec = (runner or policy).spec

@@ -120,9 +120,18 @@ def check_keys(model: torch.nn.Module, ckpt: Checkpoint) -> LoadReport:
     """Strict comparison of checkpoint headers with the model; one error naming every offender."""
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     found: dict[str, list[int]] = {}
+    stored_in: dict[str, Path] = {}
     for shard in ckpt.weight_files:
         for key, (shape, _) in _shard_keys(shard).items():
             found[key] = shape
+            stored_in[key] = shard
+    # An index that disagrees with the shards would fail later as a KeyError / SafetensorError.
+    misindexed = [f"{k} is in {stored_in[k].name} but the index says "
+                  f"{ckpt.weight_map[k].name if k in ckpt.weight_map else 'nothing'}"
+                  for k in sorted(set(found) & set(expected)) if ckpt.weight_map.get(k) != stored_in[k]]
+    if misindexed:
+        shown = "; ".join(misindexed[:4]) + (f" (+{len(misindexed) - 4} more)" if len(misindexed) > 4 else "")
+        raise InputError(f"{ckpt.path / INDEX_FILE} does not match its shards: {shown}; restore the index file")
     report = LoadReport(num_parameters=sum(int(torch.Size(s).numel()) for s in expected.values()))
     unexpected = []
     for key in sorted(set(found) - set(expected)):

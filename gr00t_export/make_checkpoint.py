@@ -144,8 +144,12 @@ def _eagle_dir(out: Path, eagle_path: Path | None, seed: int) -> tuple[int, int]
 
 def make_checkpoint(out: str | Path, preset_name: str = "tiny", seed: int = 0, embodiment: str = "gr1",
                     modality_config: str | Path = "fourier_gr1_arms_only", dataset_path: str | Path | None = None,
-                    eagle_path: str | Path | None = None, force: bool = False, show_progress: bool = True) -> Path:
+                    eagle_path: str | Path | None = None, force: bool = False, show_progress: bool = True,
+                    shard_bytes: int | None = None) -> Path:
+    """`shard_bytes` overrides the preset's sharding (tiny: one model.safetensors; n1.5-3b: 2 GiB shards)."""
     cfg = preset(preset_name)
+    if shard_bytes is not None and shard_bytes < 1:
+        raise InputError(f"shard_bytes={shard_bytes} must be >= 1 (or None for the preset default)")
     embodiment_index(embodiment)
     modality = load_modality_config(modality_config)
     if modality.embodiment_tag != embodiment:
@@ -163,7 +167,9 @@ def make_checkpoint(out: str | Path, preset_name: str = "tiny", seed: int = 0, e
         (eagle / "config.json").write_text(json.dumps(eagle_config_dict(cfg), indent=2))
         (tmp / "config.json").write_text(json.dumps(checkpoint_config_dict(cfg), indent=2))
         dtype = torch.float32 if preset_name == "tiny" else torch.bfloat16
-        _write_weights(tmp, cfg, seed, dtype, None if preset_name == "tiny" else SHARD_BYTES, show_progress)
+        if shard_bytes is None:
+            shard_bytes = None if preset_name == "tiny" else SHARD_BYTES
+        _write_weights(tmp, cfg, seed, dtype, shard_bytes, show_progress)
         if dataset_path is not None:
             meta = metadata_from_lerobot_stats(dataset_path, modality, embodiment)
         else:

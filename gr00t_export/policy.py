@@ -62,7 +62,7 @@ class PolicySpec:
         if noise is None:
             return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
         arr = np.asarray(noise, dtype=np.float32)
-        if arr.ndim == 2:
+        if arr.shape == shape[1:]:  # one (16, 32) noise for every sample; other shapes fail below
             arr = np.broadcast_to(arr, shape)
         if arr.shape != shape:
             raise InputError(f"noise has shape {arr.shape}, expected {shape[1:]} or {shape}; regenerate it")

@@ -336,3 +336,31 @@ def load_modality_config(name_or_path: str | Path) -> ModalityConfig:
         detail = " ".join(str(err).split())
         raise InputError(f"{where} is not valid YAML ({detail}); fix the syntax") from err
     return modality_config_from_dict(data, default_name=path.stem, where=where)
+
+
+# Dimensions by key name when the config has no joint_names; per-config overrides first.
+_DIMS_BY_CONFIG: dict[str, dict[str, int]] = {"unitree_g1": {"left_hand": 7, "right_hand": 7}}
+_DIMS_BY_SUFFIX: tuple[tuple[str, int], ...] = (
+    ("arm", 7),
+    ("hand", 6),
+    ("leg", 6),
+    ("waist", 3),
+    ("neck", 3),
+    ("gripper", 1),
+    ("pos", 3),
+    ("rot", 3),
+)
+
+
+def key_dims(cfg: ModalityConfig, key: str) -> int:
+    """Width of one state/action key: joint_names when given, else a per-embodiment guess by name."""
+    if key in cfg.joint_names:
+        return len(cfg.joint_names[key])
+    short = key.split(".", 1)[1] if "." in key else key
+    override = _DIMS_BY_CONFIG.get(cfg.name, {})
+    if short in override:
+        return override[short]
+    for suffix, dims in _DIMS_BY_SUFFIX:
+        if short.endswith(suffix):
+            return dims
+    return 6

@@ -19,8 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from gr00t_export.config import Gr00tConfig, checkpoint_config_dict, eagle_config_dict, preset
-from gr00t_export.data.synthetic import key_dims
-from gr00t_export.embodiments import ModalityConfig, embodiment_index, load_modality_config
+from gr00t_export.embodiments import ModalityConfig, embodiment_index, key_dims, load_modality_config
 from gr00t_export.errors import InputError
 from gr00t_export.load import INDEX_FILE, SINGLE_FILE
 from gr00t_export.metadata import EmbodimentMetadata, KeyStats, metadata_from_lerobot_stats, write_metadata

@@ -14,17 +14,15 @@ import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gr00t_export.embodiments import ModalityConfig, key_dims
 from gr00t_export.errors import InputError
-
-if TYPE_CHECKING:
-    from gr00t_export.embodiments import ModalityConfig
 
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
@@ -37,37 +35,9 @@ TASKS = (
     "push the yellow ball to the left side of the table",
 )
 
-# Dimensions by key name when the config has no joint_names; per-config overrides first.
-_DIMS_BY_CONFIG: dict[str, dict[str, int]] = {"unitree_g1": {"left_hand": 7, "right_hand": 7}}
-_DIMS_BY_SUFFIX: tuple[tuple[str, int], ...] = (
-    ("arm", 7),
-    ("hand", 6),
-    ("leg", 6),
-    ("waist", 3),
-    ("neck", 3),
-    ("gripper", 1),
-    ("pos", 3),
-    ("rot", 3),
-)
-
-
 def video_codec() -> str:
     """h264 through libx264 when this PyAV wheel has the encoder, otherwise mpeg4 (always built in)."""
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-
-def key_dims(cfg: ModalityConfig, key: str) -> int:
-    """Width of one state/action key: joint_names when given, else a per-embodiment guess by name."""
-    if key in cfg.joint_names:
-        return len(cfg.joint_names[key])
-    short = key.split(".", 1)[1] if "." in key else key
-    override = _DIMS_BY_CONFIG.get(cfg.name, {})
-    if short in override:
-        return override[short]
-    for suffix, dims in _DIMS_BY_SUFFIX:
-        if short.endswith(suffix):
-            return dims
-    return 6
 
 
 def _layout(cfg: ModalityConfig, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:

@@ -166,7 +166,8 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     fingerprint = ckpt.fingerprint()
     with atomic_output_dir(opts.output, force=opts.force) as tmp:
         stages = export_partition(part, raw, init_actions, tmp, simplify=opts.simplify,
-                                  on_stage=lambda name: step(f"export {name}"), device=opts.device)
+                                  on_stage=lambda name: step(f"export {name}"), device=opts.device,
+                                  release_weights=True)
         failed = [s for s in stages if not s.passed]
         if failed:
             worst = failed[0]

@@ -110,11 +110,13 @@ def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any]
 
 def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor, out_dir: Path,
                      simplify: bool = True, on_stage: Callable[[str], None] | None = None,
-                     device: str = "cpu") -> list[ExportedStage]:
+                     device: str = "cpu", release_weights: bool = False) -> list[ExportedStage]:
     """Writes every stage of `part` under `out_dir` (paths from the graph spec) and checks each one.
 
     With `device="cuda"` the model stages trace and export on the GPU and are checked with onnxruntime's
-    CUDA EP when it is installed (the 3B graphs are slow on a CPU in fp16).
+    CUDA EP when it is installed (the 3B graphs are slow on a CPU in fp16). With `release_weights`, a model
+    stage's weights are dropped once its artifact is checked, so a 3B build never holds the whole model and
+    the exporter's copy of the biggest stage at once.
     """
     trace = trace_feeds(part, raw, init_actions, device)
     providers = ort_providers(device) if device.startswith("cuda") else ["CPUExecutionProvider"]
@@ -138,6 +140,8 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
             for f in (raw_path, raw_path.with_name(raw_path.name + "_data")):
                 f.unlink(missing_ok=True)
             got = OnnxStageRunner(path, stage, providers).infer(feeds)
+            if release_weights:
+                module.to("meta")
         for name, value in got.items():
             if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
                 raise ValidationFailure(f"stage {stage.name} output {name} has NaN/inf in {part.precision}; "

@@ -6,14 +6,19 @@ real example inputs; otherwise the checked original is kept and the reason recor
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 TWO_GB = 2**31 - 2**20  # protobuf's limit, with headroom
+# onnxslim holds several copies of a graph in memory; above this the build skips it (a 3B build must stay
+# under 16 GiB) and leaves graph optimisation to onnxruntime / TensorRT, which do the same folding at load.
+SIMPLIFY_MAX_BYTES = 1 << 30
 
 
 @dataclass
@@ -35,6 +40,46 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> None:
                         location=data.name, size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
+
+
+def share_identical_initializers(model: onnx.ModelProto) -> int:
+    """Merges byte-identical initializers into one; returns how many copies were dropped.
+
+    onnxslim's constant folding turns each unrolled Euler step's `Transpose(W)` of a shared DiT weight into
+    its own initializer, so without this the denoising graph stores every such weight once per step.
+    """
+    graph = model.graph
+    io_names = {v.name for v in (*graph.input, *graph.output)}
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for init in graph.initializer:
+        if init.name in io_names or init.data_location == onnx.TensorProto.EXTERNAL:
+            keep.append(init)
+            continue
+        data = onnx.numpy_helper.to_array(init).tobytes()
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(data).digest())
+        if key in first:
+            rename[init.name] = first[key]
+        else:
+            first[key] = init.name
+            keep.append(init)
+    if not rename:
+        return 0
+
+    def rewire(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+            for attr in node.attribute:
+                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                    rewire(sub)
+
+    rewire(graph)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return len(rename)
 
 
 def _has_external(model: onnx.ModelProto) -> bool:
@@ -64,16 +109,20 @@ def optimize(src: Path, dst: Path, feeds: dict[str, np.ndarray], output_names: l
              simplify: bool = True) -> OptimizeReport:
     """Full checker on `src`, then onnxslim into `dst` if it keeps the outputs within `atol` of `src`'s."""
     check(src)
+    size = src.stat().st_size + (_external_file(src).stat().st_size if _external_file(src).exists() else 0)
+    if not simplify or size > SIMPLIFY_MAX_BYTES:
+        nodes = len(onnx.load(str(src), load_external_data=False).graph.node)
+        _move_onnx(src, dst)
+        why = "simplification disabled" if not simplify else f"graph of {size / 2**30:.1f} GiB: left to the runtime"
+        return OptimizeReport(False, nodes, nodes, why)
     model = onnx.load(str(src))
     before = len(model.graph.node)
-    if not simplify:
-        _copy_onnx(src, dst)
-        return OptimizeReport(False, before, before, "simplification disabled")
     try:
         import onnxslim
 
         slim = onnxslim.slim(model)
         del model
+        share_identical_initializers(slim)
         tmp = dst.with_name(dst.stem + ".slim.onnx")
         save_onnx(slim, tmp)
         after = len(slim.graph.node)
@@ -100,13 +149,19 @@ def _copy_onnx(src: Path, dst: Path) -> None:
 
 
 def _move_onnx(src: Path, dst: Path) -> None:
-    """Renames a graph and its external data; the data file name is baked into the graph, so re-save."""
-    if _external_file(src).exists():
-        save_onnx(onnx.load(str(src)), dst)
-        _external_file(src).unlink()
-        src.unlink()
-    else:
+    """Renames a graph and its external data without loading the weights (only the small proto is rewritten)."""
+    data = _external_file(src)
+    if not data.exists():
         src.rename(dst)
+        return
+    model = onnx.load(str(src), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = _external_file(dst).name
+    data.rename(_external_file(dst))
+    onnx.save_model(model, str(dst))
+    src.unlink()
 
 
 def _external_file(path: Path) -> Path:

@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--steps", default="make,build,bench,parity")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--backends", default="torch,torch-compile,ort")
+    ap.add_argument("--backends", default="torch,torch-compile,ort,ort-cudagraph")
     args = ap.parse_args()
     steps = set(args.steps.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -107,6 +107,11 @@ def main() -> None:
             rows.extend(res)
             torch.cuda.empty_cache()
         report["bench"] = [asdict(r) for r in rows]
+        from gr00t_export.bench import fusion_report
+        from gr00t_export.partition import load_graph_spec
+
+        report["ort_fusion"] = fusion_report(b16, load_graph_spec(b16 / "graph_spec.yaml"), "cuda")
+        print("onnxruntime CUDA EP op counts after its graph optimisation:", json.dumps(report["ort_fusion"]))
         cfg = open_checkpoint(ckpt).config
         report["floor"] = floor_analysis(cfg, report.get("prompt_tokens", 297), 1, 4)
         save()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,9 +21,19 @@ import torch
 from gr00t_export.errors import InputError
 from gr00t_export.partition import PRECISIONS, partition
 from gr00t_export.policy import Observation, RawInputs, ReferencePolicy
-from gr00t_export.runner import ExportedGr00tRunner, StageRunner, TorchStageRunner, run_pipeline
+from gr00t_export.runner import (
+    NP_TYPES,
+    ORT_TYPES,
+    ExportedGr00tRunner,
+    StageRunner,
+    TorchStageRunner,
+    run_pipeline,
+)
 
 COMPILED_STAGES = ("vit", "llm", "denoising_subgraph")
+FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
+             "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "FastGelu", "BiasGelu", "Gelu",
+             "FusedMatMul", "RotaryEmbedding", "LayerNormalization", "Softmax", "MatMul")
 
 
 @dataclass
@@ -89,6 +100,89 @@ def time_pipeline(graph, stages: dict[str, StageRunner], raw: RawInputs, init: t
     return {n: _stats(t.samples) for n, t in timed.items()}, _stats(free)
 
 
+class StaticCudaGraphOnnxRunner:
+    """onnxruntime CUDA EP with CUDA graphs: the graph specialised to the measured shapes, fixed I/O buffers.
+
+    Dynamic dims are pinned (`make_dim_param_fixed`) so no shape arithmetic falls back to the CPU, inputs are
+    copied into buffers whose addresses never change, and ORT replays one captured CUDA graph per call.
+    """
+
+    def __init__(self, path: Path, spec, feeds: dict, workdir: Path):
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+        self.spec = spec
+        model = onnx.load(str(path), load_external_data=False)
+        for t in spec.inputs:
+            for axis, dim in enumerate(t.shape):
+                if isinstance(dim, str) and t.name in feeds:
+                    make_dim_param_fixed(model.graph, dim, int(feeds[t.name].shape[axis]))
+        fix_output_shapes(model)
+        workdir.mkdir(parents=True, exist_ok=True)
+        static = workdir / path.name
+        data = path.with_name(path.name + "_data")
+        if data.exists() and not (workdir / data.name).exists():
+            (workdir / data.name).symlink_to(data.resolve())
+        onnx.save_model(model, str(static))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(static), options, providers=providers)
+        types = {i.name: ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
+        self.inputs = {n: torch.as_tensor(feeds[n]).to("cuda", types[n]).contiguous().clone() for n in types}
+        self.binding = self.session.io_binding()
+        for n, t in self.inputs.items():
+            self.binding.bind_input(n, "cuda", 0, NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        for n in spec.output_names:
+            self.binding.bind_output(n, "cuda")
+        self.session.run_with_iobinding(self.binding)  # warm-up run, then the capture run
+        shapes = [(tuple(o.shape()), ORT_TYPES[o.data_type()]) for o in self.binding.get_outputs()]
+        self.outputs = {n: torch.empty(s, dtype=d, device="cuda") for n, (s, d) in zip(spec.output_names, shapes,
+                                                                                        strict=True)}
+        self.binding.clear_binding_outputs()
+        for n, t in self.outputs.items():
+            self.binding.bind_output(n, "cuda", 0, NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        self.session.run_with_iobinding(self.binding)
+
+    def infer(self, feeds):
+        for n, t in self.inputs.items():
+            t.copy_(torch.as_tensor(feeds[n]).to(t.device, t.dtype))
+        torch.cuda.current_stream().synchronize()
+        self.session.run_with_iobinding(self.binding)
+        return self.outputs
+
+
+def fusion_report(artifact_dir: Path, graph, device: str) -> dict[str, dict[str, int]]:
+    """Op histogram of each ONNX stage after onnxruntime's own graph optimisation (fused nodes counted)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from gr00t_export.runner import ort_providers
+
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage in graph.stages:
+            if stage.format != "onnx":
+                continue
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            out = Path(tmp) / f"{stage.name}.opt.onnx"
+            options.optimized_model_filepath = str(out)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             f"{stage.name}.opt.onnx_data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             "1024")
+            ort.InferenceSession(str(artifact_dir / stage.file), options, providers=ort_providers(device))
+            ops: dict[str, int] = {}
+            for node in onnx.load(str(out), load_external_data=False).graph.node:
+                ops[node.op_type] = ops.get(node.op_type, 0) + 1
+            report[stage.name] = {k: v for k, v in sorted(ops.items()) if k in FUSED_OPS} | {"total": sum(ops.values())}
+    return report
+
+
 def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, compile_: bool
                  ) -> tuple[object, dict[str, StageRunner]]:
     part = partition(policy.model, policy.transforms, precision)
@@ -133,10 +227,19 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
         log(f"timing {backend} ...")
         if backend in ("torch", "torch-compile"):
             graph, stages = _twin_stages(policy, dtype, dev, backend == "torch-compile")
-        elif backend == "ort":
+        elif backend in ("ort", "ort-cudagraph"):
             if runner is None:
-                raise InputError("the ort backend needs ARTIFACT_DIR (an exported build)")
-            graph, stages = runner.graph, runner.stages
+                raise InputError(f"the {backend} backend needs ARTIFACT_DIR (an exported build)")
+            graph, stages = runner.graph, dict(runner.stages)
+            if backend == "ort-cudagraph":
+                if dev.type != "cuda":
+                    raise InputError("ort-cudagraph needs --device cuda")
+                trace: dict = {}
+                run_pipeline(graph, stages, raw, init, trace)
+                for spec_ in graph.stages:
+                    if spec_.format == "onnx":
+                        stages[spec_.name] = StaticCudaGraphOnnxRunner(
+                            runner.dir / spec_.file, spec_, trace[spec_.name], Path(tempfile.mkdtemp()) / spec_.name)
         elif backend == "trt":
             try:
                 import tensorrt  # noqa: F401
@@ -146,7 +249,7 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
             results.append(BackendResult("trt", note="skipped: no engines/*.engine in the artifact dir"))
             continue
         else:
-            raise InputError(f"unknown backend {backend!r}; use torch, torch-compile, ort, trt")
+            raise InputError(f"unknown backend {backend!r}; use torch, torch-compile, ort, ort-cudagraph, trt")
         per_stage, e2e = time_pipeline(graph, stages, raw, init, dev, warmup, iters)
         results.append(BackendResult(backend, per_stage, e2e))
     return results

@@ -28,7 +28,7 @@ ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "
              "tensor(int64)": torch.int64, "tensor(uint8)": torch.uint8, "tensor(double)": torch.float64}
 
 
-_NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.uint8: np.uint8,
+NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.uint8: np.uint8,
              torch.float64: np.float64}
 
 
@@ -96,7 +96,7 @@ class OnnxStageRunner:
         for name, dtype in self.input_types.items():
             t = torch.as_tensor(feeds[name]).to("cuda", dtype).contiguous()
             inputs[name] = t
-            binding.bind_input(name, "cuda", 0, _NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+            binding.bind_input(name, "cuda", 0, NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
         key = tuple(tuple(t.shape) for t in inputs.values())
         if key not in self._out_shapes:  # first call at these shapes: let ORT allocate, remember shapes
             for name in self.spec.output_names:
@@ -106,12 +106,13 @@ class OnnxStageRunner:
             self._out_shapes[key] = [(tuple(o.shape()), ORT_TYPES[o.data_type()]) for o in outs]
             binding = self.session.io_binding()
             for name, t in inputs.items():
-                binding.bind_input(name, "cuda", 0, _NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+                binding.bind_input(name, "cuda", 0, NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
         outputs = {}
         for name, (shape, dtype) in zip(self.spec.output_names, self._out_shapes[key], strict=True):
             out = torch.empty(shape, dtype=dtype, device="cuda")
-            binding.bind_output(name, "cuda", 0, _NP_TYPES[dtype], shape, out.data_ptr())
+            binding.bind_output(name, "cuda", 0, NP_TYPES[dtype], shape, out.data_ptr())
             outputs[name] = out
+        torch.cuda.current_stream().synchronize()  # torch wrote the inputs on its stream; ORT reads on its own
         self.session.run_with_iobinding(binding)
         return outputs
 

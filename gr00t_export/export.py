@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 
 from gr00t_export.errors import ValidationFailure
-from gr00t_export.optimize import OptimizeReport, optimize, save_onnx
+from gr00t_export.optimize import OptimizeReport, consolidate, optimize
 from gr00t_export.partition import Partition, StageSpec
 from gr00t_export.policy import RawInputs
 from gr00t_export.runner import OnnxStageRunner, TorchStageRunner, ort_providers, run_pipeline
@@ -105,7 +104,7 @@ def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any]
                 input_names=stage.input_names, output_names=stage.output_names,
                 dynamic_axes=stage.dynamic_axes(), do_constant_folding=True,
             )
-        save_onnx(onnx.load(str(raw_path)), path)
+        consolidate(raw_path, path)
 
 
 def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor, out_dir: Path,

@@ -29,13 +29,18 @@ class OptimizeReport:
     note: str = ""
 
 
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    # ByteSize() itself fails above 2 GB, so count the tensors' payloads
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """One `.onnx`, plus one `<name>.onnx_data` when the weights exceed protobuf's 2 GB."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = path.with_name(path.name + "_data")
     if data.exists():
         data.unlink()
-    if model.ByteSize() > TWO_GB or _has_external(model):
+    if _has_external(model) or _weight_bytes(model) > TWO_GB - (256 << 20):
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)
     else:
@@ -84,6 +89,35 @@ def share_identical_initializers(model: onnx.ModelProto) -> int:
 
 def _has_external(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def consolidate(src: Path, dst: Path) -> None:
+    """Copies a graph whose weights sit in many external files (the exporter's >2 GB output) into `dst` with
+    a single `<name>.onnx_data`, streaming tensor by tensor instead of loading the model."""
+    model = onnx.load(str(src), load_external_data=False)
+    if not _has_external(model):
+        save_onnx(onnx.load(str(src)), dst)
+        return
+    data = _external_file(dst)
+    offset = 0
+    with open(data, "wb") as out:
+        for tensor in model.graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            with open(src.parent / info["location"], "rb") as fh:
+                fh.seek(int(info.get("offset", 0)))
+                payload = fh.read(int(info["length"])) if "length" in info else fh.read()
+            pad = (-offset) % 4096  # page-aligned tensors, as onnx's own writer does for mmap
+            out.write(b"\0" * pad)
+            offset += pad
+            out.write(payload)
+            del tensor.external_data[:]
+            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(len(payload)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(payload)
+    onnx.save_model(model, str(dst))
 
 
 def check(path: Path) -> None:

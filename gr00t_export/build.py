@@ -21,7 +21,7 @@ from gr00t_export.metadata import EmbodimentMetadata
 from gr00t_export.partition import PRECISIONS, GraphSpec, Partition, graph_spec_path, partition
 from gr00t_export.policy import Observation, Transforms, resolve_policy_inputs
 from gr00t_export.preprocess.tokenizer import EagleTokenizer
-from gr00t_export.runner import MANIFEST, SPEC_FILE
+from gr00t_export.runner import MANIFEST, SPEC_FILE, read_manifest
 from gr00t_export.util import atomic_output_dir, sha256_file
 
 
@@ -177,4 +177,9 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
         (tmp / SPEC_FILE).write_bytes(graph_spec_path().read_bytes())
         manifest = write_manifest(tmp, opts, part, stages, fingerprint, modality, metadata,
                                   config_to_dict(ckpt.config), resolve_profiles(tokenizer, part.spec, opts.max_batch))
+        step("emit IGG config")
+        from gr00t_export.igg import emit_igg_config
+
+        emit_igg_config(tmp)  # adds igg/* to manifest.json, so the YAML is hashed with the rest
+        manifest = read_manifest(tmp)
     return BuildResult(Path(opts.output), stages, time.perf_counter() - start, manifest)

@@ -345,6 +345,55 @@ def build(
 
 @app.command()
 @cli_errors
+def inspect(
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact dir written by `gr00t-export build`.")],
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the execution graph into this PNG.")] = None,
+):
+    """Show a build: stage graph, tensors, sizes, precisions, hashes, IGG config and validation status."""
+    from gr00t_export.inspect import describe_drop, human_size, render_graph_png
+
+    view = describe_drop(artifact_dir)
+    m = view.manifest
+    out_console.print(f"[bold]{view.root}[/]  {view.graph.name}, {m.get('precision')}, embodiment "
+                      f"{m.get('embodiment_tag')} ({m.get('modality_config', {}).get('name')}), {m.get('views')} "
+                      f"view(s), gr00t-export {m.get('tool', {}).get('version')}", highlight=False)
+    out_console.print(f"source: {m.get('source', {}).get('model_path')}  validation: {view.validation}",
+                      highlight=False)
+    stages = Table(title="stages (execution order)", title_justify="left")
+    for col in ("#", "stage", "file", "format", "precision", "size", "sha256", "export check", "ms", "validation"):
+        stages.add_column(col, overflow="fold")
+    for i, s in enumerate(view.stages):
+        check = "" if s.export_passed is None else f"{'ok' if s.export_passed else 'FAIL'} {s.export_diff:.1e}"
+        fmt = s.format + (f" + {s.engine}" if s.engine else "")
+        stages.add_row(str(i), s.name, s.file, fmt, s.precision if s.format == "onnx" else "-",
+                       human_size(s.size_bytes), s.sha256[:12], check,
+                       f"{view.timings_ms[s.name]:.1f}" if s.name in view.timings_ms else "", s.validation)
+    out_console.print(stages)
+    if view.timings_source:
+        out_console.print(f"ms: per-stage wall time from {view.timings_source}", highlight=False)
+    tensors = Table(title="tensors (shapes as exported)", title_justify="left")
+    for col in ("stage", "", "tensor", "dtype", "shape", "from / to"):
+        tensors.add_column(col, overflow="fold")
+    for s in view.stages:
+        for t in s.inputs:
+            tensors.add_row(s.name, "in", t.name, t.dtype, str(t.shape), t.peer)
+        for t in s.outputs:
+            tensors.add_row(s.name, "out", t.name, t.dtype, str(t.shape), t.peer)
+        tensors.add_section()
+    out_console.print(tensors)
+    out_console.print("[bold]edges[/]", highlight=False)
+    for e in view.edges:
+        out_console.print(f"  {e.src}/{e.src_port} -> {e.dst}/{e.dst_port}", highlight=False)
+    for path, problems in view.igg_configs or [("igg/", ["no IGG config (re-run `gr00t-export build`)"])]:
+        verdict = "[green]ok[/]" if not problems else f"[red]{len(problems)} problem(s)[/]: " + "; ".join(problems)
+        out_console.print(f"IGG config {path}: {verdict}", highlight=False, soft_wrap=True)
+    if png is not None:
+        render_graph_png(view, png)
+        out_console.print(f"[green]wrote[/] {png}")
+
+
+@app.command()
+@cli_errors
 def bench(
     artifact_dir: Annotated[Path | None, typer.Argument(help="Exported build (for the ort/trt backends).")] = None,
     model_path: ModelPath = None,

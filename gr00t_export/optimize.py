@@ -146,7 +146,7 @@ def optimize(src: Path, dst: Path, feeds: dict[str, np.ndarray], output_names: l
     size = src.stat().st_size + (_external_file(src).stat().st_size if _external_file(src).exists() else 0)
     if not simplify or size > SIMPLIFY_MAX_BYTES:
         nodes = len(onnx.load(str(src), load_external_data=False).graph.node)
-        _move_onnx(src, dst)
+        move_onnx(src, dst)
         why = "simplification disabled" if not simplify else f"graph of {size / 2**30:.1f} GiB: left to the runtime"
         return OptimizeReport(False, nodes, nodes, why)
     model = onnx.load(str(src))
@@ -166,7 +166,7 @@ def optimize(src: Path, dst: Path, feeds: dict[str, np.ndarray], output_names: l
         diff = _max_diff(reference, run_onnx(tmp, feeds, output_names))
         if diff > atol:
             raise ValueError(f"simplified graph drifts by {diff:.3g} > {atol:g}")
-        _move_onnx(tmp, dst)
+        move_onnx(tmp, dst)
         return OptimizeReport(True, before, after, f"onnxslim, max diff {diff:.3g}")
     except Exception as err:  # noqa: BLE001 - any simplifier failure falls back to the checked graph
         for leftover in dst.parent.glob(dst.stem + ".slim.onnx*"):
@@ -182,7 +182,7 @@ def _copy_onnx(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _move_onnx(src: Path, dst: Path) -> None:
+def move_onnx(src: Path, dst: Path) -> None:
     """Renames a graph and its external data without loading the weights (only the small proto is rewritten)."""
     data = _external_file(src)
     if not data.exists():

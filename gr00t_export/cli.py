@@ -437,3 +437,75 @@ def bench(
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+class _PlainErrors:
+    """Escapes rich markup in error text, so `pip install gr00t-export[tensorrt]` prints as written."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if isinstance(err, Gr00tExportError):
+            from rich.markup import escape
+
+            raise type(err)(escape(str(err))) from None
+        return False
+
+
+@app.command("engines")
+@cli_errors
+def engines_cmd(
+    artifact_dir: Annotated[Path, typer.Argument(help="Exported build (the --output of `gr00t-export build`).")],
+    precision: Annotated[str, typer.Option(help="fp16 (an fp16 build) or fp8 (an fp8 build's Q/DQ graphs); engines "
+                                           "are strongly typed, so this is the ONNX graphs' own precision.")],
+    target: Annotated[str, typer.Option(help="local: build the engines here with TensorRT; thor: only write "
+                                        "engines/build_engines.sh (trtexec) to run on the Thor.")] = "local",
+    workspace: Annotated[int, typer.Option(help="TensorRT builder workspace in MiB.")] = 4096,
+):
+    """TensorRT engines for the ONNX stages: the trtexec plan for the target, and the engines when built here."""
+    from gr00t_export.engines import build_engines, write_build_plan
+    from gr00t_export.errors import InputError, ValidationFailure
+
+    if target not in ("local", "thor"):
+        raise InputError(f"unknown --target {target!r}; use local or thor")
+    if target != "local":
+        with _PlainErrors():
+            plan = write_build_plan(artifact_dir, precision, target, workspace)
+        console.print(f"[green]wrote[/] {plan} and {plan.with_name('README.md')}; on the {target}, from the artifact "
+                      f"dir: bash engines/{plan.name}", highlight=False, soft_wrap=True)
+        return
+    with _PlainErrors():
+        reports = build_engines(artifact_dir, precision, workspace, log=lambda m: console.print(m, highlight=False))
+    table = Table(title=f"{artifact_dir}/engines ({precision})", title_justify="left")
+    for col in ("engine", "from", "build", "size", "log"):
+        table.add_column(col)
+    for r in reports:
+        status = f"[green]ok[/] {r.seconds:.1f} s" if r.ok else "[red]FAILED[/]"
+        table.add_row(r.engine, r.onnx, status, f"{r.size_bytes / 2**20:.1f} MiB" if r.ok else "", r.log)
+    out_console.print(table)
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        first = failed[0]
+        reason = first.errors[0] if first.errors else "no message"
+        raise ValidationFailure(f"{len(failed)} engine(s) failed, first {first.stage}: {reason} (see "
+                                f"{artifact_dir}/{first.log})")
+
+
+@app.command("pack")
+@cli_errors
+def pack_cmd(
+    artifact_dir: Annotated[Path, typer.Argument(help="Exported build to pack (hash-checked first).")],
+    target: Annotated[str, typer.Option(help="Where the drop runs: thor or local (names the file and the plan).")
+                      ] = "thor",
+    precision: Annotated[str | None, typer.Option(help="Engine precision of the plan: fp16 or fp8 "
+                                                  "[default: the build's].")] = None,
+    dist: Annotated[Path, typer.Option("--dist", help="Output folder of the .tar.gz.")] = Path("dist"),
+):
+    """One verified tar.gz for the target: artifacts, manifest, engine build plan and what to run there, in order."""
+    from gr00t_export.pack import pack
+
+    with _PlainErrors():
+        out = pack(artifact_dir, target, precision, dist)
+    console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 2**20:.1f} MiB); on the {target}: "
+                  f"tar -xzf {out.name}, then follow README_TARGET.md", highlight=False, soft_wrap=True)

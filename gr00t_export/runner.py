@@ -186,7 +186,10 @@ class ExportedGr00tRunner:
     Same `get_action(obs, noise, seed)` as `ReferencePolicy`, so both run the same observation and noise.
     """
 
-    def __init__(self, artifact_dir: str | Path, device: str = "cpu", threads: int = 0):
+    def __init__(self, artifact_dir: str | Path, device: str = "cpu", threads: int = 0, backend: str = "ort"):
+        """backend "trt" runs the ONNX stages from `engines/<stage>.engine` (TensorRT, CUDA) instead."""
+        if backend not in ("ort", "trt"):
+            raise InputError(f"unknown backend {backend!r} for an artifact dir; use ort (onnxruntime) or trt")
         self.dir = Path(artifact_dir)
         if not self.dir.is_dir():
             raise InputError(f"artifact dir {self.dir} does not exist; run `gr00t-export build` first")
@@ -196,8 +199,12 @@ class ExportedGr00tRunner:
             verify_file(self.dir, files[SPEC_FILE])
         self.graph = load_graph_spec(self.dir / SPEC_FILE)
         self.spec = policy_spec_from_manifest(self.manifest)
-        self.device = device
-        providers = ort_providers(device)
+        self.device, self.backend = device, backend
+        if backend == "trt":
+            from gr00t_export.engines import require_engines
+
+            require_engines(self.dir, self.graph, device)
+        providers = ort_providers(device) if backend == "ort" else []
         self.stages: dict[str, StageRunner] = {}
         for stage in self.graph.stages:
             entry = files.get(stage.file)
@@ -205,7 +212,11 @@ class ExportedGr00tRunner:
                 raise ValidationFailure(f"manifest lists no {stage.file}; the drop is incomplete, re-run the build")
             verify_file(self.dir, entry)
             path = self.dir / stage.file
-            if stage.format == "onnx":
+            if stage.format == "onnx" and backend == "trt":
+                from gr00t_export.engines import trt_stage_runner
+
+                self.stages[stage.name] = trt_stage_runner(self.dir, stage, device)
+            elif stage.format == "onnx":
                 self.stages[stage.name] = OnnxStageRunner(path, stage, providers, threads)
             else:
                 module = torch.jit.load(str(path), map_location=device if stage.name != "eagle2_tokenizer" else "cpu")

@@ -87,8 +87,18 @@ def share_identical_initializers(model: onnx.ModelProto) -> int:
     return len(rename)
 
 
+def _tensors(model: onnx.ModelProto):
+    """Every tensor a graph stores: initializers and the values of Constant nodes (the exporter externalises both)."""
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+
+
 def _has_external(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model))
 
 
 def consolidate(src: Path, dst: Path) -> None:
@@ -101,7 +111,7 @@ def consolidate(src: Path, dst: Path) -> None:
     data = _external_file(dst)
     offset = 0
     with open(data, "wb") as out:
-        for tensor in model.graph.initializer:
+        for tensor in _tensors(model):
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             info = {e.key: e.value for e in tensor.external_data}
@@ -189,7 +199,7 @@ def move_onnx(src: Path, dst: Path) -> None:
         src.rename(dst)
         return
     model = onnx.load(str(src), load_external_data=False)
-    for tensor in model.graph.initializer:
+    for tensor in _tensors(model):
         for entry in tensor.external_data:
             if entry.key == "location":
                 entry.value = _external_file(dst).name

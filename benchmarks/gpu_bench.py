@@ -6,8 +6,10 @@ One device call (see README "GPU benchmark"):
 Steps (each skipped when its output already exists in --work, so a run can be split over calls):
   make   gr00t-export make-checkpoint --preset n1.5-3b (sharded safetensors, real tokenizer files if given)
   build  fp16 artifacts, traced and exported on the GPU
-  bench  torch eager (bf16, fp16), torch.compile(reduce-overhead) fp16, onnxruntime CUDA EP fp16
+  fp8    fp8 artifacts calibrated on --calib (real PickNPlace observations, npz) and drift on --eval
+  bench  torch eager (bf16, fp16), torch.compile(reduce-overhead) fp16, onnxruntime CUDA EP fp16 (+ CUDA graphs)
   parity exported fp16 vs the fp32 PyTorch reference, same observation and noise
+  trt    TensorRT(-RTX) parse + build of every fp16 and fp8 graph (needs tensorrt or tensorrt_rtx_bindings)
 Prints the table last and writes every number to --out/gpu_bench.json.
 """
 
@@ -34,22 +36,37 @@ def load_obs(path: Path | None) -> dict | None:
         return {k.removeprefix("obs."): data[k] for k in data.files if k.startswith("obs.")}
 
 
+def unstack(path: Path | None) -> list[dict]:
+    """npz of observations stacked on a leading axis -> list of single observations."""
+    if path is None:
+        return []
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    return [{k: v[i] for k, v in arrays.items()} for i in range(len(next(iter(arrays.values()))))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/root/gb"))
     ap.add_argument("--eagle_path", type=Path, default=None)
     ap.add_argument("--obs", type=Path, default=None, help="npz with obs.* keys (the golden test vector)")
     ap.add_argument("--out", type=Path, default=Path("."))
+    ap.add_argument("--calib", type=Path, default=None, help="npz of stacked observations for fp8 calibration")
+    ap.add_argument("--eval", type=Path, default=None, help="npz of stacked held-out observations for fp8 drift")
     ap.add_argument("--steps", default="make,build,bench,parity")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--backends", default="torch,torch-compile,ort,ort-cudagraph")
+    ap.add_argument("--preset", default="n1.5-3b", help="tiny: a CPU smoke run of this script")
+    ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
     steps = set(args.steps.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    ckpt, b16 = args.work / "ck3b", args.work / "b3b_fp16"
-    report: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    ckpt, b16, b8 = args.work / "ck3b", args.work / "b3b_fp16", args.work / "b3b_fp8"
+    dev = args.device
+    gpu = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
+    report: dict = {"gpu": gpu, "torch": torch.__version__, "preset": args.preset}
     results_path = args.out / "gpu_bench.json"
     if results_path.exists():
         report = json.loads(results_path.read_text()) | report
@@ -61,7 +78,7 @@ def main() -> None:
         from gr00t_export.make_checkpoint import make_checkpoint
 
         t = time.perf_counter()
-        make_checkpoint(ckpt, "n1.5-3b", 0, eagle_path=args.eagle_path, force=True, show_progress=False)
+        make_checkpoint(ckpt, args.preset, 0, eagle_path=args.eagle_path, force=True, show_progress=False)
         report["make_checkpoint_s"] = time.perf_counter() - t
         log(f"checkpoint in {report['make_checkpoint_s']:.1f} s")
         save()
@@ -69,12 +86,68 @@ def main() -> None:
         from gr00t_export.build import BuildOptions, build
 
         t = time.perf_counter()
-        res = build(BuildOptions(model_path=ckpt, output=b16, precision="fp16", device="cuda", simplify=False,
+        res = build(BuildOptions(model_path=ckpt, output=b16, precision="fp16", device=dev, simplify=False,
                                  force=True), on_step=log)
         report["build_fp16_s"] = time.perf_counter() - t
         report["build_fp16_stages"] = [{"stage": s.name, "max_abs_diff": s.max_abs_diff} for s in res.stages]
         report["artifact_sizes_mb"] = {f["path"]: f["size"] / 2**20 for f in res.manifest["files"]}
         log(f"fp16 build in {report['build_fp16_s']:.1f} s")
+        save()
+    if "fp8" in steps and not (b8 / "manifest.json").exists():
+        from gr00t_export.build import BuildOptions, build
+
+        t = time.perf_counter()
+        calib = unstack(args.calib)
+        res = build(BuildOptions(model_path=ckpt, output=b8, precision="fp8", device=dev, simplify=False,
+                                 force=True, calib_observations=calib), on_step=log)
+        report["build_fp8_s"] = time.perf_counter() - t
+        report["fp8_quantization"] = res.manifest.get("quantization")
+        sizes16 = report.get("artifact_sizes_mb", {})
+        sizes8 = {f["path"]: f["size"] / 2**20 for f in res.manifest["files"]}
+        report["fp8_sizes_mb"] = sizes8
+        for stage in ("eagle2/vit.onnx", "eagle2/llm.onnx", "action_head/denoising_subgraph.onnx"):
+            s16 = sizes16.get(stage, 0) + sizes16.get(stage + "_data", 0)
+            s8 = sizes8.get(stage, 0) + sizes8.get(stage + "_data", 0)
+            log(f"{stage}: fp16 {s16:.0f} MiB, fp8 {s8:.0f} MiB ({s8 / s16 if s16 else float('nan'):.3f}x)")
+        save()
+    if "fp8" in steps and args.eval is not None:
+        from gr00t_export.policy import ReferencePolicy
+        from gr00t_export.runner import ExportedGr00tRunner
+
+        ref = ReferencePolicy.from_checkpoint(ckpt, dtype="fp32", device=dev)
+        drift: dict[str, list[float]] = {}
+        for label, artifacts in (("fp16", b16), ("fp8", b8)):
+            exported = ExportedGr00tRunner(artifacts, device=dev)
+            for i, o in enumerate(unstack(args.eval)):
+                a, b = ref.get_action(o, seed=i), exported.get_action(o, seed=i)
+                for k in a:
+                    cos = float(np.dot(a[k].ravel(), b[k].ravel()) / (np.linalg.norm(a[k]) * np.linalg.norm(b[k])))
+                    drift.setdefault(f"{label} {k} cosine", []).append(cos)
+                    drift.setdefault(f"{label} {k} max_abs", []).append(float(np.abs(a[k] - b[k]).max()))
+            del exported
+        report["drift_vs_fp32"] = {k: {"min": min(v), "mean": float(np.mean(v)), "max": max(v)}
+                                   for k, v in drift.items()}
+        for k, v in report["drift_vs_fp32"].items():
+            log(f"drift {k}: min {v['min']:.5f} mean {v['mean']:.5f} max {v['max']:.5f}")
+        del ref
+        torch.cuda.empty_cache()
+        save()
+    if "trt" in steps:
+        from gr00t_export.engines import check_engine_build
+
+        rows = []
+        for label, artifacts in (("fp16", b16), ("fp8", b8)):
+            for stage in ("eagle2/vit.onnx", "eagle2/llm.onnx", "action_head/denoising_subgraph.onnx"):
+                path = artifacts / stage
+                if not path.exists():
+                    continue
+                ok, seconds, errors = check_engine_build(path, trt_module="tensorrt,tensorrt_rtx_bindings",
+                                                         log_path=args.out / f"{label}_{path.stem}.trt.log")
+                rows.append({"precision": label, "stage": stage, "ok": ok, "seconds": seconds,
+                             "error": errors[0][:300] if errors else ""})
+                log(f"trt build {label} {stage}: {'ok' if ok else 'FAILED'} in {seconds:.1f} s {rows[-1]['error']}")
+                save()
+        report["trt_builds"] = rows
         save()
     obs = load_obs(args.obs)
     if "parity" in steps:
@@ -82,8 +155,8 @@ def main() -> None:
         from gr00t_export.policy import ReferencePolicy
         from gr00t_export.runner import ExportedGr00tRunner
 
-        ref = ReferencePolicy.from_checkpoint(ckpt, dtype="fp32", device="cuda")
-        exported = ExportedGr00tRunner(b16, device="cuda")
+        ref = ReferencePolicy.from_checkpoint(ckpt, dtype="fp32", device=dev)
+        exported = ExportedGr00tRunner(b16, device=dev)
         o = obs or example_observation(ref.spec.modality, ref.spec.metadata, None)
         a, b = ref.get_action(o, seed=7), exported.get_action(o, seed=7)
         report["parity_fp16_vs_fp32"] = {k: {"max_abs": float(np.abs(a[k] - b[k]).max()),
@@ -101,16 +174,17 @@ def main() -> None:
 
         rows = []
         for dtype, backends in (("bf16", ["torch"]), ("fp16", args.backends.split(","))):
-            res = bench(b16, ckpt, backends, dtype, args.iters, args.warmup, "cuda", log=log, observation=obs)
+            res = bench(b16, ckpt, backends, dtype, args.iters, args.warmup, dev, log=log, observation=obs)
             for r in res:
                 r.backend = f"{r.backend} ({dtype})" if r.backend.startswith("torch") else r.backend
             rows.extend(res)
-            torch.cuda.empty_cache()
+            if dev.startswith("cuda"):
+                torch.cuda.empty_cache()
         report["bench"] = [asdict(r) for r in rows]
         from gr00t_export.bench import fusion_report
         from gr00t_export.partition import load_graph_spec
 
-        report["ort_fusion"] = fusion_report(b16, load_graph_spec(b16 / "graph_spec.yaml"), "cuda")
+        report["ort_fusion"] = fusion_report(b16, load_graph_spec(b16 / "graph_spec.yaml"), dev)
         print("onnxruntime CUDA EP op counts after its graph optimisation:", json.dumps(report["ort_fusion"]))
         cfg = open_checkpoint(ckpt).config
         report["floor"] = floor_analysis(cfg, report.get("prompt_tokens", 297), 1, 4)

@@ -296,6 +296,8 @@ def build(
     simplify: Annotated[bool, typer.Option(help="Simplify ONNX graphs with onnxslim (numerically checked).")] = True,
     device: Annotated[str, typer.Option(help="Trace/export the model stages on cpu or cuda.")] = "cpu",
     force: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
+    validate_build: Annotated[bool, typer.Option("--validate/--no-validate", help="Run `validate` on the new build "
+                                                 "(needs --dataset_path or --demo).")] = True,
 ):
     """Export a checkpoint into the deployable stages (TorchScript + ONNX), each checked against PyTorch."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -341,6 +343,13 @@ def build(
         table.add_row(s.name, s.file, f"{size / 2**20:.1f} MiB", s.precision if s.format == "onnx" else "torchscript",
                       io, check)
     out_console.print(table)
+    if validate_build and dataset_path is not None:
+        from gr00t_export.errors import ValidationFailure
+        from gr00t_export.validate import validate as run_validate
+
+        report = run_validate(result.output, model_path=model_path, eagle_path=eagle_path, dataset_path=dataset_path)
+        if not report.passed:
+            raise ValidationFailure(f"{result.output} was written but failed validation: {report.summary()}")
 
 
 @app.command()
@@ -433,6 +442,49 @@ def bench(
         write_json(results, json_out, {"device": gpu, "dtype": dtype, "iters": iters, "backends": names,
                                        "artifact_dir": str(artifact_dir), "model_path": str(model_path)})
         console.print(f"[green]wrote[/] {json_out}")
+
+
+@app.command(context_settings={"allow_extra_args": True})
+@cli_errors
+def validate(
+    ctx: typer.Context,
+    artifact_dir: Annotated[Path, typer.Argument(help="Exported build to validate (the --output of `build`).")],
+    model_path: Annotated[Path | None, typer.Option("--model_path", help="The checkpoint the build came from; "
+                                                    "without it only integrity, spec and determinism are checked.")
+                          ] = None,
+    eagle_path: EaglePath = None,
+    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="LeRobot dataset whose steps are run "
+                                                      "(default: the build's seeded synthetic observation).")] = None,
+    suite: Annotated[Path | None, typer.Option("--suite", help="Validation suite YAML (tolerances, steps, plots) "
+                                               "(default: validation/default.yaml).")] = None,
+    num_steps: Annotated[int | None, typer.Option("--num_steps", help="Steps compared in tier 2 "
+                                                  "(default: the suite's, 30).")] = None,
+    plot_actions: Annotated[list[str] | None, typer.Option("--plot_actions", help="Action keys to plot python vs "
+                                                           "onnx: repeat the option or give a comma/space-separated "
+                                                           "list (default: the suite's).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="JSON report "
+                                                "(default: <output_dir>/validation_report.json).")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Also write JUnit XML (one testcase per check).")
+                     ] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output_dir", help="Reports and plots "
+                                                    "(default: ARTIFACT_DIR/validation).")] = None,
+):
+    """Check a build: hashes, spec, determinism; with --model_path also per-stage accuracy, actions and plots.
+
+    Exit code 0: every check passed; 1: a check failed (reports are still written); 2: bad usage or input.
+    """
+    from gr00t_export.errors import InputError, ValidationFailure
+    from gr00t_export.validate import validate as run_validate
+
+    extra = list(ctx.args)
+    if extra and not plot_actions:
+        raise InputError(f"unexpected argument(s) {' '.join(extra)}; only ARTIFACT_DIR is positional")
+    keys = [*(plot_actions or []), *extra] or None
+    result = run_validate(artifact_dir, model_path=model_path, eagle_path=eagle_path, dataset_path=dataset_path,
+                          suite=suite, num_steps=num_steps, plot_actions=keys, report=report, junit=junit,
+                          output_dir=output_dir)
+    if not result.passed:
+        raise ValidationFailure(f"{artifact_dir} failed validation: {result.summary()}")
 
 
 def main() -> None:  # pragma: no cover

@@ -133,8 +133,15 @@ def main() -> None:
         torch.cuda.empty_cache()
         save()
     if "trt" in steps:
-        from gr00t_export.engines import check_engine_build
+        from gr00t_export.engines import check_engine_build, import_tensorrt
+        from gr00t_export.errors import InputError
 
+        try:
+            import_tensorrt("tensorrt,tensorrt_rtx_bindings")
+        except InputError as err:
+            log(f"trt step skipped: {err}")
+            steps.discard("trt")
+    if "trt" in steps:
         rows = []
         for label, artifacts in (("fp16", b16), ("fp8", b8)):
             for stage in ("eagle2/vit.onnx", "eagle2/llm.onnx", "action_head/denoising_subgraph.onnx"):

@@ -55,9 +55,10 @@ class Tolerance:
     rtol: float
     atol: float
     exact: bool = False
+    cosine_min: float | None = None  # also accept a tensor whose cosine similarity to its twin reaches this
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rtol": self.rtol, "atol": self.atol, "exact": self.exact}
+        return {"rtol": self.rtol, "atol": self.atol, "exact": self.exact, "cosine_min": self.cosine_min}
 
 
 DEFAULT_TOLERANCE = Tolerance(rtol=1e-2, atol=1e-2)
@@ -87,8 +88,9 @@ class Suite:
         raw = profile.get(stage, profile.get("default"))
         if raw is None:
             return DEFAULT_TOLERANCE
+        cosine = raw.get("cosine_min")
         return Tolerance(float(raw.get("rtol", DEFAULT_TOLERANCE.rtol)), float(raw.get("atol", DEFAULT_TOLERANCE.atol)),
-                         bool(raw.get("exact", False)))
+                         bool(raw.get("exact", False)), None if cosine is None else float(cosine))
 
     def reference_precision(self, precision: str) -> str:
         return str(self.tolerances.get(precision, {}).get("reference_precision", precision))
@@ -130,9 +132,11 @@ def _check_tolerances(tolerances: dict, where: Path) -> None:
             for key, value in tol.items():
                 ok = (isinstance(value, bool) if key == "exact" else
                       isinstance(value, int | float) and not isinstance(value, bool) and value >= 0)
-                if key not in ("rtol", "atol", "exact") or not ok:
+                if key == "cosine_min":
+                    ok = ok and value <= 1
+                if key not in ("rtol", "atol", "exact", "cosine_min") or not ok:
                     raise InputError(f"suite {where}: tolerances.{precision}.{stage}.{key}={value!r} is invalid; "
-                                     "use rtol/atol >= 0 and exact: true|false")
+                                     "use rtol/atol >= 0, cosine_min in [0, 1] and exact: true|false")
 
 
 SUITE_KEYS = {"version", "num_steps", "stride", "seed", "per_module", "determinism", "tolerances", "consistency",
@@ -364,6 +368,7 @@ class TensorComparison:
     mean_abs: float
     min_abs: float
     problem: str | None = None  # shape/dtype mismatch, NaN
+    cosine: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -389,9 +394,13 @@ def compare_tensors(name: str, got: Any, want: Any, tol: Tolerance) -> TensorCom
         return TensorComparison(name, False, False, math.inf, math.inf, math.inf, "artifact output has NaN/inf")
     exact = bool(torch.equal(got, want))
     integer = not want.is_floating_point()
-    within = exact or (not integer and not tol.exact and
-                       bool(torch.allclose(a, b, rtol=tol.rtol, atol=tol.atol, equal_nan=False)))
-    return TensorComparison(name, exact, within, float(diff.max()), float(diff.mean()), float(diff.min()))
+    na, nb = float(a.norm()), float(b.norm())
+    cosine = 1.0 if max(na, nb) < 1e-12 else float((a.flatten() @ b.flatten()) / max(na * nb, 1e-300))
+    close = bool(torch.allclose(a, b, rtol=tol.rtol, atol=tol.atol, equal_nan=False)) or (
+        tol.cosine_min is not None and cosine >= tol.cosine_min)
+    within = exact or (not integer and not tol.exact and close)
+    return TensorComparison(name, exact, within, float(diff.max()), float(diff.mean()), float(diff.min()),
+                            cosine=cosine)
 
 
 def merge_comparisons(items: list[TensorComparison]) -> TensorComparison:
@@ -400,7 +409,8 @@ def merge_comparisons(items: list[TensorComparison]) -> TensorComparison:
     problems = [c.problem for c in items if c.problem]
     return TensorComparison(first.name, all(c.exact for c in items), all(c.within for c in items),
                             max(c.max_abs for c in items), float(np.mean([c.mean_abs for c in items])),
-                            min(c.min_abs for c in items), problems[0] if problems else None)
+                            min(c.min_abs for c in items), problems[0] if problems else None,
+                            min(c.cosine for c in items))
 
 
 def timing_stats(times_ms: list[float]) -> dict[str, float]:
@@ -717,10 +727,13 @@ def accuracy_check(stage: StageSpec, comparisons: list[TensorComparison], tol: T
     if failed:
         c = failed[0]
         why = c.problem or (f"max |diff| {_fmt(c.max_abs)} exceeds atol {tol.atol:g} + rtol {tol.rtol:g}·|twin|"
+                            + (f" and cosine {c.cosine:.6f} < {tol.cosine_min:g}" if tol.cosine_min is not None else "")
                             if not tol.exact else f"not bitwise equal (max |diff| {_fmt(c.max_abs)})")
         return Check(f"accuracy/{stage.name}", 1, "failed", f"stage {stage.name} ({stage.file}) drifts from its "
                      f"PyTorch twin in {precision}: {c.name}: {why}", metrics, thresholds, seconds, stage.name)
     how = "bitwise equal" if metrics["exact"] else f"max |diff| {_fmt(worst.max_abs)} within tolerance"
+    if tol.cosine_min is not None and not metrics["exact"]:
+        how += f" (lowest cosine {min(c.cosine for c in comparisons):.6f})"
     return Check(f"accuracy/{stage.name}", 1, "passed", f"{how} on {steps} step(s)", metrics, thresholds, seconds,
                  stage.name)
 
@@ -735,6 +748,8 @@ def report_comparison(reporter: Reporter, stage: StageSpec, c: TensorComparison,
         reporter.line(f"Max difference: {_fmt(c.max_abs)}")
         reporter.line(f"Mean difference: {_fmt(c.mean_abs)}")
         reporter.line(f"Within tolerance: {c.within}")
+        if tol.cosine_min is not None:
+            reporter.line(f"Cosine similarity: {c.cosine:.6f} (accepted from {tol.cosine_min:g})")
         return
     reporter.line(f"comparing: {c.name}")
     if c.problem:
@@ -845,7 +860,8 @@ def _headline(check: Check) -> str:
 def _threshold_text(check: Check) -> str:
     t = check.thresholds
     if "atol" in t:
-        return "exact" if t.get("exact") else f"rtol {t['rtol']:g}, atol {t['atol']:g}"
+        cosine = f", or cosine >= {t['cosine_min']:g}" if t.get("cosine_min") is not None else ""
+        return "exact" if t.get("exact") else f"rtol {t['rtol']:g}, atol {t['atol']:g}{cosine}"
     return ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k for k, v in t.items()
                      if isinstance(v, int | float) and v is not False)
 

@@ -23,7 +23,15 @@ from gr00t_export.embodiments import load_modality_config
 from gr00t_export.make_checkpoint import make_checkpoint
 from gr00t_export.plots import COMPARISON_SIZE, OVERVIEW_FILES, OVERVIEW_SIZE, pixel_size
 from gr00t_export.util import sha256_file
-from gr00t_export.validate import Reporter, ValidationReport, default_suite_path, load_suite, validate
+from gr00t_export.validate import (
+    Reporter,
+    Tolerance,
+    ValidationReport,
+    compare_tensors,
+    default_suite_path,
+    load_suite,
+    validate,
+)
 
 STAGES = ["preprocess_video", "preprocess_state_action", "eagle2_tokenizer", "vit", "llm", "denoising_subgraph",
           "postprocess"]
@@ -249,6 +257,22 @@ def test_default_suite_is_shipped_and_linked(quick_suite):
     assert (quick.num_steps, quick.plots_enabled, quick.consistency) == (2, False, suite.consistency)
     link = Path(__file__).resolve().parents[1] / "validation"
     assert link.is_symlink() and (link / "default.yaml").resolve() == default_suite_path().resolve()
+
+
+def test_tensor_comparison_rules():
+    x = torch.linspace(-1, 1, 64)
+    loose, cosine = Tolerance(1e-2, 1e-2), Tolerance(1e-3, 1e-3, cosine_min=0.99)
+    assert compare_tensors("t", x.clone(), x, loose).exact
+    near = compare_tensors("t", x + 5e-3, x, loose)
+    assert near.within and not near.exact and abs(near.max_abs - 5e-3) < 1e-6
+    assert not compare_tensors("t", x + 5e-3, x, Tolerance(1e-2, 1e-2, exact=True)).within
+    assert not compare_tensors("t", x + 0.05, x, loose).within
+    assert compare_tensors("t", x * 1.1, x, cosine).within  # off by 10 % but pointing the same way
+    assert not compare_tensors("t", x.flip(0), x, cosine).within
+    assert not compare_tensors("ids", torch.tensor([1, 2, 4]), torch.tensor([1, 2, 3]), loose).within
+    assert compare_tensors("t", x[:32], x, loose).problem.startswith("shape")
+    assert compare_tensors("t", x.half(), x, loose).problem.startswith("dtype")
+    assert compare_tensors("t", x * float("nan"), x, loose).problem
 
 
 def cli(*args: str):

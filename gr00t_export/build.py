@@ -21,7 +21,7 @@ from gr00t_export.metadata import EmbodimentMetadata
 from gr00t_export.partition import PRECISIONS, GraphSpec, Partition, graph_spec_path, partition
 from gr00t_export.policy import Observation, Transforms, resolve_policy_inputs
 from gr00t_export.preprocess.tokenizer import EagleTokenizer
-from gr00t_export.runner import MANIFEST, SPEC_FILE, read_manifest
+from gr00t_export.runner import MANIFEST, SPEC_FILE, manifest_seal, read_manifest
 from gr00t_export.util import atomic_output_dir, sha256_file
 
 
@@ -134,6 +134,8 @@ def write_manifest(root: Path, opts: BuildOptions, part: Partition, stages: list
         "stages": [asdict(s) | {"passed": s.passed} for s in stages],
         "files": file_entries(root),
     }
+    manifest = json.loads(json.dumps(manifest))
+    manifest["manifest_sha256"] = manifest_seal(manifest)
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 

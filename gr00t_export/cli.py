@@ -37,15 +37,18 @@ def cli_errors(fn):
             console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
-            console.print("[bold red]interrupted:[/] nothing partial was left behind; re-run the command")
+            console.print("[bold red]interrupted:[/] nothing partial was left behind; re-run the command",
+                          soft_wrap=True)
             raise typer.Exit(130) from None
         except MemoryError:
-            console.print("[bold red]error:[/] out of memory; use a smaller preset or a machine with more RAM")
+            console.print("[bold red]error:[/] out of memory; use a smaller preset or a machine with more RAM",
+                          soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as err:
             if err.errno in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
                 console.print(f"[bold red]error:[/] {err.strerror} while writing {err.filename or 'output'}; "
-                              "free disk space or raise the file-size limit, then re-run (nothing partial was kept)")
+                              "free disk space or raise the file-size limit, then re-run (nothing partial was kept)",
+                              highlight=False, soft_wrap=True)  # one line, however narrow the terminal
                 raise typer.Exit(2) from None
             raise
 

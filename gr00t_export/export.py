@@ -20,6 +20,7 @@ from gr00t_export.optimize import OptimizeReport, consolidate, optimize
 from gr00t_export.partition import Partition, StageSpec
 from gr00t_export.policy import RawInputs
 from gr00t_export.runner import OnnxStageRunner, TorchStageRunner, ort_providers, run_pipeline
+from gr00t_export.util import save_torchscript
 
 # How far an artifact may drift from its PyTorch twin on the export inputs before the build fails.
 EXPORT_ATOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
@@ -87,7 +88,7 @@ def export_torchscript(module: torch.nn.Module, stage: StageSpec, feeds: dict[st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.script(module)
-        torch.jit.save(scripted, str(path))
+        save_torchscript(scripted, path)
         return torch.jit.load(str(path))
 
 

@@ -31,7 +31,7 @@ from gr00t_export import __version__
 from gr00t_export.errors import InputError
 from gr00t_export.partition import GraphSpec, load_graph_spec
 from gr00t_export.runner import MANIFEST, SPEC_FILE, policy_spec_from_manifest, read_manifest
-from gr00t_export.util import sha256_file
+from gr00t_export.util import save_torchscript, sha256_file
 
 IGG_DIR = "igg"
 CONFIG_VERSION = "1.3"
@@ -172,7 +172,7 @@ def save_postprocess_adapter(root: Path, rel_file: str, keys: list[str], example
     example = torch.zeros(example_shape, dtype=getattr(torch, dtype))
     traced = torch.jit.trace(postprocess_adapter(root, rel_file, keys), (example,), check_trace=False, strict=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(out))
+    save_torchscript(traced, out)  # a full disk is an OSError, not libtorch's abort
 
 
 # --- timings -------------------------------------------------------------------------------------------

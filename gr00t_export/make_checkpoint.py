@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import shutil
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from gr00t_export.config import Gr00tConfig, checkpoint_config_dict, eagle_config_dict, preset
@@ -94,7 +97,13 @@ def _write_weights(out: Path, cfg: Gr00tConfig, seed: int, dtype: torch.dtype, s
             for name in names:
                 tensors[name] = init_tensor(name, shapes[name], seed).to(dtype)
                 advance(int(np.prod(shapes[name])))
-            save_file(tensors, str(out / fname), metadata={"format": "pt"})
+            try:
+                save_file(tensors, str(out / fname), metadata={"format": "pt"})
+            except SafetensorError as err:  # the Rust writer reports a full disk as "... (os error 28)"
+                code = re.search(r"os error (\d+)", str(err))
+                if code is None:
+                    raise
+                raise OSError(int(code[1]), os.strerror(int(code[1])), str(out / fname)) from None
             weight_map |= dict.fromkeys(names, fname)
             del tensors
     if shard_bytes:

@@ -75,7 +75,7 @@ class EmbodimentMetadata:
         if not isinstance(entry, dict) or not entry.get("shape"):
             raise InputError(
                 f"metadata for '{self.tag}' has no modalities.{modality}.{short}.shape; "
-                f"use a checkpoint whose metadata describes {modality}.{short}"
+                f"use a checkpoint whose metadata describes {modality}.{short}, or a modality config without it"
             )
         return int(entry["shape"][0])
 

@@ -120,7 +120,8 @@ class ObservationReader:
             s = np.asarray(obs[key])
             if s.dtype.kind not in "fiu" or s.ndim != 3 or s.shape[-1] != dim:
                 raise InputError(f"{key} must be numeric (T, {dim}) per sample (the metadata's dim), "
-                                 f"got {s.dtype} {s.shape[1:]}")
+                                 f"got {s.dtype} {s.shape[1:]}; give it the {dim} values the checkpoint was trained "
+                                 "on (from a dataset: fix the key's start/end in meta/modality.json)")
             if not np.isfinite(s).all():
                 raise InputError(f"{key} contains NaN or inf; fix the observation")
             parts.append(s.astype(np.float64))

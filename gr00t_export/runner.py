@@ -7,6 +7,7 @@ all the same way (the shape of Polygraphy's runners, without its dependency on t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,6 +159,25 @@ def read_manifest(artifact_dir: Path) -> dict:
         raise ValidationFailure(f"{path} is not valid JSON ({err}); the drop was edited or truncated") from None
 
 
+def manifest_seal(manifest: dict) -> str:
+    """`manifest_sha256`: sha256 of the manifest's canonical JSON, less `files` (every file there carries its own
+    sha256, and emitters that add files update that list) and the seal itself.
+
+    It makes a hand-edited manifest (precision, key order, dims: fields the runner acts on) fail like a modified
+    artifact. It guards against edits and corruption, not forgery: whoever rewrites the manifest can recompute it.
+    """
+    body = {k: v for k, v in manifest.items() if k not in ("files", "manifest_sha256")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def verify_manifest_seal(artifact_dir: Path, manifest: dict) -> None:
+    """Manifests written before the seal existed carry none and are taken as they are."""
+    want = manifest.get("manifest_sha256")
+    if want is not None and want != manifest_seal(manifest):
+        raise ValidationFailure(f"{artifact_dir / MANIFEST} was edited after the build (it no longer matches its "
+                                "manifest_sha256); re-run the build or restore the drop")
+
+
 def verify_file(artifact_dir: Path, entry: dict) -> None:
     """Hash check before anything is loaded: a TorchScript file is code and must be the one we wrote."""
     path = artifact_dir / entry["path"]
@@ -194,6 +214,7 @@ class ExportedGr00tRunner:
         if not self.dir.is_dir():
             raise InputError(f"artifact dir {self.dir} does not exist; run `gr00t-export build` first")
         self.manifest = read_manifest(self.dir)
+        verify_manifest_seal(self.dir, self.manifest)
         files = {f["path"]: f for f in self.manifest["files"]}
         if SPEC_FILE in files:
             verify_file(self.dir, files[SPEC_FILE])

@@ -55,6 +55,22 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n: progress.advance(task, n)
 
 
+def save_torchscript(module, path: str | Path) -> None:
+    """`torch.jit.save` into memory, then one Python write.
+
+    libtorch's file writer aborts the whole process (std::terminate, no cleanup) when a write fails, e.g. on
+    a full disk or a file-size limit; written from Python, the same failure is an OSError (ENOSPC/EFBIG) that
+    the CLI reports in one line after the partial output is removed.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    Path(path).write_bytes(buffer.getbuffer())
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -21,7 +21,7 @@ from gr00t_export.metadata import EmbodimentMetadata
 from gr00t_export.partition import PRECISIONS, GraphSpec, Partition, graph_spec_path, partition
 from gr00t_export.policy import Observation, Transforms, resolve_policy_inputs
 from gr00t_export.preprocess.tokenizer import EagleTokenizer
-from gr00t_export.runner import MANIFEST, SPEC_FILE, manifest_seal, read_manifest
+from gr00t_export.runner import MANIFEST, SPEC_FILE, manifest_seal, ort_providers, read_manifest
 from gr00t_export.util import atomic_output_dir, sha256_file
 
 
@@ -39,6 +39,8 @@ class BuildOptions:
     force: bool = False
     simplify: bool = True
     device: str = "cpu"
+    calib_steps: int = 16  # fp8: dataset steps the activation ranges are calibrated on
+    calib_observations: list | None = None  # fp8: observations to calibrate on instead of --dataset_path steps
 
 
 @dataclass
@@ -115,7 +117,7 @@ def file_entries(root: Path) -> list[dict]:
 
 def write_manifest(root: Path, opts: BuildOptions, part: Partition, stages: list[ExportedStage], fingerprint: str,
                    modality: ModalityConfig, metadata: EmbodimentMetadata, model_cfg: dict,
-                   profiles: dict) -> dict:
+                   profiles: dict, quantization: dict | None = None) -> dict:
     manifest = {
         "format_version": 1,
         "tool": {"name": "gr00t-export", "version": __version__},
@@ -125,7 +127,8 @@ def write_manifest(root: Path, opts: BuildOptions, part: Partition, stages: list
         "embodiment_tag": modality.embodiment_tag,
         "modality_config": modality_config_to_dict(modality),
         "metadata": metadata.to_dict(),
-        "precision": part.precision,
+        "precision": opts.precision,
+        "quantization": quantization or {},
         "views": part.views,
         "max_batch": opts.max_batch,
         "model": {"action_horizon": model_cfg["action_head"]["action_horizon"],
@@ -144,8 +147,13 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     """The whole staged export; `on_step(label)` is called as each step starts (for progress display)."""
     start = time.perf_counter()
     step = on_step or (lambda label: None)
-    if opts.precision not in PRECISIONS:
-        raise InputError(f"unknown --precision {opts.precision!r}; use fp32, fp16 or bf16")
+    if opts.precision not in (*PRECISIONS, "fp8"):
+        raise InputError(f"unknown --precision {opts.precision!r}; use fp32, fp16, bf16 or fp8")
+    if opts.precision == "fp8" and not opts.calib_observations and (opts.dataset_path is None or opts.calib_steps < 1):
+        raise InputError("--precision fp8 calibrates on real observations: pass --dataset_path DS "
+                         "(and --calib_steps >= 1)")
+    # fp8 = an fp16 export whose linear layers are then calibrated and quantised to E4M3
+    export_precision = "fp16" if opts.precision == "fp8" else opts.precision
     if opts.max_batch < 1:
         raise InputError(f"--max_batch must be >= 1, got {opts.max_batch}")
     step("load checkpoint")
@@ -159,9 +167,9 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     transforms = Transforms(modality, metadata, tokenizer, ckpt.config.action_head.max_state_dim)
     obs = example_observation(modality, metadata, opts.dataset_path)
     raw = transforms.reader(obs)
-    model, _ = load_model(ckpt, dtype=PRECISIONS[opts.precision], device=opts.device)
+    model, _ = load_model(ckpt, dtype=PRECISIONS[export_precision], device=opts.device)
     step("partition")
-    part = partition(model, transforms, opts.precision)
+    part = partition(model, transforms, export_precision)
     ah = ckpt.config.action_head
     init_actions = torch.randn((raw.batch, ah.action_horizon, ah.action_dim),
                                generator=torch.Generator().manual_seed(0))
@@ -175,10 +183,27 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
             worst = failed[0]
             raise ValidationFailure(f"stage {worst.name} drifts from its PyTorch twin by {worst.max_abs_diff:.3g} "
                                     f"(> {worst.atol:g} for {opts.precision}); nothing was written")
+        quant = {}
+        if opts.precision == "fp8":
+            from gr00t_export.calibrate import quantize_build, report_dict
+            from gr00t_export.data.lerobot import LeRobotDataset
+
+            calib = opts.calib_observations
+            if not calib:
+                dataset = LeRobotDataset(opts.dataset_path)
+                calib = [dataset.observation(e, s, modality) for e, s in dataset.iter_steps(modality, opts.calib_steps)]
+            step(f"calibrate fp8 on {len(calib)} observations")
+            reports = quantize_build(tmp, part.spec, calib, transforms.reader, (ah.action_horizon, ah.action_dim),
+                                     log=step, providers=tuple(ort_providers(opts.device)))
+            quant = {name: report_dict(r) for name, r in reports.items()}
+            for s in stages:
+                if s.name in reports:
+                    s.precision = "fp8"
         step("manifest")
         (tmp / SPEC_FILE).write_bytes(graph_spec_path().read_bytes())
         manifest = write_manifest(tmp, opts, part, stages, fingerprint, modality, metadata,
-                                  config_to_dict(ckpt.config), resolve_profiles(tokenizer, part.spec, opts.max_batch))
+                                  config_to_dict(ckpt.config), resolve_profiles(tokenizer, part.spec, opts.max_batch),
+                                  quant)
         step("emit IGG config")
         from gr00t_export.igg import emit_igg_config
 

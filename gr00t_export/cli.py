@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gr00t_export.errors import Gr00tExportError
 
@@ -34,7 +35,8 @@ def cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Gr00tExportError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            # the message is printed literally: `pip install gr00t-export[tensorrt]` is not rich markup
+            console.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted:[/] nothing partial was left behind; re-run the command",
@@ -287,7 +289,9 @@ def build(
     embodiment_tag: EmbodimentTag = "gr1",
     modality_config: ModalityOpt = None,
     eagle_path: EaglePath = None,
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 (ONNX stage precision).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32, fp16, bf16, or fp8 (fp16 graphs with calibrated E4M3 "
+                                           "linear layers; needs --dataset_path).")] = "fp32",
+    calib_steps: Annotated[int, typer.Option("--calib_steps", help="fp8: dataset steps to calibrate on.")] = 16,
     views: Annotated[int | None, typer.Option(help="Camera views (checked against the modality config).")] = None,
     max_batch: Annotated[int, typer.Option("--max_batch", help="Largest batch of the TensorRT profiles.")] = 1,
     output: Annotated[Path | None, typer.Option("--output", help="Artifact dir [default: out/<name>-<precision>].")
@@ -330,7 +334,7 @@ def build(
     opts = BuildOptions(model_path=model_path, output=output, embodiment_tag=embodiment_tag,
                         modality_config=modality_config, eagle_path=eagle_path, precision=precision, views=views,
                         max_batch=max_batch, dataset_path=dataset_path, force=force, simplify=simplify,
-                        device=device)
+                        device=device, calib_steps=calib_steps)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("build", total=None)
@@ -490,24 +494,6 @@ def validate(
         raise ValidationFailure(f"{artifact_dir} failed validation: {result.summary()}")
 
 
-def main() -> None:  # pragma: no cover
-    sys.exit(app())
-
-
-class _PlainErrors:
-    """Escapes rich markup in error text, so `pip install gr00t-export[tensorrt]` prints as written."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if isinstance(err, Gr00tExportError):
-            from rich.markup import escape
-
-            raise type(err)(escape(str(err))) from None
-        return False
-
-
 @app.command("engines")
 @cli_errors
 def engines_cmd(
@@ -525,13 +511,11 @@ def engines_cmd(
     if target not in ("local", "thor"):
         raise InputError(f"unknown --target {target!r}; use local or thor")
     if target != "local":
-        with _PlainErrors():
-            plan = write_build_plan(artifact_dir, precision, target, workspace)
+        plan = write_build_plan(artifact_dir, precision, target, workspace)
         console.print(f"[green]wrote[/] {plan} and {plan.with_name('README.md')}; on the {target}, from the artifact "
                       f"dir: bash engines/{plan.name}", highlight=False, soft_wrap=True)
         return
-    with _PlainErrors():
-        reports = build_engines(artifact_dir, precision, workspace, log=lambda m: console.print(m, highlight=False))
+    reports = build_engines(artifact_dir, precision, workspace, log=lambda m: console.print(m, highlight=False))
     table = Table(title=f"{artifact_dir}/engines ({precision})", title_justify="left")
     for col in ("engine", "from", "build", "size", "log"):
         table.add_column(col)
@@ -554,13 +538,16 @@ def pack_cmd(
     target: Annotated[str, typer.Option(help="Where the drop runs: thor or local (names the file and the plan).")
                       ] = "thor",
     precision: Annotated[str | None, typer.Option(help="Engine precision of the plan: fp16 or fp8 "
-                                                  "[default: the build's].")] = None,
+                                                  "(default: the build's).")] = None,
     dist: Annotated[Path, typer.Option("--dist", help="Output folder of the .tar.gz.")] = Path("dist"),
 ):
     """One verified tar.gz for the target: artifacts, manifest, engine build plan and what to run there, in order."""
     from gr00t_export.pack import pack
 
-    with _PlainErrors():
-        out = pack(artifact_dir, target, precision, dist)
+    out = pack(artifact_dir, target, precision, dist)
     console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 2**20:.1f} MiB); on the {target}: "
                   f"tar -xzf {out.name}, then follow README_TARGET.md", highlight=False, soft_wrap=True)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

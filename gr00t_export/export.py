@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
 from gr00t_export.errors import ValidationFailure
@@ -108,6 +109,29 @@ def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any]
         consolidate(raw_path, path)
 
 
+def stamp_io_dims(path: Path, stage: StageSpec, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Graph inputs/outputs get the spec's dim names where they vary and concrete sizes elsewhere.
+
+    The exporter invents names for dims it cannot infer (e.g. `LayerNormalizationvit_embeds_dim_1`); onnxslim
+    would fold them, but big graphs skip it. Only the small proto is rewritten, never the weights.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    varying = {"batch", "num_images", "seq_len"}
+    specs = {t.name: t for t in (*stage.inputs, *stage.outputs)}
+    for value in (*model.graph.input, *model.graph.output):
+        spec, shape = specs.get(value.name), shapes.get(value.name)
+        if spec is None or shape is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            name = spec.shape[axis] if axis < len(spec.shape) else None
+            if name in varying:
+                dim.dim_param = name
+            else:
+                dim.dim_value = int(shape[axis])
+    onnx.save_model(model, str(path))
+
+
 def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor, out_dir: Path,
                      simplify: bool = True, on_stage: Callable[[str], None] | None = None,
                      device: str = "cpu", release_weights: bool = False) -> list[ExportedStage]:
@@ -140,6 +164,7 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
             for f in (raw_path, raw_path.with_name(raw_path.name + "_data")):
                 f.unlink(missing_ok=True)
             got = OnnxStageRunner(path, stage, providers).infer(feeds)
+            stamp_io_dims(path, stage, {k: tuple(v.shape) for k, v in (*feeds.items(), *got.items())})
             if release_weights:
                 module.to("meta")
         for name, value in got.items():

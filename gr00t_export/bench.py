@@ -9,6 +9,8 @@ the module and engines exist). All run the same observation and noise; ratios ar
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -110,7 +112,7 @@ class StaticCudaGraphOnnxRunner:
     def __init__(self, path: Path, spec, feeds: dict, workdir: Path):
         import onnx
         import onnxruntime as ort
-        from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+        from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
         self.spec = spec
         model = onnx.load(str(path), load_external_data=False)
@@ -118,12 +120,14 @@ class StaticCudaGraphOnnxRunner:
             for axis, dim in enumerate(t.shape):
                 if isinstance(dim, str) and t.name in feeds:
                     make_dim_param_fixed(model.graph, dim, int(feeds[t.name].shape[axis]))
-        fix_output_shapes(model)
         workdir.mkdir(parents=True, exist_ok=True)
         static = workdir / path.name
         data = path.with_name(path.name + "_data")
         if data.exists() and not (workdir / data.name).exists():
-            (workdir / data.name).symlink_to(data.resolve())
+            try:  # onnxruntime refuses external data reached through a symlink out of the model's dir
+                os.link(data, workdir / data.name)
+            except OSError:
+                shutil.copyfile(data, workdir / data.name)
         onnx.save_model(model, str(static))
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -183,6 +187,15 @@ def fusion_report(artifact_dir: Path, graph, device: str) -> dict[str, dict[str,
     return report
 
 
+class CompiledStageRunner(TorchStageRunner):
+    """A `torch.compile(mode="reduce-overhead")` stage: each call is a new CUDA-graph step, and its outputs are
+    cloned out of the graph's static buffers before the next stage's replay can overwrite them."""
+
+    def infer(self, feeds):
+        torch.compiler.cudagraph_mark_step_begin()
+        return {k: v.clone() for k, v in super().infer(feeds).items()}
+
+
 def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, compile_: bool
                  ) -> tuple[object, dict[str, StageRunner]]:
     part = partition(policy.model, policy.transforms, precision)
@@ -192,7 +205,9 @@ def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, 
         on_cpu = spec.name == "eagle2_tokenizer"
         module = module if on_cpu else module.to(device)
         if compile_ and spec.name in COMPILED_STAGES:
-            module = torch.compile(module, mode="reduce-overhead", dynamic=False)
+            stages[spec.name] = CompiledStageRunner(torch.compile(module, mode="reduce-overhead", dynamic=False),
+                                                    spec, device)
+            continue
         stages[spec.name] = TorchStageRunner(module, spec, "cpu" if on_cpu else device)
     return part.spec, stages
 
@@ -236,10 +251,15 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
                     raise InputError("ort-cudagraph needs --device cuda")
                 trace: dict = {}
                 run_pipeline(graph, stages, raw, init, trace)
-                for spec_ in graph.stages:
-                    if spec_.format == "onnx":
-                        stages[spec_.name] = StaticCudaGraphOnnxRunner(
-                            runner.dir / spec_.file, spec_, trace[spec_.name], Path(tempfile.mkdtemp()) / spec_.name)
+                try:
+                    for spec_ in graph.stages:
+                        if spec_.format == "onnx":
+                            stages[spec_.name] = StaticCudaGraphOnnxRunner(
+                                runner.dir / spec_.file, spec_, trace[spec_.name],
+                                Path(tempfile.mkdtemp()) / spec_.name)
+                except Exception as err:  # noqa: BLE001 - reported in the table, the other backends still run
+                    results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
+                    continue
         elif backend == "trt":
             try:
                 import tensorrt  # noqa: F401
@@ -250,7 +270,11 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
             continue
         else:
             raise InputError(f"unknown backend {backend!r}; use torch, torch-compile, ort, ort-cudagraph, trt")
-        per_stage, e2e = time_pipeline(graph, stages, raw, init, dev, warmup, iters)
+        try:
+            per_stage, e2e = time_pipeline(graph, stages, raw, init, dev, warmup, iters)
+        except Exception as err:  # noqa: BLE001 - one runtime failing must not hide the others' figures
+            results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
+            continue
         results.append(BackendResult(backend, per_stage, e2e))
     return results
 
@@ -265,7 +289,7 @@ def _observation(policy, runner, modality, dataset_path: Path | None):
 def table_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]]]:
     stages = [s for r in results for s in r.stages]
     stages = list(dict.fromkeys(stages))
-    eager = next((r for r in results if r.backend == "torch" and r.end_to_end), None)
+    eager = next((r for r in results if r.backend.split(" ")[0] == "torch" and r.end_to_end), None)
     header = ["backend", *stages, "end-to-end (p50 / p90 ms)", "vs eager"]
     rows = []
     for r in results:

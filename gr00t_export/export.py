@@ -143,7 +143,7 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
     the exporter's copy of the biggest stage at once.
     """
     trace = trace_feeds(part, raw, init_actions, device)
-    providers = ort_providers(device) if device.startswith("cuda") else ["CPUExecutionProvider"]
+    providers = ort_providers(device, strict=False)
     atol = EXPORT_ATOL[part.precision]
     results = []
     for stage in part.spec.stages:
@@ -158,7 +158,8 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
             got = TorchStageRunner(loaded, stage).infer(feeds)
         else:
             raw_path = path.with_name(path.stem + ".raw.onnx")
-            export_onnx(module, stage, feeds, raw_path, part.spec.opset)
+            dev = stage_device(stage, device)
+            export_onnx(module, stage, {k: v.to(dev) for k, v in feeds.items()}, raw_path, part.spec.opset)
             numpy_feeds = {k: v.cpu().numpy() for k, v in feeds.items()}
             report = optimize(raw_path, path, numpy_feeds, stage.output_names, atol=atol / 10, simplify=simplify)
             for f in (raw_path, raw_path.with_name(raw_path.name + "_data")):

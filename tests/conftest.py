@@ -30,3 +30,18 @@ def golden_vectors():
     import numpy as np
 
     return dict(np.load(_shared("test_vectors") / "gr1_pickplace_ep1_step5_transforms.npz", allow_pickle=False))
+
+
+@pytest.fixture(scope="session")
+def eagle(real_eagle_dir: Path):
+    """The real Eagle 2.5 tokenizer, loaded once for every test module."""
+    from gr00t_export.preprocess.tokenizer import EagleTokenizer
+
+    return EagleTokenizer.from_dir(real_eagle_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_real(real_eagle_dir: Path):
+    """transformers' Qwen2 tokenizer from the same real files: the test-only oracle."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.Qwen2TokenizerFast.from_pretrained(str(real_eagle_dir))

@@ -41,17 +41,6 @@ NON_ASCII = [
 
 
 @pytest.fixture(scope="module")
-def eagle(real_eagle_dir: Path) -> EagleTokenizer:
-    return EagleTokenizer.from_dir(real_eagle_dir)
-
-
-@pytest.fixture(scope="module")
-def hf_real(real_eagle_dir: Path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.Qwen2TokenizerFast.from_pretrained(str(real_eagle_dir))
-
-
-@pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> tuple[Path, dict[str, int], int]:
     out = tmp_path_factory.mktemp("tiny_tok")
     special_ids, total = train_tiny_tokenizer(out, vocab_size=1024, seed=0)

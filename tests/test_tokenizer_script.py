@@ -30,17 +30,6 @@ GOLDEN_KEY = "obs.annotation.human.action.task_description"
 
 
 @pytest.fixture(scope="module")
-def eagle(real_eagle_dir: Path) -> EagleTokenizer:
-    return EagleTokenizer.from_dir(real_eagle_dir)
-
-
-@pytest.fixture(scope="module")
-def hf_real(real_eagle_dir: Path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.Qwen2TokenizerFast.from_pretrained(str(real_eagle_dir))
-
-
-@pytest.fixture(scope="module")
 def artifact_path(eagle: EagleTokenizer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "preprocess" / "eagle2_tokenizer.pt"
     assert export_tokenizer(eagle, 1, out) == out

@@ -85,6 +85,8 @@ class OnnxStageRunner:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # idle ORT workers spin by default and starve the TorchScript stages that run between ONNX ones
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         self.spec = spec

@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--steps", default="make,build,bench,parity")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--backends", default="torch,torch-compile,ort,ort-cudagraph")
+    ap.add_argument("--backends", default="torch,torch-compile,aoti,ort,ort-cudagraph")
     ap.add_argument("--preset", default="n1.5-3b", help="tiny: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
@@ -181,7 +181,8 @@ def main() -> None:
 
         rows = []
         for dtype, backends in (("bf16", ["torch"]), ("fp16", args.backends.split(","))):
-            res = bench(b16, ckpt, backends, dtype, args.iters, args.warmup, dev, log=log, observation=obs)
+            artifacts = b16 if (b16 / "manifest.json").exists() else None  # torch/aoti backends need none
+            res = bench(artifacts, ckpt, backends, dtype, args.iters, args.warmup, dev, log=log, observation=obs)
             for r in res:
                 r.backend = f"{r.backend} ({dtype})" if r.backend.startswith("torch") else r.backend
             rows.extend(res)
@@ -191,8 +192,9 @@ def main() -> None:
         from gr00t_export.bench import fusion_report
         from gr00t_export.partition import load_graph_spec
 
-        report["ort_fusion"] = fusion_report(b16, load_graph_spec(b16 / "graph_spec.yaml"), dev)
-        print("onnxruntime CUDA EP op counts after its graph optimisation:", json.dumps(report["ort_fusion"]))
+        if (b16 / "manifest.json").exists():
+            report["ort_fusion"] = fusion_report(b16, load_graph_spec(b16 / "graph_spec.yaml"), dev)
+            print("onnxruntime CUDA EP op counts after its graph optimisation:", json.dumps(report["ort_fusion"]))
         cfg = open_checkpoint(ckpt).config
         report["floor"] = floor_analysis(cfg, report.get("prompt_tokens", 297), 1, 4)
         save()

@@ -196,6 +196,45 @@ class CompiledStageRunner(TorchStageRunner):
         return {k: v.clone() for k, v in super().infer(feeds).items()}
 
 
+class AotiStageRunner:
+    """A model stage compiled ahead of time with AOTInductor (`.pt2`, the IGG schema's `pt2` backend), replayed
+    through one CUDA graph on a GPU: the PyTorch-native exported artifact, no Python in the stage."""
+
+    def __init__(self, module: torch.nn.Module, spec, feeds: dict, workdir: Path, device: torch.device):
+        import torch._inductor
+
+        self.spec, self.device = spec, device
+        args = tuple(torch.as_tensor(feeds[n]).to(device) for n in spec.input_names)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            program = torch.export.export(module, args, strict=False)
+            package = torch._inductor.aoti_compile_and_package(program, package_path=str(workdir / f"{spec.name}.pt2"))
+        self.model = torch._inductor.aoti_load_package(package)
+        self.static = [a.clone() for a in args]
+        self.graph = None
+        if device.type == "cuda":
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    self.model(*self.static)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.model(*self.static)
+
+    def infer(self, feeds):
+        for buf, name in zip(self.static, self.spec.input_names, strict=True):
+            buf.copy_(torch.as_tensor(feeds[name]).to(buf.device, buf.dtype))
+        if self.graph is None:
+            out = self.model(*self.static)
+        else:
+            self.graph.replay()
+            out = self.out
+        out = out if isinstance(out, list | tuple) else [out]
+        return {n: t.clone() for n, t in zip(self.spec.output_names, out, strict=True)}
+
+
 def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, compile_: bool
                  ) -> tuple[object, dict[str, StageRunner]]:
     part = partition(policy.model, policy.transforms, precision)
@@ -225,7 +264,7 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
     if model_path is None and runner is not None:
         model_path = Path(runner.manifest["source"]["model_path"])
     policy = None
-    if any(b.startswith("torch") for b in backends):
+    if any(b.startswith("torch") or b == "aoti" for b in backends):
         if not (model_path and Path(model_path).is_dir()):
             raise InputError("torch backends need the checkpoint: pass --model_path CKPT")
         policy = ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config,
@@ -242,6 +281,18 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
         log(f"timing {backend} ...")
         if backend in ("torch", "torch-compile"):
             graph, stages = _twin_stages(policy, dtype, dev, backend == "torch-compile")
+        elif backend == "aoti":
+            graph, stages = _twin_stages(policy, dtype, dev, False)
+            trace: dict = {}
+            run_pipeline(graph, stages, raw, init, trace)
+            try:
+                for spec_ in graph.stages:
+                    if spec_.name in COMPILED_STAGES:
+                        stages[spec_.name] = AotiStageRunner(stages[spec_.name].module, spec_, trace[spec_.name],
+                                                             Path(tempfile.mkdtemp()), dev)
+            except Exception as err:  # noqa: BLE001 - reported in the table, the other backends still run
+                results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
+                continue
         elif backend in ("ort", "ort-cudagraph"):
             if runner is None:
                 raise InputError(f"the {backend} backend needs ARTIFACT_DIR (an exported build)")
@@ -269,7 +320,7 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
             results.append(BackendResult("trt", note="skipped: no engines/*.engine in the artifact dir"))
             continue
         else:
-            raise InputError(f"unknown backend {backend!r}; use torch, torch-compile, ort, ort-cudagraph, trt")
+            raise InputError(f"unknown backend {backend!r}; use torch, torch-compile, aoti, ort, ort-cudagraph, trt")
         try:
             per_stage, e2e = time_pipeline(graph, stages, raw, init, dev, warmup, iters)
         except Exception as err:  # noqa: BLE001 - one runtime failing must not hide the others' figures

@@ -212,7 +212,7 @@ class AotiStageRunner:
         self.model = torch._inductor.aoti_load_package(package)
         self.static = [a.clone() for a in args]
         self.graph = None
-        if device.type == "cuda":
+        if device.type == "cuda" and os.environ.get("GR00T_AOTI_CUDA_GRAPH", "1") == "1":
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):

@@ -7,8 +7,8 @@ A GR00T N1.5 checkpoint splits its configuration in two: the checkpoint's `confi
 
 from __future__ import annotations
 
-import copy
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -150,12 +150,12 @@ def _tiny() -> Gr00tConfig:
             vl_self_attention=TransformerConfig(num_attention_heads=4, attention_head_dim=16, num_layers=2),
         ),
         select_layer=2,
-        image_token_index=1088 - 11,  # overwritten from the generated tokenizer
+        image_token_index=1077,  # placeholder: make-checkpoint sets it from the tokenizer it trains
         compute_dtype="float32",
     )
 
 
-PRESETS: dict[str, callable] = {"tiny": _tiny, "n1.5-3b": Gr00tConfig}
+PRESETS: dict[str, Callable[[], Gr00tConfig]] = {"tiny": _tiny, "n1.5-3b": Gr00tConfig}
 
 
 def preset(name: str) -> Gr00tConfig:
@@ -372,4 +372,4 @@ def read_config(checkpoint_config: Path, eagle_config: Path) -> Gr00tConfig:
 
 
 def config_to_dict(cfg: Gr00tConfig) -> dict:
-    return copy.deepcopy(asdict(cfg))
+    return asdict(cfg)

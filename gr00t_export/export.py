@@ -75,12 +75,22 @@ def stage_device(stage: StageSpec, device: str | torch.device) -> torch.device:
     return torch.device(device) if stage.format == "onnx" else torch.device("cpu")
 
 
-def trace_feeds(part: Partition, raw: RawInputs, init_actions: torch.Tensor, device: str | torch.device = "cpu"
-                ) -> dict[str, dict[str, Any]]:
-    """Runs the eager twins end to end and records what each stage receives."""
-    twins = {s.name: TorchStageRunner(part.modules[s.name], s, stage_device(s, device)) for s in part.spec.stages}
+class _RecordingRunner(TorchStageRunner):
+    """A twin that keeps what it returned, so the export check reuses the trace run instead of a second one."""
+
+    def infer(self, feeds):
+        self.outputs = super().infer(feeds)
+        return self.outputs
+
+
+def trace_feeds(part: Partition, raw: RawInputs, init_actions: torch.Tensor, device: str | torch.device = "cpu",
+                outputs: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Runs the eager twins end to end and records what each stage receives (and, into `outputs`, returns)."""
+    twins = {s.name: _RecordingRunner(part.modules[s.name], s, stage_device(s, device)) for s in part.spec.stages}
     trace: dict[str, dict[str, Any]] = {}
     run_pipeline(part.spec, twins, raw, init_actions, trace)
+    if outputs is not None:
+        outputs.update({name: twin.outputs for name, twin in twins.items()})
     return trace
 
 
@@ -142,7 +152,8 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
     stage's weights are dropped once its artifact is checked, so a 3B build never holds the whole model and
     the exporter's copy of the biggest stage at once.
     """
-    trace = trace_feeds(part, raw, init_actions, device)
+    twin_outputs: dict[str, dict[str, Any]] = {}
+    trace = trace_feeds(part, raw, init_actions, device, twin_outputs)
     providers = ort_providers(device, strict=False)
     atol = EXPORT_ATOL[part.precision]
     results = []
@@ -151,7 +162,7 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
             on_stage(stage.name)
         module, feeds, path = part.modules[stage.name], trace[stage.name], out_dir / stage.file
         path.parent.mkdir(parents=True, exist_ok=True)
-        expected = TorchStageRunner(module, stage, stage_device(stage, device)).infer(feeds)
+        expected = twin_outputs[stage.name]
         report = None
         if stage.format == "torchscript":
             loaded = export_torchscript(module, stage, feeds, path)

@@ -194,15 +194,19 @@ class LeRobotDataset:
 
     # ------------------------------------------------------------------ config mapping
 
+    def _modality_entry(self, key: str, modality: str, what: str, fix: str) -> dict:
+        """meta/modality.json's entry for `key`, or one error listing the keys it does have."""
+        entries = self.modality.get(modality, {})
+        entry = entries.get(_strip_prefix(key, modality))
+        if entry is None:
+            known = ", ".join(f"{modality}.{k}" for k in entries) or "none"
+            raise InputError(f"{what} {key} is not in {self.path}/meta/modality.json (it has {known}); {fix}")
+        return entry
+
     def _video_original_key(self, key: str) -> str:
         name = _strip_prefix(key, "video")
-        entry = self.modality.get("video", {}).get(name)
-        if entry is None:
-            known = ", ".join(f"video.{k}" for k in self.modality.get("video", {})) or "none"
-            raise InputError(
-                f"video key {key} is not in {self.path}/meta/modality.json (it has {known}); "
-                "use a data config whose video keys the dataset provides"
-            )
+        entry = self._modality_entry(key, "video", "video key",
+                                     "use a data config whose video keys the dataset provides")
         original = entry.get("original_key", f"observation.images.{name}")
         feature = self.features.get(original)
         if feature is None or feature.get("dtype") != "video":
@@ -213,14 +217,8 @@ class LeRobotDataset:
         return original
 
     def _slice(self, key: str, modality: str, default_column: str) -> ColumnSlice:
-        name = _strip_prefix(key, modality)
-        entry = self.modality.get(modality, {}).get(name)
-        if entry is None:
-            known = ", ".join(f"{modality}.{k}" for k in self.modality.get(modality, {})) or "none"
-            raise InputError(
-                f"{modality} key {key} is not in {self.path}/meta/modality.json (it has {known}); "
-                "use a data config whose keys the dataset provides"
-            )
+        entry = self._modality_entry(key, modality, f"{modality} key",
+                                     "use a data config whose keys the dataset provides")
         column = entry.get("original_key", default_column)
         start, end = int(entry["start"]), int(entry["end"])
         feature = self.features.get(column)
@@ -235,13 +233,8 @@ class LeRobotDataset:
 
     def _annotation_column(self, key: str) -> str:
         name = _strip_prefix(key, "annotation")
-        entry = self.modality.get("annotation", {}).get(name)
-        if entry is None:
-            known = ", ".join(f"annotation.{k}" for k in self.modality.get("annotation", {})) or "none"
-            raise InputError(
-                f"language key {key} is not in {self.path}/meta/modality.json (it has {known}); "
-                "set the data config's language_key to one of those"
-            )
+        entry = self._modality_entry(key, "annotation", "language key",
+                                     "set the data config's language_key to one of those")
         return entry.get("original_key", f"annotation.{name}")
 
     def check_config(self, cfg: ModalityConfig) -> None:

@@ -5,10 +5,13 @@ One device call (see README "GPU benchmark"):
 
 Steps (each skipped when its output already exists in --work, so a run can be split over calls):
   make   gr00t-export make-checkpoint --preset n1.5-3b (sharded safetensors, real tokenizer files if given)
-  build  fp16 artifacts, traced and exported on the GPU
+  build  fp16 artifacts, traced and exported on the GPU, standard ONNX ops (the TensorRT form)
+  build_ort  the same with --onnx_ops onnxruntime (fused MultiHeadAttention / FastGelu contrib kernels)
   fp8    fp8 artifacts calibrated on --calib (real PickNPlace observations, npz) and drift on --eval
   bench  torch eager (bf16, fp16), torch.compile(reduce-overhead) fp16, onnxruntime CUDA EP fp16 (+ CUDA graphs)
-  parity exported fp16 vs the fp32 PyTorch reference, same observation and noise
+         on both builds, AOTInductor .pt2 (in a child process: a crash there cannot take the table down), and a
+         CUPTI kernel profile of every model stage (kernels per call, busy time, kinds)
+  parity exported fp16 (both builds) vs the fp32 PyTorch reference, same observation and noise
   trt    TensorRT(-RTX) parse + build of every fp16 and fp8 graph (needs tensorrt or tensorrt_rtx_bindings)
 Prints the table last and writes every number to --out/gpu_bench.json.
 """
@@ -23,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from gr00t_export.bench import BackendResult, KernelProfile, Timing, bench
 
 
 def log(msg: str) -> None:
@@ -56,7 +61,8 @@ def main() -> None:
     ap.add_argument("--steps", default="make,build,bench,parity")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--backends", default="torch,torch-compile,aoti,ort,ort-cudagraph")
+    ap.add_argument("--backends", default="torch,torch-compile,ort,ort-cudagraph,aoti")
+    ap.add_argument("--aoti_child", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="n1.5-3b", help="tiny: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
@@ -64,6 +70,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt, b16, b8 = args.work / "ck3b", args.work / "b3b_fp16", args.work / "b3b_fp8"
+    b16o = args.work / "b3b_fp16_ortops"
+    if args.aoti_child is not None:
+        return aoti_child(args, ckpt)
     dev = args.device
     gpu = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
     report: dict = {"gpu": gpu, "torch": torch.__version__, "preset": args.preset}
@@ -82,16 +91,19 @@ def main() -> None:
         report["make_checkpoint_s"] = time.perf_counter() - t
         log(f"checkpoint in {report['make_checkpoint_s']:.1f} s")
         save()
-    if "build" in steps and not (b16 / "manifest.json").exists():
+    for step, out, ops in (("build", b16, "standard"), ("build_ort", b16o, "onnxruntime")):
+        if step not in steps or (out / "manifest.json").exists():
+            continue
         from gr00t_export.build import BuildOptions, build
 
         t = time.perf_counter()
-        res = build(BuildOptions(model_path=ckpt, output=b16, precision="fp16", device=dev, simplify=False,
-                                 force=True), on_step=log)
-        report["build_fp16_s"] = time.perf_counter() - t
-        report["build_fp16_stages"] = [{"stage": s.name, "max_abs_diff": s.max_abs_diff} for s in res.stages]
-        report["artifact_sizes_mb"] = {f["path"]: f["size"] / 2**20 for f in res.manifest["files"]}
-        log(f"fp16 build in {report['build_fp16_s']:.1f} s")
+        res = build(BuildOptions(model_path=ckpt, output=out, precision="fp16", device=dev, simplify=False,
+                                 force=True, onnx_ops=ops), on_step=log)
+        suffix = "" if ops == "standard" else "_ortops"
+        report[f"build_fp16{suffix}_s"] = time.perf_counter() - t
+        report[f"build_fp16{suffix}_stages"] = [{"stage": s.name, "max_abs_diff": s.max_abs_diff} for s in res.stages]
+        report[f"artifact_sizes_mb{suffix}"] = {f["path"]: f["size"] / 2**20 for f in res.manifest["files"]}
+        log(f"fp16 build ({ops} ops) in {report[f'build_fp16{suffix}_s']:.1f} s")
         save()
     if "fp8" in steps and not (b8 / "manifest.json").exists():
         from gr00t_export.build import BuildOptions, build
@@ -163,54 +175,99 @@ def main() -> None:
         from gr00t_export.runner import ExportedGr00tRunner
 
         ref = ReferencePolicy.from_checkpoint(ckpt, dtype="fp32", device=dev)
-        exported = ExportedGr00tRunner(b16, device=dev)
         o = obs or example_observation(ref.spec.modality, ref.spec.metadata, None)
-        a, b = ref.get_action(o, seed=7), exported.get_action(o, seed=7)
-        report["parity_fp16_vs_fp32"] = {k: {"max_abs": float(np.abs(a[k] - b[k]).max()),
-                                             "cosine": float(np.dot(a[k].ravel(), b[k].ravel())
-                                                             / (np.linalg.norm(a[k]) * np.linalg.norm(b[k])))}
-                                         for k in a}
+        a = ref.get_action(o, seed=7)
         report["prompt_tokens"] = int(ref.transforms(o).input_ids.shape[1])
-        log(f"parity: {report['parity_fp16_vs_fp32']}")
-        del ref, exported
+        for label, artifacts in (("parity_fp16_vs_fp32", b16), ("parity_fp16_ortops_vs_fp32", b16o)):
+            if not (artifacts / "manifest.json").exists():
+                continue
+            b = ExportedGr00tRunner(artifacts, device=dev).get_action(o, seed=7)
+            report[label] = {k: {"max_abs": float(np.abs(a[k] - b[k]).max()),
+                                 "cosine": float(np.dot(a[k].ravel(), b[k].ravel())
+                                                 / (np.linalg.norm(a[k]) * np.linalg.norm(b[k])))} for k in a}
+            log(f"{label}: {report[label]}")
+        del ref
         torch.cuda.empty_cache()
         save()
     if "bench" in steps:
-        from gr00t_export.bench import bench, floor_analysis, table_rows
+        from gr00t_export.bench import floor_analysis, fusion_report, kernel_rows, table_rows
         from gr00t_export.load import open_checkpoint
-
-        rows = []
-        for dtype, backends in (("bf16", ["torch"]), ("fp16", args.backends.split(","))):
-            artifacts = b16 if (b16 / "manifest.json").exists() else None  # torch/aoti backends need none
-            res = bench(artifacts, ckpt, backends, dtype, args.iters, args.warmup, dev, log=log, observation=obs)
-            for r in res:
-                r.backend = f"{r.backend} ({dtype})" if r.backend.startswith("torch") else r.backend
-            rows.extend(res)
-            if dev.startswith("cuda"):
-                torch.cuda.empty_cache()
-        report["bench"] = [asdict(r) for r in rows]
-        from gr00t_export.bench import fusion_report
         from gr00t_export.partition import load_graph_spec
 
-        if (b16 / "manifest.json").exists():
-            report["ort_fusion"] = fusion_report(b16, load_graph_spec(b16 / "graph_spec.yaml"), dev)
-            print("onnxruntime CUDA EP op counts after its graph optimisation:", json.dumps(report["ort_fusion"]))
+        backends = [b for b in args.backends.split(",") if dev.startswith("cuda") or b != "ort-cudagraph"]
+        run = dict(iters=args.iters, warmup=args.warmup, device=dev, log=log, observation=obs, profile=True)
+        rows = bench(None, ckpt, ["torch"], "bf16", **run)
+        rows[0].backend = "torch eager (bf16)"
+        torch.cuda.empty_cache() if dev.startswith("cuda") else None
+        in_process = [b for b in backends if b != "aoti"]
+        artifacts = b16 if (b16 / "manifest.json").exists() else None
+        rows += bench(artifacts, ckpt, in_process, "fp16", **run)
+        if (b16o / "manifest.json").exists():
+            ort_rows = bench(b16o, ckpt, [b for b in in_process if b.startswith("ort")], "fp16", **run)
+            for r in ort_rows:
+                r.backend += " [onnxruntime ops]"
+            rows += ort_rows
+        if "aoti" in backends:
+            rows.append(run_aoti_child(args))
+        report["bench"] = [asdict(r) for r in rows]
+        report["ort_fusion"] = {}
+        for label, artifacts in (("standard", b16), ("onnxruntime", b16o)):
+            if (artifacts / "manifest.json").exists():
+                report["ort_fusion"][label] = fusion_report(artifacts, load_graph_spec(artifacts / "graph_spec.yaml"),
+                                                            dev)
         cfg = open_checkpoint(ckpt).config
         report["floor"] = floor_analysis(cfg, report.get("prompt_tokens", 297), 1, 4)
         save()
-        header, table = table_rows([r for r in rows if r.backend != "torch (bf16)"] + [r for r in rows
-                                   if r.backend == "torch (bf16)"])
+        print("\nonnxruntime op counts after its own graph optimisation (fused ops and total nodes):")
+        for label, stages in report["ort_fusion"].items():
+            for stage, ops in stages.items():
+                print(f"  {label:12s} {stage:20s} {json.dumps(ops)}")
         print("\nfloor analysis (H100 fp16: 3.35 TB/s, 989 TFLOP/s dense)")
         for f in report["floor"]:
             print(f"  {f['stage']:20s} {f['params_M']:8.1f} M params {f['gflop']:8.1f} GFLOP "
                   f"weights {f['weight_read_ms']:.2f} ms compute {f['compute_ms']:.2f} ms "
                   f"-> floor {f['floor_ms']:.2f} ms")
+        k_header, k_table = kernel_rows(rows)
+        if k_table:
+            print("\nCUDA kernels per call (CUPTI)")
+            print(" | ".join(k_header))
+            for row in k_table:
+                print(" | ".join(row))
+        eager_first = [r for r in rows if r.backend == "torch"] + [r for r in rows if r.backend != "torch"]
+        header, table = table_rows(eager_first)
         print(f"\nlatency (ms, median of {args.iters}) on {report['gpu']}, batch 1, 1 view, 4 steps, "
               f"{report.get('prompt_tokens')} tokens")
         print(" | ".join(header))
         for row in table:
             print(" | ".join(row))
 
+
+def run_aoti_child(args) -> BackendResult:
+    """AOTInductor in its own process (faulthandler on): if compiling segfaults, the row says where, the rest stands."""
+    import subprocess
+    import sys
+
+    out = args.out / "aoti.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-X", "faulthandler", __file__, "--aoti_child", str(out), "--work", str(args.work),
+           "--iters", str(args.iters), "--warmup", str(args.warmup), "--device", args.device]
+    cmd += ["--obs", str(args.obs)] if args.obs else []
+    log("timing aoti in a child process ...")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    (args.out / "aoti.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not out.exists():
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+        return BackendResult("aoti", note=f"child exited {proc.returncode}: {tail[:400]}")
+    data = json.loads(out.read_text())
+    return BackendResult(data["backend"], {k: Timing(**v) for k, v in data["stages"].items()},
+                         Timing(**data["end_to_end"]) if data["end_to_end"] else None, data["note"],
+                         {k: KernelProfile(**v) for k, v in data["kernels"].items()})
+
+
+def aoti_child(args, ckpt: Path) -> None:
+    res = bench(None, ckpt, ["aoti"], "fp16", args.iters, args.warmup, args.device, log=log,
+                observation=load_obs(args.obs), profile=True)[0]
+    args.aoti_child.write_text(json.dumps(asdict(res)))
 
 if __name__ == "__main__":
     main()

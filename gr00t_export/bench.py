@@ -45,11 +45,64 @@ class Timing:
 
 
 @dataclass
+class KernelProfile:
+    """What one call of a stage puts on the GPU: kernel count, summed kernel time, and where that time goes."""
+
+    kernels: float  # per call
+    gpu_ms: float  # summed kernel durations per call; wall time minus this is launch gaps and idle
+    by_kind: dict[str, tuple[float, float]] = field(default_factory=dict)  # kind -> (ms, kernels) per call
+
+
+@dataclass
 class BackendResult:
     backend: str
     stages: dict[str, Timing] = field(default_factory=dict)
     end_to_end: Timing | None = None
     note: str = ""
+    kernels: dict[str, KernelProfile] = field(default_factory=dict)
+
+
+# kernel-name patterns, first match wins: which kind of work a CUDA kernel does
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "mha", "attn")),
+    ("matmul", ("gemm", "cutlass", "xmma", "cublas", "nvjet", "matmul", "splitk")),
+    ("softmax", ("softmax",)),
+    ("norm", ("layer_norm", "layernorm", "rms", "skiplayernorm", "welford")),
+    ("triton (fused)", ("triton",)),
+    ("copy/transpose", ("transpose", "copy", "memcpy", "memset", "concat", "slice", "gather", "expand", "cat_")),
+    ("reduce", ("reduce",)),
+    ("elementwise", ("elementwise", "unary", "binary", "vectorized", "gelu", "add", "mul", "cast", "where",
+                     "pow", "sqrt", "tanh", "sigmoid", "silu")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other")
+
+
+def kernel_profile(runner: StageRunner, feeds: dict, iters: int = 5) -> KernelProfile:
+    """CUPTI trace (torch.profiler) of `iters` calls; sees onnxruntime's kernels too, CUDA-graph replays included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.infer(feeds)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            runner.infer(feeds)
+        torch.cuda.synchronize()
+    by_kind: dict[str, list[float]] = {}
+    count, total = 0, 0.0
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA or "memcpy" in event.name.lower():
+            continue  # the inputs' host->device copies belong to the caller, not the stage
+        ms = event.time_range.elapsed_us() / 1e3
+        kind = by_kind.setdefault(kernel_kind(event.name), [0.0, 0])
+        kind[0] += ms
+        kind[1] += 1
+        count, total = count + 1, total + ms
+    ranked = sorted(by_kind.items(), key=lambda kv: -kv[1][0])
+    return KernelProfile(count / iters, total / iters, {k: (ms / iters, n / iters) for k, (ms, n) in ranked})
 
 
 def _sync(device: torch.device) -> None:
@@ -254,7 +307,9 @@ def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, 
 def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str], dtype: str, iters: int,
           warmup: int, device: str, dataset_path: Path | None = None, eagle_path: Path | None = None,
           embodiment_tag: str = "gr1", modality_config: str | None = None,
-          log: Callable[[str], None] = print, observation: Observation | None = None) -> list[BackendResult]:
+          log: Callable[[str], None] = print, observation: Observation | None = None, profile: bool = False
+          ) -> list[BackendResult]:
+    """Times each backend on one observation; with `profile` (GPU only) also counts each stage's kernels."""
     if artifact_dir is None and model_path is None:
         raise InputError("nothing to benchmark: pass ARTIFACT_DIR and/or --model_path CKPT")
     dev = torch.device(device)
@@ -326,7 +381,17 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
         except Exception as err:  # noqa: BLE001 - one runtime failing must not hide the others' figures
             results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
             continue
-        results.append(BackendResult(backend, per_stage, e2e))
+        result = BackendResult(backend, per_stage, e2e)
+        if profile and dev.type == "cuda":
+            feeds: dict = {}
+            run_pipeline(graph, stages, raw, init, feeds)
+            for name in (s.name for s in graph.stages if s.format == "onnx" or s.name in COMPILED_STAGES):
+                try:
+                    result.kernels[name] = kernel_profile(stages[name], feeds[name])
+                except Exception as err:  # noqa: BLE001 - a profiler without CUPTI must not lose the timings
+                    result.note = f"kernel profile failed: {type(err).__name__}: {str(err)[:120]}"
+                    break
+        results.append(result)
     return results
 
 
@@ -350,6 +415,19 @@ def table_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]]
         cells = [f"{r.stages[s].median_ms:.2f}" if s in r.stages else "-" for s in stages]
         ratio = f"{r.end_to_end.median_ms / eager.end_to_end.median_ms:.3f}" if eager else "-"
         rows.append([r.backend, *cells, f"{r.end_to_end.median_ms:.2f} / {r.end_to_end.p90_ms:.2f}", ratio])
+    return header, rows
+
+
+def kernel_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]]]:
+    """Per backend and stage: kernels per call, their summed GPU time against the stage's wall time, top kinds."""
+    header = ["backend", "stage", "kernels", "GPU busy ms", "wall ms", "busy %", "where the GPU time goes (ms)"]
+    rows = []
+    for r in results:
+        for stage, k in r.kernels.items():
+            wall = r.stages[stage].median_ms if stage in r.stages else float("nan")
+            kinds = ", ".join(f"{kind} {ms:.2f} ({n:.0f})" for kind, (ms, n) in list(k.by_kind.items())[:4])
+            rows.append([r.backend, stage, f"{k.kernels:.0f}", f"{k.gpu_ms:.2f}", f"{wall:.2f}",
+                         f"{100 * k.gpu_ms / wall:.0f}", kinds])
     return header, rows
 
 

@@ -15,7 +15,7 @@ from gr00t_export import __version__
 from gr00t_export.config import config_to_dict
 from gr00t_export.embodiments import ModalityConfig, modality_config_to_dict
 from gr00t_export.errors import InputError, ValidationFailure
-from gr00t_export.export import ExportedStage, export_partition
+from gr00t_export.export import ONNX_OPS, ExportedStage, export_partition
 from gr00t_export.load import load_model, open_checkpoint
 from gr00t_export.metadata import EmbodimentMetadata
 from gr00t_export.partition import PRECISIONS, GraphSpec, Partition, graph_spec_path, partition
@@ -41,6 +41,7 @@ class BuildOptions:
     device: str = "cpu"
     calib_steps: int = 16  # fp8: dataset steps the activation ranges are calibrated on
     calib_observations: list | None = None  # fp8: observations to calibrate on instead of --dataset_path steps
+    onnx_ops: str = "standard"  # "onnxruntime": fused com.microsoft attention/GELU kernels (not TensorRT-parsable)
 
 
 @dataclass
@@ -128,6 +129,7 @@ def write_manifest(root: Path, opts: BuildOptions, part: Partition, stages: list
         "modality_config": modality_config_to_dict(modality),
         "metadata": metadata.to_dict(),
         "precision": opts.precision,
+        "onnx_ops": opts.onnx_ops,
         "quantization": quantization or {},
         "views": part.views,
         "max_batch": opts.max_batch,
@@ -152,6 +154,10 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     if opts.precision == "fp8" and not opts.calib_observations and (opts.dataset_path is None or opts.calib_steps < 1):
         raise InputError("--precision fp8 calibrates on real observations: pass --dataset_path DS "
                          "(and --calib_steps >= 1)")
+    if opts.onnx_ops not in ONNX_OPS:
+        raise InputError(f"unknown --onnx_ops {opts.onnx_ops!r}; use {' or '.join(ONNX_OPS)}")
+    if opts.precision == "fp8" and opts.onnx_ops != "standard":
+        raise InputError("--precision fp8 makes TensorRT Q/DQ graphs, which need --onnx_ops standard")
     # fp8 = an fp16 export whose linear layers are then calibrated and quantised to E4M3
     export_precision = "fp16" if opts.precision == "fp8" else opts.precision
     if opts.max_batch < 1:
@@ -177,7 +183,7 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     with atomic_output_dir(opts.output, force=opts.force) as tmp:
         stages = export_partition(part, raw, init_actions, tmp, simplify=opts.simplify,
                                   on_stage=lambda name: step(f"export {name}"), device=opts.device,
-                                  release_weights=True)
+                                  release_weights=True, onnx_ops=opts.onnx_ops)
         failed = [s for s in stages if not s.passed]
         if failed:
             worst = failed[0]

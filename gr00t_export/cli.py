@@ -302,6 +302,10 @@ def build(
                                        "(under --output's parent) and build those.")] = False,
     simplify: Annotated[bool, typer.Option(help="Simplify ONNX graphs with onnxslim (numerically checked).")] = True,
     device: Annotated[str, typer.Option(help="Trace/export the model stages on cpu or cuda.")] = "cpu",
+    onnx_ops: Annotated[str, typer.Option("--onnx_ops", help="standard: plain ONNX ops, which TensorRT parses and "
+                                          "fuses itself; onnxruntime: attention and bias+GELU as onnxruntime's "
+                                          "fused kernels (com.microsoft MultiHeadAttention, FastGelu), for the "
+                                          "onnxruntime CUDA runtime; TensorRT cannot read those.")] = "standard",
     force: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
     validate_build: Annotated[bool, typer.Option("--validate/--no-validate", help="Run `validate` on the new build "
                                                  "(needs --dataset_path or --demo).")] = True,
@@ -334,7 +338,7 @@ def build(
     opts = BuildOptions(model_path=model_path, output=output, embodiment_tag=embodiment_tag,
                         modality_config=modality_config, eagle_path=eagle_path, precision=precision, views=views,
                         max_batch=max_batch, dataset_path=dataset_path, force=force, simplify=simplify,
-                        device=device, calib_steps=calib_steps)
+                        device=device, calib_steps=calib_steps, onnx_ops=onnx_ops)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("build", total=None)
@@ -416,7 +420,8 @@ def bench(
     eagle_path: EaglePath = None,
     embodiment_tag: EmbodimentTag = "gr1",
     modality_config: ModalityOpt = None,
-    backends: Annotated[str, typer.Option(help="Comma-separated: torch, torch-compile, ort, trt.")
+    backends: Annotated[str, typer.Option(help="Comma-separated: torch, torch-compile, aoti, ort, "
+                                              "ort-cudagraph, trt.")
                         ] = "torch,torch-compile,ort,trt",
     dtype: Annotated[str, typer.Option(help="Precision of the PyTorch backends: fp16, bf16 or fp32.")] = "fp16",
     iters: Annotated[int, typer.Option(help="Timed iterations per backend.")] = 20,
@@ -425,14 +430,16 @@ def bench(
     dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="Take the observation from this "
                                                       "LeRobot dataset.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure to this JSON file.")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="GPU: also trace each model stage's CUDA kernels "
+                                          "(count, busy time, kinds) to show where its time goes.")] = False,
 ):
     """Per-stage and end-to-end latency (median, p90) of each backend on the same observation, with ratios."""
     from gr00t_export.bench import bench as run_bench
-    from gr00t_export.bench import table_rows, write_json
+    from gr00t_export.bench import kernel_rows, table_rows, write_json
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     results = run_bench(artifact_dir, model_path, names, dtype, iters, warmup, device, dataset_path, eagle_path,
-                        embodiment_tag, modality_config, log=lambda m: console.print(m))
+                        embodiment_tag, modality_config, log=lambda m: console.print(m), profile=profile)
     header, rows = table_rows(results)
     gpu = "cpu"
     import torch
@@ -445,6 +452,14 @@ def bench(
     for row in rows:
         table.add_row(*row)
     out_console.print(table)
+    k_header, k_rows = kernel_rows(results)
+    if k_rows:
+        kernels = Table(title="CUDA kernels per call (CUPTI trace)", title_justify="left")
+        for col in k_header:
+            kernels.add_column(col)
+        for row in k_rows:
+            kernels.add_row(*row)
+        out_console.print(kernels)
     if json_out is not None:
         write_json(results, json_out, {"device": gpu, "dtype": dtype, "iters": iters, "backends": names,
                                        "artifact_dir": str(artifact_dir), "model_path": str(model_path)})

@@ -191,6 +191,9 @@ def engine_graphs(artifact_dir: Path, manifest: Mapping[str, Any], graph_spec: G
     `<stem>_fp8.onnx` beside a stage graph where the manifest lists one; at least one graph must hold Q/DQ.
     """
     built = manifest["precision"]
+    if manifest.get("onnx_ops", "standard") != "standard":
+        raise InputError(f"this build's graphs use onnxruntime's fused kernels (--onnx_ops {manifest['onnx_ops']}), "
+                         "which TensorRT cannot parse; rebuild with `gr00t-export build --onnx_ops standard`")
     if precision not in (*ENGINE_PRECISIONS, "fp32", "bf16"):
         raise InputError(f"unknown engine precision {precision!r}; use fp16 or fp8")
     if precision == "fp8" and built not in ("fp8", "fp16"):

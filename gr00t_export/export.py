@@ -6,6 +6,7 @@ observation, and the written artifact is re-loaded and run on those same feeds b
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import onnx
 import torch
 
 from gr00t_export.errors import ValidationFailure
+from gr00t_export.model.layers import onnxruntime_kernels
 from gr00t_export.optimize import OptimizeReport, consolidate, optimize
 from gr00t_export.partition import Partition, StageSpec
 from gr00t_export.policy import RawInputs
@@ -25,6 +27,8 @@ from gr00t_export.util import save_torchscript
 
 # How far an artifact may drift from its PyTorch twin on the export inputs before the build fails.
 EXPORT_ATOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
+# ONNX dialects: plain opset ops (TensorRT parses and fuses them), or onnxruntime's fused contrib kernels
+ONNX_OPS = ("standard", "onnxruntime")
 
 
 @dataclass
@@ -103,13 +107,19 @@ def export_torchscript(module: torch.nn.Module, stage: StageSpec, feeds: dict[st
         return torch.jit.load(str(path))
 
 
-def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any], path: Path, opset: int) -> None:
+def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any], path: Path, opset: int,
+                onnx_ops: str = "standard") -> None:
     """Legacy (TorchScript-based) exporter: it keeps shared weights as one initializer when a loop is unrolled
-    and honours dynamic axes; >2 GB graphs are re-saved with all weights in one `.onnx_data` file."""
+    and honours dynamic axes; >2 GB graphs are re-saved with all weights in one `.onnx_data` file.
+
+    `onnx_ops="onnxruntime"` writes attention and bias+GELU as onnxruntime's fused contrib ops (see
+    `model.layers`); "standard" keeps plain ONNX, the form TensorRT parses and fuses.
+    """
     args = tuple(feeds[n] for n in stage.input_names)
+    kernels = onnxruntime_kernels() if onnx_ops == "onnxruntime" else contextlib.nullcontext()
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
         raw_path = Path(scratch) / path.name
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), kernels:
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, args, str(raw_path), dynamo=False, opset_version=opset,
@@ -144,7 +154,8 @@ def stamp_io_dims(path: Path, stage: StageSpec, shapes: dict[str, tuple[int, ...
 
 def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor, out_dir: Path,
                      simplify: bool = True, on_stage: Callable[[str], None] | None = None,
-                     device: str = "cpu", release_weights: bool = False) -> list[ExportedStage]:
+                     device: str = "cpu", release_weights: bool = False, onnx_ops: str = "standard"
+                     ) -> list[ExportedStage]:
     """Writes every stage of `part` under `out_dir` (paths from the graph spec) and checks each one.
 
     With `device="cuda"` the model stages trace and export on the GPU and are checked with onnxruntime's
@@ -170,7 +181,8 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
         else:
             raw_path = path.with_name(path.stem + ".raw.onnx")
             dev = stage_device(stage, device)
-            export_onnx(module, stage, {k: v.to(dev) for k, v in feeds.items()}, raw_path, part.spec.opset)
+            export_onnx(module, stage, {k: v.to(dev) for k, v in feeds.items()}, raw_path, part.spec.opset,
+                        onnx_ops)
             numpy_feeds = {k: v.cpu().numpy() for k, v in feeds.items()}
             report = optimize(raw_path, path, numpy_feeds, stage.output_names, atol=atol / 10, simplify=simplify)
             for f in (raw_path, raw_path.with_name(raw_path.name + "_data")):

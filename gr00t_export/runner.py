@@ -133,6 +133,23 @@ class OnnxStageRunner:
         return {n: torch.from_numpy(np.asarray(v)) for n, v in zip(self.spec.output_names, out, strict=True)}
 
 
+class InstructionCache:
+    """The tokenizer stage memoised per instruction batch: a robot repeats one instruction for a whole episode, so
+    tokenizing it again every tick is wasted host time. Bounded, oldest entry dropped first."""
+
+    def __init__(self, inner: StageRunner, size: int = 64):
+        self.inner, self.spec, self.size = inner, inner.spec, size
+        self._cache: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        key = tuple(str(s) for s in np.asarray(feeds["instructions"]).reshape(-1))
+        if key not in self._cache:
+            if len(self._cache) >= self.size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self.inner.infer(feeds)
+        return self._cache[key]
+
+
 def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInputs, init_actions: torch.Tensor,
                  trace: dict[str, dict[str, Any]] | None = None) -> dict[str, torch.Tensor]:
     """Runs every stage in spec order, feeding each input from its `from:`; returns the last stage's outputs.
@@ -244,8 +261,10 @@ class ExportedGr00tRunner:
             elif stage.format == "onnx":
                 self.stages[stage.name] = OnnxStageRunner(path, stage, providers, threads)
             else:
-                module = torch.jit.load(str(path), map_location=device if stage.name != "eagle2_tokenizer" else "cpu")
-                self.stages[stage.name] = TorchStageRunner(module, stage, device)
+                on_cpu = stage.name == "eagle2_tokenizer"
+                module = torch.jit.load(str(path), map_location="cpu" if on_cpu else device)
+                runner = TorchStageRunner(module, stage, device)
+                self.stages[stage.name] = InstructionCache(runner) if on_cpu else runner
         state_dims = [self.spec.metadata.state_dim(ModalityConfig.short(k)) for k in self.spec.modality.state_keys]
         self.reader = ObservationReader(self.spec.modality, state_dims)
 

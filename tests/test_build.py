@@ -190,6 +190,62 @@ def test_fp16_close_to_fp32_reference(runners, reference: ReferencePolicy, real_
                   **TOL["fp16"], what="fp16 batch 2")
 
 
+@pytest.fixture(scope="module")
+def ort_ops_build(root: Path, ckpt: Path, pick_n_place: Path) -> Path:
+    return _timed_build(BuildOptions(model_path=ckpt, output=root / "out_fp16_ortops", precision="fp16",
+                                     dataset_path=pick_n_place, onnx_ops="onnxruntime"))
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_onnxruntime_ops_fuse_every_attention_and_gelu(ort_ops_build: Path, builds, ckpt: Path):
+    cfg = open_checkpoint(ckpt).config
+    ah = cfg.action_head
+    attentions = {"eagle2/vit.onnx": cfg.vision.num_hidden_layers, "eagle2/llm.onnx": cfg.select_layer,
+                  "action_head/denoising_subgraph.onnx": ah.vl_self_attention.num_layers
+                  + ah.num_inference_timesteps * ah.diffusion_model.num_layers}
+    gelus = {"eagle2/vit.onnx": cfg.vision.num_hidden_layers, "eagle2/llm.onnx": 0,
+             "action_head/denoising_subgraph.onnx": attentions["action_head/denoising_subgraph.onnx"]}
+    for rel, n in attentions.items():
+        fused, plain = _op_counts(ort_ops_build / rel), _op_counts(builds["fp16"] / rel)
+        assert fused.get("MultiHeadAttention", 0) == n and "Softmax" not in fused, (rel, fused)
+        assert fused.get("FastGelu", 0) == gelus[rel] and "Tanh" not in fused, (rel, fused)
+        assert plain.get("Softmax", 0) == n and "MultiHeadAttention" not in plain, (rel, plain)
+        assert sum(fused.values()) < sum(plain.values())
+    assert json.loads((ort_ops_build / "manifest.json").read_text())["onnx_ops"] == "onnxruntime"
+    assert json.loads((builds["fp16"] / "manifest.json").read_text())["onnx_ops"] == "standard"
+
+
+def test_onnxruntime_ops_build_matches_reference_with_left_padding(ort_ops_build: Path, runners,
+                                                                   reference: ReferencePolicy, real_obs):
+    # batch 2, one prompt left-padded: the causal + padding mask reaches MultiHeadAttention as attention_bias
+    fused = ExportedGr00tRunner(ort_ops_build)
+    batch, noise = _stack(real_obs["e0s40"], real_obs["e1s5"]), np.stack([_noise(10), _noise(11)])
+    want = reference.get_action(batch, noise=noise)
+    _assert_close(fused.get_action(batch, noise=noise), want, **TOL["fp16"], what="onnxruntime ops, batch 2")
+    _assert_close(fused.get_action(batch, noise=noise), runners["fp16"].get_action(batch, noise=noise),
+                  **TOL["fp16"], what="onnxruntime ops vs standard ops")
+
+
+def test_onnxruntime_ops_are_refused_where_tensorrt_would_read_them(ort_ops_build: Path, ckpt: Path, root: Path):
+    from gr00t_export.engines import write_build_plan
+    from gr00t_export.errors import InputError
+
+    with pytest.raises(InputError, match="--onnx_ops standard"):
+        write_build_plan(ort_ops_build, "fp16", "thor")
+    with pytest.raises(InputError, match="need --onnx_ops standard"):
+        build(BuildOptions(model_path=ckpt, output=root / "never", precision="fp8", onnx_ops="onnxruntime",
+                           dataset_path=Path("unused")))
+    with pytest.raises(InputError, match="unknown --onnx_ops"):
+        build(BuildOptions(model_path=ckpt, output=root / "never", onnx_ops="tensorrt"))
+    assert not (root / "never").exists()
+
+
 # ------------------------------------------------------------------------------ stage by stage
 
 

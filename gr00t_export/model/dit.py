@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gr00t_export.config import TransformerConfig
-from gr00t_export.model.layers import attention, merge_heads, split_heads
+from gr00t_export.model.layers import attention, linear_gelu_tanh
 
 
 class Attention(nn.Module):
@@ -30,10 +30,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         context = x if context is None else context
-        q = split_heads(self.to_q(x), self.heads)
-        k = split_heads(self.to_k(context), self.heads)
-        v = split_heads(self.to_v(context), self.heads)
-        return self.to_out[0](merge_heads(attention(q, k, v)))
+        return self.to_out[0](attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
 
 
 class GELUProj(nn.Module):
@@ -42,7 +39,7 @@ class GELUProj(nn.Module):
         self.proj = nn.Linear(dim, inner)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.gelu(self.proj(x), approximate="tanh")
+        return linear_gelu_tanh(x, self.proj)
 
 
 class FeedForward(nn.Module):

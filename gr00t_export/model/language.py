@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gr00t_export.config import Gr00tConfig, TextConfig
-from gr00t_export.model.layers import RMSNorm, attention, merge_heads, split_heads
+from gr00t_export.model.layers import RMSNorm, attention
 from gr00t_export.model.vision import SiglipVisionModel
 
 
@@ -25,7 +25,7 @@ def rope_tables(head_dim: int, theta: float, positions: Tensor) -> tuple[Tensor,
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # x (B, heads, L, head_dim); rotate-half convention of Qwen/Llama
+    # x (B, L, heads, head_dim), cos/sin (L, 1, head_dim); rotate-half convention of Qwen/Llama
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
@@ -43,13 +43,15 @@ class Qwen3Attention(nn.Module):
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
-        q = self.q_norm(split_heads(self.q_proj(x), self.num_heads))
-        k = self.k_norm(split_heads(self.k_proj(x), self.num_kv_heads))
-        v = split_heads(self.v_proj(x), self.num_kv_heads)
+        # heads stay in (B, L, heads, head_dim) order, the layout fused attention kernels take
+        b, length, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, length, self.num_heads, -1))
+        k = self.k_norm(self.k_proj(x).view(b, length, self.num_kv_heads, -1))
+        v = self.v_proj(x).view(b, length, self.num_kv_heads, -1)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         groups = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return self.o_proj(merge_heads(attention(q, k, v, mask)))
+        k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
+        return self.o_proj(attention(q.flatten(2), k.flatten(2), v.flatten(2), self.num_heads, mask))
 
 
 class Qwen3MLP(nn.Module):
@@ -101,7 +103,7 @@ class Qwen3Model(nn.Module):
         # (B, L, hidden), (B, L) -> (B, L, hidden), final norm applied
         length = inputs_embeds.shape[1]
         positions = torch.arange(length, device=inputs_embeds.device)
-        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_theta, positions)
+        cos, sin = (t[:, None, :] for t in rope_tables(self.cfg.head_dim, self.cfg.rope_theta, positions))
         mask = causal_padding_mask(attention_mask, inputs_embeds.dtype)
         x = inputs_embeds
         for layer in self.layers:

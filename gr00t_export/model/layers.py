@@ -1,15 +1,44 @@
-"""Small building blocks shared by the vision tower, the LLM and the action head."""
+"""Small building blocks shared by the vision tower, the LLM and the action head.
+
+Attention and the tanh-GELU of a biased projection each have two ONNX spellings. By default they export
+as standard ops (MatMul, Softmax, Tanh, ...), which TensorRT fuses into its own kernels. Inside
+`onnxruntime_kernels()` they export as onnxruntime's fused contrib ops instead (`com.microsoft`
+MultiHeadAttention and FastGelu: flash/memory-efficient attention and one bias+GELU kernel on CUDA),
+which only onnxruntime runs. Eager and traced PyTorch compute the same thing either way.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_ORT_KERNELS = False
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Scaled dot-product attention on (B, heads, L, head_dim) tensors; `mask` is additive."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+@contextlib.contextmanager
+def onnxruntime_kernels() -> Iterator[None]:
+    """Export attention and bias+GELU as onnxruntime contrib ops while the block runs."""
+    global _ORT_KERNELS
+    previous, _ORT_KERNELS = _ORT_KERNELS, True
+    try:
+        yield
+    finally:
+        _ORT_KERNELS = previous
+
+
+def _use_ort_kernels() -> bool:
+    return _ORT_KERNELS and torch.onnx.is_in_onnx_export()
+
+
+def _missing_input(g):
+    """An omitted optional ONNX input (an empty name), as the TorchScript exporter spells it."""
+    node = g.op("prim::Constant")
+    node.setType(torch._C.OptionalType.ofTensor())
+    return node
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -22,6 +51,50 @@ def merge_heads(x: Tensor) -> Tensor:
     # (B, heads, L, dim) -> (B, L, heads*dim)
     b, h, length, d = x.shape
     return x.transpose(1, 2).reshape(b, length, h * d)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, num_heads: int, mask: Tensor | None) -> Tensor:
+    out = F.scaled_dot_product_attention(split_heads(q, num_heads), split_heads(k, num_heads),
+                                         split_heads(v, num_heads), attn_mask=mask)
+    return merge_heads(out)
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, num_heads: int) -> Tensor:
+        return _sdpa(q, k, v, num_heads, mask)
+
+    @staticmethod
+    def symbolic(g, q, k, v, mask, num_heads: int):
+        bias = _missing_input(g) if mask is None or mask.node().mustBeNone() else mask
+        # inputs: query, key, value, bias (packed q/k/v bias), key_padding_mask, attention_bias
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, _missing_input(g), _missing_input(g), bias,
+                   num_heads_i=num_heads)
+        return out.setType(q.type())
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, mask: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention on (B, L, heads*dim) tensors; `mask` is additive, (B|1, 1, Lq, Lk)."""
+    if _use_ort_kernels():
+        return _MultiHeadAttention.apply(q, k, v, mask, num_heads)
+    return _sdpa(q, k, v, num_heads, mask)
+
+
+class _BiasGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Tensor) -> Tensor:
+        return F.gelu(x + bias, approximate="tanh")
+
+    @staticmethod
+    def symbolic(g, x, bias):
+        return g.op("com.microsoft::FastGelu", x, bias).setType(x.type())
+
+
+def linear_gelu_tanh(x: Tensor, proj: nn.Linear) -> Tensor:
+    """tanh-GELU(proj(x)); under `onnxruntime_kernels()` the bias add and GELU are one FastGelu node."""
+    if _use_ort_kernels() and proj.bias is not None:
+        return _BiasGelu.apply(F.linear(x, proj.weight), proj.bias)
+    return F.gelu(proj(x), approximate="tanh")
 
 
 class RMSNorm(nn.Module):

@@ -5,11 +5,10 @@ Module names follow `backbone.eagle_model.vision_model.vision_model.*` of the re
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gr00t_export.config import VisionConfig
-from gr00t_export.model.layers import attention, merge_heads, split_heads
+from gr00t_export.model.layers import attention, linear_gelu_tanh
 
 
 class SiglipEmbeddings(nn.Module):
@@ -33,8 +32,7 @@ class SiglipAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (split_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
-        return self.out_proj(merge_heads(attention(q, k, v)))
+        return self.out_proj(attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads))
 
 
 class SiglipMLP(nn.Module):
@@ -44,7 +42,7 @@ class SiglipMLP(nn.Module):
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(linear_gelu_tanh(x, self.fc1))
 
 
 class SiglipEncoderLayer(nn.Module):

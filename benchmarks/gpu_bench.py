@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--backends", default="torch,torch-compile,ort,ort-cudagraph,aoti")
+    ap.add_argument("--aoti_timeout", type=float, default=300.0, help="seconds the AOTInductor child may take")
     ap.add_argument("--aoti_child", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="n1.5-3b", help="tiny: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
@@ -207,9 +208,12 @@ def main() -> None:
             for r in ort_rows:
                 r.backend += " [onnxruntime ops]"
             rows += ort_rows
+        report["bench"] = [asdict(r) for r in rows]
+        save()
         if "aoti" in backends:
             rows.append(run_aoti_child(args))
-        report["bench"] = [asdict(r) for r in rows]
+            report["bench"] = [asdict(r) for r in rows]
+            save()
         report["ort_fusion"] = {}
         for label, artifacts in (("standard", b16), ("onnxruntime", b16o)):
             if (artifacts / "manifest.json").exists():
@@ -253,7 +257,11 @@ def run_aoti_child(args) -> BackendResult:
            "--iters", str(args.iters), "--warmup", str(args.warmup), "--device", args.device]
     cmd += ["--obs", str(args.obs)] if args.obs else []
     log("timing aoti in a child process ...")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.aoti_timeout)
+    except subprocess.TimeoutExpired as err:
+        (args.out / "aoti.log").write_text(f"{err.stdout or ''}{err.stderr or ''}")
+        return BackendResult("aoti", note=f"child still compiling after {args.aoti_timeout} s; stopped")
     (args.out / "aoti.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not out.exists():
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])

@@ -11,6 +11,7 @@ Steps (each skipped when its output already exists in --work, so a run can be sp
   bench  torch eager (bf16, fp16), torch.compile(reduce-overhead) fp16, onnxruntime CUDA EP fp16 (+ CUDA graphs)
          on both builds, AOTInductor .pt2 (in a child process: a crash there cannot take the table down), and a
          CUPTI kernel profile of every model stage (kernels per call, busy time, kinds)
+  aoti_compile  AOTInductor .pt2 packages of vit/llm/denoiser (child process), ahead of bench
   parity exported fp16 (both builds) vs the fp32 PyTorch reference, same observation and noise
   trt    TensorRT(-RTX) parse + build of every fp16 and fp8 graph (needs tensorrt or tensorrt_rtx_bindings)
 Prints the table last and writes every number to --out/gpu_bench.json.
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--backends", default="torch,torch-compile,ort,ort-cudagraph,aoti")
     ap.add_argument("--aoti_timeout", type=float, default=300.0, help="seconds the AOTInductor child may take")
     ap.add_argument("--aoti_child", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--aoti_phase", choices=("compile", "load", "both"), default="both", help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="n1.5-3b", help="tiny: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
@@ -170,6 +172,13 @@ def main() -> None:
         report["trt_builds"] = rows
         save()
     obs = load_obs(args.obs)
+    if "aoti_compile" in steps and not aoti_compiled(args):  # ahead of the bench step, so each call stays short
+        t = time.perf_counter()
+        failed = run_aoti_children(args, ("compile",))
+        report["aoti_compile_s"] = time.perf_counter() - t
+        report["aoti_compile_error"] = failed.note if failed else ""
+        log(f"aoti compile: {failed.note if failed else 'ok'} in {report['aoti_compile_s']:.1f} s")
+        save()
     if "parity" in steps:
         from gr00t_export.build import example_observation
         from gr00t_export.policy import ReferencePolicy
@@ -201,8 +210,10 @@ def main() -> None:
         rows[0].backend = "torch eager (bf16)"
         torch.cuda.empty_cache() if dev.startswith("cuda") else None
         in_process = [b for b in backends if b != "aoti"]
-        artifacts = b16 if (b16 / "manifest.json").exists() else None
-        rows += bench(artifacts, ckpt, in_process, "fp16", **run)
+        if (b16 / "manifest.json").exists():
+            rows += bench(b16, ckpt, in_process, "fp16", **run)
+        else:  # no standard-ops build this run: the PyTorch backends only
+            rows += bench(None, ckpt, [b for b in in_process if not b.startswith("ort")], "fp16", **run)
         if (b16o / "manifest.json").exists():
             ort_rows = bench(b16o, ckpt, [b for b in in_process if b.startswith("ort")], "fp16", **run)
             for r in ort_rows:
@@ -211,7 +222,7 @@ def main() -> None:
         report["bench"] = [asdict(r) for r in rows]
         save()
         if "aoti" in backends:
-            rows.append(run_aoti_child(args))
+            rows.append(run_aoti_children(args, ("load",) if aoti_compiled(args) else ("compile", "load")))
             report["bench"] = [asdict(r) for r in rows]
             save()
         report["ort_fusion"] = {}
@@ -246,26 +257,37 @@ def main() -> None:
             print(" | ".join(row))
 
 
-def run_aoti_child(args) -> BackendResult:
-    """AOTInductor in its own process (faulthandler on): if compiling segfaults, the row says where, the rest stands."""
+def aoti_compiled(args) -> bool:
+    return all((args.work / "aoti" / f"{s}.pt2").exists() for s in ("vit", "llm", "denoising_subgraph"))
+
+
+def run_aoti_children(args, phases: tuple[str, ...]) -> BackendResult | None:
+    """AOTInductor in child processes (faulthandler on): one compiles the `.pt2` packages, a fresh one loads and times
+    them. A segfault in either becomes the row's note (with where it happened); the rest of the table stands.
+    Returns the timed row, or None after a successful compile-only run."""
     import subprocess
     import sys
 
     out = args.out / "aoti.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-X", "faulthandler", __file__, "--aoti_child", str(out), "--work", str(args.work),
-           "--iters", str(args.iters), "--warmup", str(args.warmup), "--device", args.device]
-    cmd += ["--obs", str(args.obs)] if args.obs else []
-    log("timing aoti in a child process ...")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.aoti_timeout)
-    except subprocess.TimeoutExpired as err:
-        (args.out / "aoti.log").write_text(f"{err.stdout or ''}{err.stderr or ''}")
-        return BackendResult("aoti", note=f"child still compiling after {args.aoti_timeout} s; stopped")
-    (args.out / "aoti.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not out.exists():
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-        return BackendResult("aoti", note=f"child exited {proc.returncode}: {tail[:400]}")
+    base = [sys.executable, "-X", "faulthandler", __file__, "--aoti_child", str(out), "--work", str(args.work),
+            "--iters", str(args.iters), "--warmup", str(args.warmup), "--device", args.device]
+    base += ["--obs", str(args.obs)] if args.obs else []
+    logs = []
+    for phase in phases:
+        log(f"aoti: {phase} in a child process ...")
+        try:
+            proc = subprocess.run([*base, "--aoti_phase", phase], capture_output=True, text=True,
+                                  timeout=args.aoti_timeout)
+        except subprocess.TimeoutExpired:
+            return BackendResult("aoti", note=f"{phase} still running after {args.aoti_timeout} s; stopped")
+        logs.append(f"== {phase}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+        (args.out / "aoti.log").write_text("\n".join(logs))
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip().startswith("File ")][:4]
+            return BackendResult("aoti", note=f"{phase} child exited {proc.returncode} in: {' <- '.join(lines)}"[:400])
+    if "load" not in phases:
+        return None
     data = json.loads(out.read_text())
     return BackendResult(data["backend"], {k: Timing(**v) for k, v in data["stages"].items()},
                          Timing(**data["end_to_end"]) if data["end_to_end"] else None, data["note"],
@@ -273,9 +295,14 @@ def run_aoti_child(args) -> BackendResult:
 
 
 def aoti_child(args, ckpt: Path) -> None:
-    res = bench(None, ckpt, ["aoti"], "fp16", args.iters, args.warmup, args.device, log=log,
-                observation=load_obs(args.obs), profile=True)[0]
-    args.aoti_child.write_text(json.dumps(asdict(res)))
+    phase = args.aoti_phase
+    res = bench(None, ckpt, ["aoti"], "fp16", args.iters if phase != "compile" else 1, args.warmup, args.device,
+                log=log, observation=load_obs(args.obs), profile=phase != "compile", aoti_dir=args.work / "aoti",
+                aoti_phase=phase)[0]
+    if res.note.startswith("failed"):
+        raise SystemExit(f"aoti {phase}: {res.note}")
+    if phase != "compile":
+        args.aoti_child.write_text(json.dumps(asdict(res)))
 
 if __name__ == "__main__":
     main()

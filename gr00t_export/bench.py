@@ -249,21 +249,27 @@ class CompiledStageRunner(TorchStageRunner):
         return {k: v.clone() for k, v in super().infer(feeds).items()}
 
 
-class AotiStageRunner:
-    """A model stage compiled ahead of time with AOTInductor (`.pt2`, the IGG schema's `pt2` backend), replayed
-    through one CUDA graph on a GPU: the PyTorch-native exported artifact, no Python in the stage."""
+def compile_aoti(module: torch.nn.Module, spec, feeds: dict, package: Path, device: torch.device) -> Path:
+    """torch.export + AOTInductor: the stage as a `.pt2` package (the IGG schema's `pt2` backend)."""
+    import torch._inductor
 
-    def __init__(self, module: torch.nn.Module, spec, feeds: dict, workdir: Path, device: torch.device):
+    args = tuple(torch.as_tensor(feeds[n]).to(device) for n in spec.input_names)
+    package.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.export.export(module, args, strict=False)
+        return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(package)))
+
+
+class AotiStageRunner:
+    """A stage's AOTInductor `.pt2`, replayed through one CUDA graph on a GPU: the PyTorch-native exported artifact,
+    no Python in the stage. Inputs are copied into fixed buffers, so the graph's addresses never change."""
+
+    def __init__(self, package: Path, spec, feeds: dict, device: torch.device):
         import torch._inductor
 
         self.spec, self.device = spec, device
-        args = tuple(torch.as_tensor(feeds[n]).to(device) for n in spec.input_names)
-        workdir.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
-            program = torch.export.export(module, args, strict=False)
-            package = torch._inductor.aoti_compile_and_package(program, package_path=str(workdir / f"{spec.name}.pt2"))
-        self.model = torch._inductor.aoti_load_package(package)
-        self.static = [a.clone() for a in args]
+        self.model = torch._inductor.aoti_load_package(str(package))
+        self.static = [torch.as_tensor(feeds[n]).to(device).clone() for n in spec.input_names]
         self.graph = None
         if device.type == "cuda" and os.environ.get("GR00T_AOTI_CUDA_GRAPH", "1") == "1":
             stream = torch.cuda.Stream()
@@ -307,9 +313,13 @@ def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, 
 def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str], dtype: str, iters: int,
           warmup: int, device: str, dataset_path: Path | None = None, eagle_path: Path | None = None,
           embodiment_tag: str = "gr1", modality_config: str | None = None,
-          log: Callable[[str], None] = print, observation: Observation | None = None, profile: bool = False
-          ) -> list[BackendResult]:
-    """Times each backend on one observation; with `profile` (GPU only) also counts each stage's kernels."""
+          log: Callable[[str], None] = print, observation: Observation | None = None, profile: bool = False,
+          aoti_dir: Path | None = None, aoti_phase: str = "both") -> list[BackendResult]:
+    """Times each backend on one observation; with `profile` (GPU only) also counts each stage's kernels.
+
+    aoti: `<stage>.pt2` packages are compiled into `aoti_dir` (a temp dir by default), loaded and timed;
+    `aoti_phase="compile"` stops after compiling, `"load"` loads the packages an earlier process compiled.
+    """
     if artifact_dir is None and model_path is None:
         raise InputError("nothing to benchmark: pass ARTIFACT_DIR and/or --model_path CKPT")
     dev = torch.device(device)
@@ -340,13 +350,20 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
             graph, stages = _twin_stages(policy, dtype, dev, False)
             trace: dict = {}
             run_pipeline(graph, stages, raw, init, trace)
+            packages = Path(aoti_dir or tempfile.mkdtemp())
             try:
                 for spec_ in graph.stages:
                     if spec_.name in COMPILED_STAGES:
-                        stages[spec_.name] = AotiStageRunner(stages[spec_.name].module, spec_, trace[spec_.name],
-                                                             Path(tempfile.mkdtemp()), dev)
+                        package = packages / f"{spec_.name}.pt2"
+                        if aoti_phase != "load":
+                            compile_aoti(stages[spec_.name].module, spec_, trace[spec_.name], package, dev)
+                        if aoti_phase != "compile":
+                            stages[spec_.name] = AotiStageRunner(package, spec_, trace[spec_.name], dev)
             except Exception as err:  # noqa: BLE001 - reported in the table, the other backends still run
                 results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
+                continue
+            if aoti_phase == "compile":
+                results.append(BackendResult(backend, note=f"compiled into {packages}"))
                 continue
         elif backend in ("ort", "ort-cudagraph"):
             if runner is None:

@@ -139,6 +139,7 @@ class InstructionCache:
 
     def __init__(self, inner: StageRunner, size: int = 64):
         self.inner, self.spec, self.size = inner, inner.spec, size
+        self.module = getattr(inner, "module", None)  # the TorchScript itself, for spec checks
         self._cache: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gr00t_export.config import TransformerConfig
-from gr00t_export.model.layers import attention, linear_gelu_tanh
+from gr00t_export.model.layers import linear_gelu_tanh, projected_attention
 
 
 class Attention(nn.Module):
@@ -30,7 +30,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         context = x if context is None else context
-        return self.to_out[0](attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
+        return self.to_out[0](projected_attention(x, context, self.to_q, self.to_k, self.to_v, self.heads))
 
 
 class GELUProj(nn.Module):

@@ -59,25 +59,43 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, num_heads: int, mask: Tensor | None) 
     return merge_heads(out)
 
 
+def _given(g, value):
+    return _missing_input(g) if value is None or value.node().mustBeNone() else value
+
+
 class _MultiHeadAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, num_heads: int) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, qkv_bias: Tensor | None,
+                num_heads: int) -> Tensor:
+        if qkv_bias is not None:
+            bq, bk, bv = qkv_bias.split([q.shape[-1], k.shape[-1], v.shape[-1]])
+            q, k, v = q + bq, k + bk, v + bv
         return _sdpa(q, k, v, num_heads, mask)
 
     @staticmethod
-    def symbolic(g, q, k, v, mask, num_heads: int):
-        bias = _missing_input(g) if mask is None or mask.node().mustBeNone() else mask
-        # inputs: query, key, value, bias (packed q/k/v bias), key_padding_mask, attention_bias
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, _missing_input(g), _missing_input(g), bias,
-                   num_heads_i=num_heads)
+    def symbolic(g, q, k, v, mask, qkv_bias, num_heads: int):
+        # inputs: query, key, value, bias (packed q/k/v projection bias), key_padding_mask, attention_bias
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, _given(g, qkv_bias), _missing_input(g),
+                   _given(g, mask), num_heads_i=num_heads)
         return out.setType(q.type())
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, mask: Tensor | None = None) -> Tensor:
     """Scaled dot-product attention on (B, L, heads*dim) tensors; `mask` is additive, (B|1, 1, Lq, Lk)."""
     if _use_ort_kernels():
-        return _MultiHeadAttention.apply(q, k, v, mask, num_heads)
+        return _MultiHeadAttention.apply(q, k, v, mask, None, num_heads)
     return _sdpa(q, k, v, num_heads, mask)
+
+
+def projected_attention(x: Tensor, context: Tensor, to_q: nn.Linear, to_k: nn.Linear, to_v: nn.Linear,
+                        num_heads: int) -> Tensor:
+    """attention(to_q(x), to_k(context), to_v(context)). Under `onnxruntime_kernels()` the three projection biases
+    become MultiHeadAttention's packed `bias` input, added inside the fused kernel instead of by three Add nodes."""
+    if _use_ort_kernels() and to_q.bias is not None:
+        qkv_bias = torch.cat([to_q.bias, to_k.bias, to_v.bias])
+        return _MultiHeadAttention.apply(F.linear(x, to_q.weight), F.linear(context, to_k.weight),
+                                         F.linear(context, to_v.weight), None, qkv_bias, num_heads)
+    return attention(to_q(x), to_k(context), to_v(context), num_heads)
 
 
 class _BiasGelu(torch.autograd.Function):

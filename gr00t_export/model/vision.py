@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from gr00t_export.config import VisionConfig
-from gr00t_export.model.layers import attention, linear_gelu_tanh
+from gr00t_export.model.layers import linear_gelu_tanh, projected_attention
 
 
 class SiglipEmbeddings(nn.Module):
@@ -32,7 +32,7 @@ class SiglipAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads))
+        return self.out_proj(projected_attention(x, x, self.q_proj, self.k_proj, self.v_proj, self.num_heads))
 
 
 class SiglipMLP(nn.Module):

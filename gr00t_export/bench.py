@@ -2,8 +2,11 @@
 
 Backends: `torch` (the PyTorch twins of the stages, eager), `torch-compile` (the same with
 `torch.compile(mode="reduce-overhead")`, i.e. CUDA graphs, on vit/llm/denoising), `ort` (the exported
-artifacts in onnxruntime; CUDA EP with device-resident I/O on a GPU) and `trt` (TensorRT engines, when
-the module and engines exist). All run the same observation and noise; ratios are against eager.
+artifacts in onnxruntime; CUDA EP with device-resident I/O on a GPU), `ort-cudagraph` (the same, shapes
+pinned and replayed as CUDA graphs), `aoti` (AOTInductor `.pt2` of vit/llm/denoising, one CUDA graph each) and
+`trt` (TensorRT engines, when the module and engines exist). All run the same observation and noise; ratios are
+against eager. With `profile`, a CUPTI trace of each model stage says how many kernels it launches and where
+its GPU time goes, which is what decides latency at batch 1.
 """
 
 from __future__ import annotations

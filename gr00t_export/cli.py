@@ -374,7 +374,8 @@ def inspect(
 
     view = describe_drop(artifact_dir)
     m = view.manifest
-    out_console.print(f"[bold]{view.root}[/]  {view.graph.name}, {m.get('precision')}, embodiment "
+    ops = "" if m.get("onnx_ops", "standard") == "standard" else f" ({m['onnx_ops']} ops)"
+    out_console.print(f"[bold]{view.root}[/]  {view.graph.name}, {m.get('precision')}{ops}, embodiment "
                       f"{m.get('embodiment_tag')} ({m.get('modality_config', {}).get('name')}), {m.get('views')} "
                       f"view(s), gr00t-export {m.get('tool', {}).get('version')}", highlight=False)
     out_console.print(f"source: {m.get('source', {}).get('model_path')}  validation: {view.validation}",

@@ -41,3 +41,53 @@ def test_floor_analysis_of_the_full_size_config():
     assert 350 < floor["vit"]["params_M"] < 450 and floor["llm"]["params_M"] > 500
     assert floor["denoising_subgraph"]["weight_read_ms"] > floor["llm"]["weight_read_ms"]
     assert all(f["floor_ms"] == max(f["weight_read_ms"], f["compute_ms"]) for f in floor.values())
+
+
+def test_aoti_package_of_a_stage_matches_its_twin(tiny_build, tmp_path):
+    """The `.pt2` path bench's aoti backend takes, on the tiny vit: compiled, loaded back, same outputs as eager."""
+    import torch
+
+    from gr00t_export.bench import AotiStageRunner, compile_aoti
+    from gr00t_export.build import example_observation
+    from gr00t_export.export import trace_feeds
+    from gr00t_export.partition import partition
+    from gr00t_export.policy import ReferencePolicy
+
+    ckpt, _ = tiny_build
+    policy = ReferencePolicy.from_checkpoint(ckpt)
+    part = partition(policy.model, policy.transforms, "fp32")
+    raw = policy.transforms.reader(example_observation(policy.spec.modality, policy.spec.metadata, None))
+    outputs: dict = {}
+    feeds = trace_feeds(part, raw, policy.spec.noise(raw.batch, None, 0), outputs=outputs)
+    stage = part.spec.stage("vit")
+    package = compile_aoti(part.modules["vit"], stage, feeds["vit"], tmp_path / "vit.pt2", torch.device("cpu"))
+    got = AotiStageRunner(package, stage, feeds["vit"], torch.device("cpu")).infer(feeds["vit"])
+    want = outputs["vit"]["vit_embeds"]
+    assert got["vit_embeds"].shape == want.shape
+    torch.testing.assert_close(got["vit_embeds"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_kinds_and_profile_table():
+    from gr00t_export.bench import BackendResult, KernelProfile, Timing, kernel_kind, kernel_rows
+
+    assert kernel_kind("sm90_xmma_gemm_f16f16_f32f16_tn_n_tilesize128x128x64") == "matmul"
+    assert kernel_kind("nvjet_hsh_128x64_64x4_1x2_h_bz_coopB_NNT") == "matmul"
+    assert kernel_kind("onnxruntime::contrib::cuda::FlashAttentionKernel") == "attention"
+    assert kernel_kind("fmha_cutlassF_f16_aligned_64x64_rf_sm80") == "attention"
+    assert kernel_kind("void onnxruntime::cuda::LayerNormKernelSmall<half>") == "norm"
+    assert kernel_kind("triton_poi_fused_add_mul_native_layer_norm_3") == "norm"  # named for the fused norm
+    assert kernel_kind("triton_poi_fused__to_copy_add_5") == "triton (fused)"
+    assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "elementwise"
+    assert kernel_kind("cudaGraphLaunch_mystery") == "other"
+    result = BackendResult("ort", {"vit": Timing(2.0, 2.2)}, Timing(10.0, 11.0),
+                           kernels={"vit": KernelProfile(500.0, 1.5, {"matmul": (1.0, 190.0), "norm": (0.5, 55.0)})})
+    header, rows = kernel_rows([result, BackendResult("torch")])
+    assert header[:3] == ["backend", "stage", "kernels"] and len(rows) == 1
+    assert rows[0][:6] == ["ort", "vit", "500", "1.50", "2.00", "75"]
+    assert rows[0][6].startswith("matmul 1.00 (190)")
+
+
+def test_profile_is_a_no_op_on_cpu(tiny_build):
+    ckpt, out = tiny_build
+    results = bench(out, ckpt, ["ort"], "fp32", iters=1, warmup=0, device="cpu", log=lambda m: None, profile=True)
+    assert results[0].end_to_end is not None and results[0].kernels == {}

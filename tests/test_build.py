@@ -246,6 +246,25 @@ def test_onnxruntime_ops_are_refused_where_tensorrt_would_read_them(ort_ops_buil
     assert not (root / "never").exists()
 
 
+def test_tokenizer_stage_is_cached_per_instruction(runners):
+    from gr00t_export.runner import InstructionCache
+
+    cached = runners["fp32"].stages["eagle2_tokenizer"]
+    assert isinstance(cached, InstructionCache)
+    pear, potato = {"instructions": np.array(["pick the pear"])}, {"instructions": np.array(["pick the potato"])}
+    first = cached.infer(pear)
+    assert cached.infer({"instructions": np.array(["pick the pear"])}) is first  # a hit: no second tokenization
+    other = cached.infer(potato)
+    assert not torch.equal(other["input_ids"], first["input_ids"])
+    for feeds, got in ((pear, first), (potato, other)):  # what the cache returns is what the TorchScript computes
+        want = cached.inner.infer(feeds)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    small = InstructionCache(cached.inner, size=2)
+    for text in ("a", "b", "c"):
+        small.infer({"instructions": np.array([text])})
+    assert list(small._cache) == [("b",), ("c",)]  # oldest dropped first
+
+
 # ------------------------------------------------------------------------------ stage by stage
 
 

@@ -8,12 +8,12 @@ Steps (each skipped when its output already exists in --work, so a run can be sp
   build  fp16 artifacts, traced and exported on the GPU, standard ONNX ops (the TensorRT form)
   build_ort  the same with --onnx_ops onnxruntime (fused MultiHeadAttention / FastGelu contrib kernels)
   fp8    fp8 artifacts calibrated on --calib (real PickNPlace observations, npz) and drift on --eval
-  bench  torch eager (bf16, fp16), torch.compile(reduce-overhead) fp16, onnxruntime CUDA EP fp16 (+ CUDA graphs)
-         on both builds, AOTInductor .pt2 (in a child process: a crash there cannot take the table down), and a
-         CUPTI kernel profile of every model stage (kernels per call, busy time, kinds)
+  trt    TensorRT(-RTX) parse + build of every fp16 and fp8 graph (needs tensorrt or tensorrt_rtx_bindings)
   aoti_compile  AOTInductor .pt2 packages of vit/llm/denoiser (child process), ahead of bench
   parity exported fp16 (both builds) vs the fp32 PyTorch reference, same observation and noise
-  trt    TensorRT(-RTX) parse + build of every fp16 and fp8 graph (needs tensorrt or tensorrt_rtx_bindings)
+  bench  torch eager (bf16, fp16), torch.compile(reduce-overhead) fp16, onnxruntime CUDA EP fp16 (+ CUDA graphs)
+         on both builds, AOTInductor .pt2 (compiled and loaded in child processes: a crash there cannot take the
+         table down), and a CUPTI kernel profile of every model stage (kernels per call, busy time, kinds)
 Prints the table last and writes every number to --out/gpu_bench.json.
 """
 
@@ -208,7 +208,8 @@ def main() -> None:
         run = dict(iters=args.iters, warmup=args.warmup, device=dev, log=log, observation=obs, profile=True)
         rows = bench(None, ckpt, ["torch"], "bf16", **run)
         rows[0].backend = "torch eager (bf16)"
-        torch.cuda.empty_cache() if dev.startswith("cuda") else None
+        if dev.startswith("cuda"):
+            torch.cuda.empty_cache()
         in_process = [b for b in backends if b != "aoti"]
         if (b16 / "manifest.json").exists():
             rows += bench(b16, ckpt, in_process, "fp16", **run)

@@ -203,7 +203,7 @@ def _op_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def test_onnxruntime_ops_fuse_every_attention_and_gelu(ort_ops_build: Path, builds, ckpt: Path):
+def test_onnxruntime_ops_fuse_every_attention_rope_and_gelu(ort_ops_build: Path, builds, ckpt: Path):
     cfg = open_checkpoint(ckpt).config
     ah = cfg.action_head
     attentions = {"eagle2/vit.onnx": cfg.vision.num_hidden_layers, "eagle2/llm.onnx": cfg.select_layer,
@@ -217,6 +217,8 @@ def test_onnxruntime_ops_fuse_every_attention_and_gelu(ort_ops_build: Path, buil
         assert fused.get("FastGelu", 0) == gelus[rel] and "Tanh" not in fused, (rel, fused)
         assert plain.get("Softmax", 0) == n and "MultiHeadAttention" not in plain, (rel, plain)
         assert sum(fused.values()) < sum(plain.values())
+    llm = _op_counts(ort_ops_build / "eagle2/llm.onnx")
+    assert llm.get("RotaryEmbedding", 0) == 2 * cfg.select_layer and "Neg" not in llm  # q and k, every layer
     assert json.loads((ort_ops_build / "manifest.json").read_text())["onnx_ops"] == "onnxruntime"
     assert json.loads((builds["fp16"] / "manifest.json").read_text())["onnx_ops"] == "standard"
 

@@ -12,23 +12,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gr00t_export.config import Gr00tConfig, TextConfig
-from gr00t_export.model.layers import RMSNorm, attention
+from gr00t_export.model.layers import RMSNorm, apply_rope, attention
 from gr00t_export.model.vision import SiglipVisionModel
 
 
 def rope_tables(head_dim: int, theta: float, positions: Tensor) -> tuple[Tensor, Tensor]:
-    # positions (L,) -> cos, sin (L, head_dim), in fp32
+    # positions (L,) -> cos, sin (L, head_dim / 2), in fp32; each frequency serves both halves of a head
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
     freqs = positions.float()[:, None] * inv_freq[None, :]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # x (B, L, heads, head_dim), cos/sin (L, 1, head_dim); rotate-half convention of Qwen/Llama
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
+    return freqs.cos(), freqs.sin()
 
 
 class Qwen3Attention(nn.Module):
@@ -45,13 +37,13 @@ class Qwen3Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
         # heads stay in (B, L, heads, head_dim) order, the layout fused attention kernels take
         b, length, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, length, self.num_heads, -1))
-        k = self.k_norm(self.k_proj(x).view(b, length, self.num_kv_heads, -1))
-        v = self.v_proj(x).view(b, length, self.num_kv_heads, -1)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        groups = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
-        return self.o_proj(attention(q.flatten(2), k.flatten(2), v.flatten(2), self.num_heads, mask))
+        q = apply_rope(self.q_norm(self.q_proj(x).view(b, length, self.num_heads, -1)), cos, sin, self.num_heads)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(b, length, self.num_kv_heads, -1)), cos, sin,
+                       self.num_kv_heads)
+        groups = self.num_heads // self.num_kv_heads  # GQA: each k/v head serves `groups` query heads
+        k, v = (t.view(b, length, self.num_kv_heads, -1).repeat_interleave(groups, dim=2).flatten(2)
+                for t in (k, self.v_proj(x)))
+        return self.o_proj(attention(q, k, v, self.num_heads, mask))
 
 
 class Qwen3MLP(nn.Module):
@@ -103,7 +95,7 @@ class Qwen3Model(nn.Module):
         # (B, L, hidden), (B, L) -> (B, L, hidden), final norm applied
         length = inputs_embeds.shape[1]
         positions = torch.arange(length, device=inputs_embeds.device)
-        cos, sin = (t[:, None, :] for t in rope_tables(self.cfg.head_dim, self.cfg.rope_theta, positions))
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_theta, positions)
         mask = causal_padding_mask(attention_mask, inputs_embeds.dtype)
         x = inputs_embeds
         for layer in self.layers:

@@ -1,10 +1,11 @@
 """Small building blocks shared by the vision tower, the LLM and the action head.
 
-Attention and the tanh-GELU of a biased projection each have two ONNX spellings. By default they export
-as standard ops (MatMul, Softmax, Tanh, ...), which TensorRT fuses into its own kernels. Inside
-`onnxruntime_kernels()` they export as onnxruntime's fused contrib ops instead (`com.microsoft`
-MultiHeadAttention and FastGelu: flash/memory-efficient attention and one bias+GELU kernel on CUDA),
-which only onnxruntime runs. Eager and traced PyTorch compute the same thing either way.
+Attention, rotary embeddings and the tanh-GELU of a biased projection each have two ONNX spellings. By
+default they export as standard ops (MatMul, Softmax, Tanh, ...), which TensorRT fuses into its own kernels.
+Inside `onnxruntime_kernels()` they export as onnxruntime's fused contrib ops instead (`com.microsoft`
+MultiHeadAttention, RotaryEmbedding and FastGelu: flash/memory-efficient attention, one RoPE kernel and one
+bias+GELU kernel on CUDA), which only onnxruntime runs. Eager and traced PyTorch compute the same thing
+either way.
 """
 
 from __future__ import annotations
@@ -96,6 +97,43 @@ def projected_attention(x: Tensor, context: Tensor, to_q: nn.Linear, to_k: nn.Li
         return _MultiHeadAttention.apply(F.linear(x, to_q.weight), F.linear(context, to_k.weight),
                                          F.linear(context, to_v.weight), None, qkv_bias, num_heads)
     return attention(to_q(x), to_k(context), to_v(context), num_heads)
+
+
+def _rotate_half_rope(x: Tensor, cos_half: Tensor, sin_half: Tensor) -> Tensor:
+    # x (B, L, heads, head_dim); cos_half/sin_half (L, head_dim / 2); the rotate-half convention of Qwen/Llama
+    cos = torch.cat([cos_half, cos_half], dim=-1)[:, None].to(x.dtype)
+    sin = torch.cat([sin_half, sin_half], dim=-1)[:, None].to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos) + (rotated * sin)
+
+
+class _RotaryEmbedding(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, offset: Tensor, cos_half: Tensor, sin_half: Tensor, num_heads: int) -> Tensor:
+        # x (B, L, heads*head_dim); offset (1,): position of the first token (onnxruntime's 1-D position_ids)
+        b, length, width = x.shape
+        positions = offset + torch.arange(length, device=x.device)
+        tables = (F.embedding(positions, t) for t in (cos_half, sin_half))
+        return _rotate_half_rope(x.view(b, length, num_heads, width // num_heads), *tables).flatten(2)
+
+    @staticmethod
+    def symbolic(g, x, offset, cos_half, sin_half, num_heads: int):
+        return g.op("com.microsoft::RotaryEmbedding", x, offset, cos_half, sin_half, interleaved_i=0,
+                    num_heads_i=num_heads).setType(x.type())
+
+
+def apply_rope(x: Tensor, cos_half: Tensor, sin_half: Tensor, num_heads: int) -> Tensor:
+    """RoPE on (B, L, num_heads, head_dim) with (L, head_dim / 2) fp32 tables -> (B, L, num_heads*head_dim).
+
+    Under `onnxruntime_kernels()` it is one RotaryEmbedding node (non-interleaved = rotate-half) instead of
+    ~7 slice/negate/concat/multiply/add nodes per call. `num_heads` is passed, not read from `x.shape`, so the
+    exporter sees a constant attribute rather than a traced size.
+    """
+    if _use_ort_kernels():
+        offset = torch.zeros(1, dtype=torch.long, device=x.device)  # positions are arange(L), as in N1.5
+        return _RotaryEmbedding.apply(x.flatten(2), offset, cos_half.to(x.dtype), sin_half.to(x.dtype), num_heads)
+    return _rotate_half_rope(x, cos_half, sin_half).flatten(2)
 
 
 class _BiasGelu(torch.autograd.Function):

@@ -6,7 +6,7 @@ One device call (see README "GPU benchmark"):
 Steps (each skipped when its output already exists in --work, so a run can be split over calls):
   make   gr00t-export make-checkpoint --preset n1.5-3b (sharded safetensors, real tokenizer files if given)
   build  fp16 artifacts, traced and exported on the GPU, standard ONNX ops (the TensorRT form)
-  build_ort  the same with --onnx_ops onnxruntime (fused MultiHeadAttention / FastGelu contrib kernels)
+  build_ort  the same with --onnx_ops onnxruntime (MultiHeadAttention / RotaryEmbedding / FastGelu contrib kernels)
   fp8    fp8 artifacts calibrated on --calib (real PickNPlace observations, npz) and drift on --eval
   trt    TensorRT(-RTX) parse + build of every fp16 and fp8 graph (needs tensorrt or tensorrt_rtx_bindings)
   aoti_compile  AOTInductor .pt2 packages of vit/llm/denoiser (child process), ahead of bench

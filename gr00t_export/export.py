@@ -112,7 +112,7 @@ def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any]
     """Legacy (TorchScript-based) exporter: it keeps shared weights as one initializer when a loop is unrolled
     and honours dynamic axes; >2 GB graphs are re-saved with all weights in one `.onnx_data` file.
 
-    `onnx_ops="onnxruntime"` writes attention and bias+GELU as onnxruntime's fused contrib ops (see
+    `onnx_ops="onnxruntime"` writes attention, RoPE and bias+GELU as onnxruntime's fused contrib ops (see
     `model.layers`); "standard" keeps plain ONNX, the form TensorRT parses and fuses.
     """
     args = tuple(feeds[n] for n in stage.input_names)

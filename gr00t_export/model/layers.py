@@ -22,7 +22,7 @@ _ORT_KERNELS = False
 
 @contextlib.contextmanager
 def onnxruntime_kernels() -> Iterator[None]:
-    """Export attention and bias+GELU as onnxruntime contrib ops while the block runs."""
+    """Export attention, RoPE and bias+GELU as onnxruntime contrib ops while the block runs."""
     global _ORT_KERNELS
     previous, _ORT_KERNELS = _ORT_KERNELS, True
     try:

@@ -206,8 +206,9 @@ def main() -> None:
 
         backends = [b for b in args.backends.split(",") if dev.startswith("cuda") or b != "ort-cudagraph"]
         run = dict(iters=args.iters, warmup=args.warmup, device=dev, log=log, observation=obs, profile=True)
-        rows = bench(None, ckpt, ["torch"], "bf16", **run)
-        rows[0].backend = "torch eager (bf16)"
+        rows = bench(None, ckpt, ["torch"], "bf16", **run) if "torch" in backends else []
+        for r in rows:
+            r.backend = "torch eager (bf16)"
         if dev.startswith("cuda"):
             torch.cuda.empty_cache()
         in_process = [b for b in backends if b != "aoti"]

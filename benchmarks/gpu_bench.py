@@ -214,7 +214,7 @@ def main() -> None:
         in_process = [b for b in backends if b != "aoti"]
         if (b16 / "manifest.json").exists():
             rows += bench(b16, ckpt, in_process, "fp16", **run)
-        else:  # no standard-ops build this run: the PyTorch backends only
+        elif any(not b.startswith("ort") for b in in_process):  # no standard-ops build: the PyTorch backends only
             rows += bench(None, ckpt, [b for b in in_process if not b.startswith("ort")], "fp16", **run)
         if (b16o / "manifest.json").exists():
             ort_rows = bench(b16o, ckpt, [b for b in in_process if b.startswith("ort")], "fp16", **run)

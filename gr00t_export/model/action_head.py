@@ -56,9 +56,10 @@ class MultiEmbodimentActionEncoder(nn.Module):
         self.W3 = CategorySpecificLinear(num_embodiments, hidden, hidden)
 
     def forward(self, actions: Tensor, timesteps: Tensor, cat_ids: Tensor) -> Tensor:
-        # actions (B, 16, action_dim), timesteps (B,) int -> (B, 16, hidden)
+        # actions (B, 16, action_dim), timesteps (B,) or (1,) int -> (B, 16, hidden)
         a = self.W1(actions, cat_ids)
-        tau = action_timestep_sinusoid(timesteps[:, None].expand(-1, actions.shape[1]), self.hidden).to(a.dtype)
+        # the same timestep for every action step: computed once per sample, then broadcast
+        tau = action_timestep_sinusoid(timesteps[:, None], self.hidden).to(a.dtype).expand(a.shape[0], a.shape[1], -1)
         x = self.W2(torch.cat([a, tau], dim=-1), cat_ids)
         return self.W3(x * torch.sigmoid(x), cat_ids)
 
@@ -108,6 +109,8 @@ class FlowmatchingActionHead(nn.Module):
         steps = self.cfg.num_inference_timesteps
         dt = 1.0 / steps
         for t in self.timestep_buckets(steps, self.cfg.num_timestep_buckets):
-            timesteps = torch.full((actions.shape[0],), t, dtype=torch.long, device=actions.device)
+            # one timestep for the whole batch, broadcast: it does not depend on the inputs, so the exporter folds
+            # the step's timestep embedding and every AdaLN scale/shift derived from it into constants
+            timesteps = torch.full((1,), t, dtype=torch.long, device=actions.device)
             actions = actions + dt * self.velocity(vl_embs, state_features, actions, timesteps, embodiment_id)
         return actions

@@ -148,7 +148,7 @@ class DiT(nn.Module):
         self.proj_out_2 = nn.Linear(d, cfg.output_dim)
 
     def forward(self, sa_embs: Tensor, vl_embs: Tensor, timesteps: Tensor) -> Tensor:
-        # sa_embs (B, 49, inner), vl_embs (B, L, backbone), timesteps (B,) -> (B, 49, output_dim)
+        # sa_embs (B, 49, inner), vl_embs (B, L, backbone), timesteps (B,) or (1,) -> (B, 49, output_dim)
         temb = self.timestep_encoder(timesteps)
         x = sa_embs
         for i, block in enumerate(self.transformer_blocks):

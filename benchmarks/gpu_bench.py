@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--backends", default="torch,torch-compile,ort,ort-cudagraph,aoti")
     ap.add_argument("--aoti_timeout", type=float, default=300.0, help="seconds the AOTInductor child may take")
     ap.add_argument("--aoti_child", type=Path, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--aoti_phase", choices=("compile", "load", "both"), default="both", help=argparse.SUPPRESS)
+    ap.add_argument("--aoti_phase", choices=("compile", "load"), default="load", help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="n1.5-3b", help="tiny: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()

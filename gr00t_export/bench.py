@@ -72,7 +72,7 @@ KERNEL_KINDS = (
     ("softmax", ("softmax",)),
     ("norm", ("layer_norm", "layernorm", "rms", "skiplayernorm", "welford")),
     ("triton (fused)", ("triton",)),
-    ("copy/transpose", ("transpose", "copy", "memcpy", "memset", "concat", "slice", "gather", "expand", "cat_")),
+    ("copy/transpose", ("transpose", "copy", "memset", "concat", "slice", "gather", "expand", "cat_")),
     ("reduce", ("reduce",)),
     ("elementwise", ("elementwise", "unary", "binary", "vectorized", "gelu", "add", "mul", "cast", "where",
                      "pow", "sqrt", "tanh", "sigmoid", "silu")),
@@ -346,12 +346,12 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
     init = spec.noise(raw.batch, None, 0).to(dev)
     results = []
     for backend in backends:
+        trace: dict = {}  # each stage's feeds, recorded by the backends that need them to set up
         log(f"timing {backend} ...")
         if backend in ("torch", "torch-compile"):
             graph, stages = _twin_stages(policy, dtype, dev, backend == "torch-compile")
         elif backend == "aoti":
             graph, stages = _twin_stages(policy, dtype, dev, False)
-            trace: dict = {}
             run_pipeline(graph, stages, raw, init, trace)
             packages = Path(aoti_dir or tempfile.mkdtemp())
             try:
@@ -375,7 +375,6 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
             if backend == "ort-cudagraph":
                 if dev.type != "cuda":
                     raise InputError("ort-cudagraph needs --device cuda")
-                trace: dict = {}
                 run_pipeline(graph, stages, raw, init, trace)
                 try:
                     for spec_ in graph.stages:
@@ -403,11 +402,11 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
             continue
         result = BackendResult(backend, per_stage, e2e)
         if profile and dev.type == "cuda":
-            feeds: dict = {}
-            run_pipeline(graph, stages, raw, init, feeds)
+            if not trace:
+                run_pipeline(graph, stages, raw, init, trace)
             for name in (s.name for s in graph.stages if s.format == "onnx" or s.name in COMPILED_STAGES):
                 try:
-                    result.kernels[name] = kernel_profile(stages[name], feeds[name])
+                    result.kernels[name] = kernel_profile(stages[name], trace[name])
                 except Exception as err:  # noqa: BLE001 - a profiler without CUPTI must not lose the timings
                     result.note = f"kernel profile failed: {type(err).__name__}: {str(err)[:120]}"
                     break

@@ -75,10 +75,6 @@ class GraphSpec:
                     flow.setdefault(t.source, []).append(f"{s.name}/{t.name}")
         return flow
 
-    def external_inputs(self) -> dict[str, list[str]]:
-        return {s.name: [t.name for t in s.inputs if t.source == "external"] for s in self.stages
-                if any(t.source == "external" for t in s.inputs)}
-
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
             if s.name == name:

@@ -95,7 +95,8 @@ class Qwen3Model(nn.Module):
         # (B, L, hidden), (B, L) -> (B, L, hidden), final norm applied
         length = inputs_embeds.shape[1]
         positions = torch.arange(length, device=inputs_embeds.device)
-        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.rope_theta, positions)
+        # computed in fp32, cast once for every layer (as the reference casts them before multiplying)
+        cos, sin = (t.to(inputs_embeds.dtype) for t in rope_tables(self.cfg.head_dim, self.cfg.rope_theta, positions))
         mask = causal_padding_mask(attention_mask, inputs_embeds.dtype)
         x = inputs_embeds
         for layer in self.layers:

@@ -101,8 +101,8 @@ def projected_attention(x: Tensor, context: Tensor, to_q: nn.Linear, to_k: nn.Li
 
 def _rotate_half_rope(x: Tensor, cos_half: Tensor, sin_half: Tensor) -> Tensor:
     # x (B, L, heads, head_dim); cos_half/sin_half (L, head_dim / 2); the rotate-half convention of Qwen/Llama
-    cos = torch.cat([cos_half, cos_half], dim=-1)[:, None].to(x.dtype)
-    sin = torch.cat([sin_half, sin_half], dim=-1)[:, None].to(x.dtype)
+    cos = torch.cat([cos_half, cos_half], dim=-1)[:, None]
+    sin = torch.cat([sin_half, sin_half], dim=-1)[:, None]
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos) + (rotated * sin)
@@ -124,7 +124,7 @@ class _RotaryEmbedding(torch.autograd.Function):
 
 
 def apply_rope(x: Tensor, cos_half: Tensor, sin_half: Tensor, num_heads: int) -> Tensor:
-    """RoPE on (B, L, num_heads, head_dim) with (L, head_dim / 2) fp32 tables -> (B, L, num_heads*head_dim).
+    """RoPE on (B, L, num_heads, head_dim) with (L, head_dim / 2) tables in x's dtype -> (B, L, num_heads*head_dim).
 
     Under `onnxruntime_kernels()` it is one RotaryEmbedding node (non-interleaved = rotate-half) instead of
     ~7 slice/negate/concat/multiply/add nodes per call. `num_heads` is passed, not read from `x.shape`, so the
@@ -132,7 +132,7 @@ def apply_rope(x: Tensor, cos_half: Tensor, sin_half: Tensor, num_heads: int) ->
     """
     if _use_ort_kernels():
         offset = torch.zeros(1, dtype=torch.long, device=x.device)  # positions are arange(L), as in N1.5
-        return _RotaryEmbedding.apply(x.flatten(2), offset, cos_half.to(x.dtype), sin_half.to(x.dtype), num_heads)
+        return _RotaryEmbedding.apply(x.flatten(2), offset, cos_half, sin_half, num_heads)
     return _rotate_half_rope(x, cos_half, sin_half).flatten(2)
 
 

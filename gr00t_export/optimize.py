@@ -27,6 +27,7 @@ class OptimizeReport:
     nodes_before: int
     nodes_after: int
     note: str = ""
+    fused_norms: int = 0  # residual add + norm pairs written as one onnxruntime kernel
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
@@ -85,6 +86,124 @@ def share_identical_initializers(model: onnx.ModelProto) -> int:
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return len(rename)
+
+
+def fuse_residual_norms(model: onnx.ModelProto) -> int:
+    """Pre-norm residual blocks as onnxruntime's `SkipLayerNormalization`; returns how many were fused.
+
+    `LayerNorm(x + (y + b))`, where `y + b` is a linear layer's bias add and `x` the residual stream, becomes one
+    kernel that adds, normalises and also returns the sum (its 4th output), which the next residual add reads.
+    onnxruntime's own fusion skips exactly this case: it only fuses when the sum has no other consumer, which is
+    never true in a pre-norm transformer. Only the proto changes (no initializer is read or written), so this
+    runs on 3B graphs whose weights stay in their external file. Both operands of the residual add must depend
+    on a graph input: constant ones (position embeddings) may broadcast, which the fused kernel does not.
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    vectors = {t.name for t in graph.initializer if len(t.dims) == 1}
+    constant = {t.name: True for t in graph.initializer}
+
+    def is_constant(name: str) -> bool:
+        """True when the value depends on no graph input (iterative: these graphs are thousands of nodes deep)."""
+        stack = [name]
+        while stack:
+            top = stack[-1]
+            node = producer.get(top)
+            if top in constant or node is None:
+                constant.setdefault(top, False)  # no producer and no initializer: a graph input
+                stack.pop()
+                continue
+            pending = [i for i in node.input if i and i not in constant]
+            if pending:
+                stack.extend(pending)
+                continue
+            constant[top] = all(constant[i] for i in node.input if i)
+            stack.pop()
+        return constant[name]
+
+    def is_add(node: onnx.NodeProto | None) -> bool:
+        return node is not None and node.op_type == "Add" and node.domain in ("", "ai.onnx")
+
+    def bias_add(name: str) -> tuple[onnx.NodeProto, str, str] | None:
+        """(node, matmul output, bias) when `name` is a 1-D bias add that only the residual add reads."""
+        node = producer.get(name)
+        if not is_add(node) or consumers.get(name) != 1:
+            return None
+        for y, b in (node.input, reversed(node.input)):
+            if b in vectors and not is_constant(y):
+                return node, y, b
+        return None
+
+    removed: set[str] = set()  # first output names of the nodes folded into a fused one
+    fused: dict[str, onnx.NodeProto] = {}
+    for ln in graph.node:
+        axis = next((a.i for a in ln.attribute if a.name == "axis"), -1)
+        if ln.op_type != "LayerNormalization" or ln.domain not in ("", "ai.onnx") or axis != -1:
+            continue
+        add = producer.get(ln.input[0])
+        if not is_add(add) or add.output[0] in removed or any(is_constant(i) for i in add.input):
+            continue
+        beta = ln.input[2] if len(ln.input) > 2 else ""
+        inputs = [*add.input, ln.input[1], beta]
+        for branch, residual in (add.input, reversed(add.input)):
+            found = bias_add(branch)
+            if found is not None:
+                node, y, bias = found
+                inputs = [y, residual, ln.input[1], beta, bias]
+                removed.add(node.output[0])
+                break
+        total = add.output[0]
+        keeps_sum = consumers.get(total, 0) > 1 or total in {o.name for o in graph.output}
+        eps = next((a.f for a in ln.attribute if a.name == "epsilon"), 1e-5)
+        fused[ln.output[0]] = onnx.helper.make_node(
+            "SkipLayerNormalization", inputs, [ln.output[0], *(["", "", total] if keeps_sum else [])],
+            name=f"{ln.name}/skip_fused", domain="com.microsoft", epsilon=eps)
+        removed.add(total)
+    if fused:
+        nodes = [fused.get(n.output[0], n) for n in graph.node if n.output[0] not in removed]
+        del graph.node[:]
+        graph.node.extend(topological_order(nodes, graph))
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return len(fused)
+
+
+def fuse_onnxruntime_norms(path: Path) -> int:
+    """`fuse_residual_norms` on a saved graph, rewriting only its proto (external weights stay where they are)."""
+    model = onnx.load(str(path), load_external_data=False)
+    fused = fuse_residual_norms(model)
+    if fused:
+        onnx.save_model(model, str(path))
+    return fused
+
+
+def topological_order(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """`nodes` reordered so every input is produced before it is read, otherwise keeping their order."""
+    ready = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
+    producers = {out: i for i, n in enumerate(nodes) for out in n.output}
+    ordered: list[onnx.NodeProto] = []
+    placed = [False] * len(nodes)
+    for start in range(len(nodes)):
+        stack = [start]
+        while stack:
+            i = stack[-1]
+            if placed[i]:
+                stack.pop()
+                continue
+            missing = [producers[x] for x in nodes[i].input
+                       if x not in ready and x in producers and not placed[producers[x]]]
+            if missing:
+                stack.extend(missing)
+                continue
+            placed[i] = True
+            ordered.append(nodes[i])
+            ready.update(nodes[i].output)
+            stack.pop()
+    return ordered
 
 
 def _tensors(model: onnx.ModelProto):

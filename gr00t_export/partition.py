@@ -158,7 +158,8 @@ class DenoisingStage(nn.Module):
     """vlln + vl_self_attention + state encoder once, then the Euler steps unrolled over shared weights.
 
     `backbone_attention_mask` is part of the interface but, as in N1.5, the action head attends to every
-    backbone token; it enters the graph only as a no-op so the exported input list matches the spec.
+    backbone token; it enters the graph only as a no-op on the (B, 16, action_dim) noise, the smallest tensor,
+    so the exported input list matches the spec.
     """
 
     def __init__(self, model: Gr00tN15):
@@ -167,8 +168,8 @@ class DenoisingStage(nn.Module):
 
     def forward(self, backbone_features: Tensor, backbone_attention_mask: Tensor, state: Tensor,
                 embodiment_id: Tensor, init_actions: Tensor) -> Tensor:
-        features = backbone_features + 0 * backbone_attention_mask[:, :1, None].to(backbone_features.dtype)
-        return self.action_head.get_action(features, state, embodiment_id, init_actions)
+        noise = init_actions + 0 * backbone_attention_mask[:, :1, None].to(init_actions.dtype)
+        return self.action_head.get_action(backbone_features, state, embodiment_id, noise)
 
 
 class PostprocessStage(nn.Module):

@@ -90,7 +90,7 @@ class FlowmatchingActionHead(nn.Module):
 
     def velocity(self, vl_embs: Tensor, state_features: Tensor, actions: Tensor, timesteps: Tensor,
                  embodiment_id: Tensor) -> Tensor:
-        """One DiT evaluation: (B, 16, action_dim) noisy actions at `timesteps` -> predicted velocity."""
+        """One DiT evaluation: (B, 16, action_dim) noisy actions at `timesteps` (1,) -> predicted velocity."""
         action_features = self.action_encoder(actions, timesteps, embodiment_id)
         if self.cfg.add_pos_embed:
             action_features = action_features + self.position_embedding.weight[: actions.shape[1]].unsqueeze(0)

@@ -1,0 +1,98 @@
+"""The onnxruntime residual-norm fusion on small real exports: what it fuses, what it must leave alone, and that
+onnxruntime computes the same outputs before and after."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gr00t_export.optimize import fuse_onnxruntime_norms, fuse_residual_norms, topological_order
+
+
+class PreNormStack(nn.Module):
+    """x + pos -> [x + linear(LN(x))] x layers -> gate -> LN(x + linear(x)); the gated stream is also returned."""
+
+    def __init__(self, dim: int = 16, layers: int = 3, tokens: int = 5):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + self.pos  # constant operand, broadcast over the batch: must not be fused
+        for norm, proj in zip(self.norms, self.proj, strict=True):
+            x = x + proj(norm(x))
+        x = x * gate  # no residual add in front of this norm
+        return F.layer_norm(x + proj(x), (self.pos.shape[-1],)), x
+
+
+def _export(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    torch.manual_seed(0)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32),
+             "gate": np.random.default_rng(1).standard_normal((2, 5, 16)).astype(np.float32)}
+    path = tmp_path / "stack.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(PreNormStack().eval(), tuple(torch.from_numpy(v) for v in feeds.values()), str(path),
+                          dynamo=False, opset_version=19, input_names=list(feeds), output_names=["out", "stream"],
+                          dynamic_axes={"x": {0: "batch"}, "gate": {0: "batch"}})
+    return path, feeds
+
+
+def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # our fusion, not its own
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _ops(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_residual_norms_fuse_with_their_bias_and_compute_the_same(tmp_path: Path):
+    path, feeds = _export(tmp_path)
+    before = _ops(onnx.load(str(path)))
+    want = _run(path, feeds)
+    assert fuse_onnxruntime_norms(path) == 3  # norms 2 and 3 (after residual adds) and the final one
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    after = _ops(model)
+    assert after["SkipLayerNormalization"] == 3
+    # the first norm reads x + pos (constant operand) and stays; every fused residual add takes its bias add along
+    assert after["LayerNormalization"] == before["LayerNormalization"] - 3 == 1
+    assert before["Add"] - after["Add"] == 6
+    skips = [n for n in model.graph.node if n.op_type == "SkipLayerNormalization"]
+    assert all(len(n.input) == 5 for n in skips)  # input, skip, gamma, beta, bias
+    # a sum that the next residual add (or the gate) also reads comes out of the fused node; the final norm's does not
+    assert [len([o for o in n.output if o]) for n in skips] == [2, 2, 1]
+    got = _run(path, feeds)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_fusion_is_idempotent_and_leaves_plain_graphs_alone(tmp_path: Path):
+    path, feeds = _export(tmp_path)
+    fuse_onnxruntime_norms(path)
+    model = onnx.load(str(path))
+    assert fuse_residual_norms(model) == 0
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])
+    plain = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    assert fuse_residual_norms(plain) == 0 and len(plain.opset_import) == 1
+
+
+def test_topological_order_puts_producers_first():
+    nodes = [onnx.helper.make_node("Relu", ["b"], ["c"]), onnx.helper.make_node("Relu", ["a"], ["b"]),
+             onnx.helper.make_node("Relu", ["c"], ["d"])]
+    graph = onnx.helper.make_graph([], "g", [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1])], [])
+    assert [n.output[0] for n in topological_order(nodes, graph)] == ["b", "c", "d"]

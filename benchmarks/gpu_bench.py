@@ -250,6 +250,15 @@ def main() -> None:
             print(" | ".join(k_header))
             for row in k_table:
                 print(" | ".join(row))
+        for r in rows:
+            for stage, k in r.kernels.items():
+                if r.backend.startswith(("ort-cudagraph", "torch-compile")) and k.top:
+                    print(f"\ncostliest kernels, {r.backend} {stage} (ms per call, launches per call)")
+                    for name, ms, n in k.top:
+                        print(f"  {ms:6.3f} {n:5.0f}  {name[:130]}")
+        for r in rows:
+            if r.note:
+                print(f"note {r.backend}: {r.note}")
         eager_first = [r for r in rows if r.backend == "torch"] + [r for r in rows if r.backend != "torch"]
         header, table = table_rows(eager_first)
         print(f"\nlatency (ms, median of {args.iters}) on {report['gpu']}, batch 1, 1 view, 4 steps, "

@@ -54,6 +54,7 @@ class KernelProfile:
     kernels: float  # per call
     gpu_ms: float  # summed kernel durations per call; wall time minus this is launch gaps and idle
     by_kind: dict[str, tuple[float, float]] = field(default_factory=dict)  # kind -> (ms, kernels) per call
+    top: list[tuple[str, float, float]] = field(default_factory=list)  # the costliest kernels: (name, ms, count)
 
 
 @dataclass
@@ -84,7 +85,7 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other")
 
 
-def kernel_profile(runner: StageRunner, feeds: dict, iters: int = 5) -> KernelProfile:
+def kernel_profile(runner: StageRunner, feeds: dict, iters: int = 5, top_n: int = 12) -> KernelProfile:
     """CUPTI trace (torch.profiler) of `iters` calls; sees onnxruntime's kernels too, CUDA-graph replays included."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -95,17 +96,21 @@ def kernel_profile(runner: StageRunner, feeds: dict, iters: int = 5) -> KernelPr
             runner.infer(feeds)
         torch.cuda.synchronize()
     by_kind: dict[str, list[float]] = {}
+    by_name: dict[str, list[float]] = {}
     count, total = 0, 0.0
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CUDA or "memcpy" in event.name.lower():
             continue  # the inputs' host->device copies belong to the caller, not the stage
         ms = event.time_range.elapsed_us() / 1e3
-        kind = by_kind.setdefault(kernel_kind(event.name), [0.0, 0])
-        kind[0] += ms
-        kind[1] += 1
+        for table, key in ((by_kind, kernel_kind(event.name)), (by_name, event.name[:160])):
+            entry = table.setdefault(key, [0.0, 0])
+            entry[0] += ms
+            entry[1] += 1
         count, total = count + 1, total + ms
     ranked = sorted(by_kind.items(), key=lambda kv: -kv[1][0])
-    return KernelProfile(count / iters, total / iters, {k: (ms / iters, n / iters) for k, (ms, n) in ranked})
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top_n]
+    return KernelProfile(count / iters, total / iters, {k: (ms / iters, n / iters) for k, (ms, n) in ranked},
+                         [(name, ms / iters, n / iters) for name, (ms, n) in top])
 
 
 def _sync(device: torch.device) -> None:
@@ -210,6 +215,34 @@ class StaticCudaGraphOnnxRunner:
             t.copy_(torch.as_tensor(feeds[n]).to(t.device, t.dtype))
         torch.cuda.current_stream().synchronize()
         self.session.run_with_iobinding(self.binding)
+        return self.outputs
+
+
+class StaticCudaGraphTorchRunner:
+    """A TorchScript pre/post stage captured once as a CUDA graph at the measured shapes.
+
+    At batch 1 these stages are dozens of tiny kernels, so their time is launch overhead; one replay replaces the
+    launches. Inputs are copied into buffers whose addresses never change; the outputs live in the graph's pool
+    and are overwritten by the next replay, as with `StaticCudaGraphOnnxRunner`.
+    """
+
+    def __init__(self, inner: TorchStageRunner, feeds: dict):
+        self.spec = inner.spec
+        self.inputs = {n: torch.as_tensor(feeds[n]).to("cuda").clone() for n in self.spec.input_names}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(5):  # past TorchScript's profiling runs, so nothing compiles during capture
+                inner.infer(self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = inner.infer(self.inputs)
+
+    def infer(self, feeds):
+        for n, t in self.inputs.items():
+            t.copy_(torch.as_tensor(feeds[n]))
+        self.graph.replay()
         return self.outputs
 
 
@@ -385,6 +418,7 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
                 except Exception as err:  # noqa: BLE001 - reported in the table, the other backends still run
                     results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
                     continue
+                graphed = _graph_torchscript_stages(graph, stages, trace)
         elif backend == "trt":
             try:
                 import tensorrt  # noqa: F401
@@ -401,6 +435,8 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
             results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
             continue
         result = BackendResult(backend, per_stage, e2e)
+        if backend == "ort-cudagraph":
+            result.note = graphed
         if profile and dev.type == "cuda":
             if not trace:
                 run_pipeline(graph, stages, raw, init, trace)
@@ -412,6 +448,23 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
                     break
         results.append(result)
     return results
+
+
+def _graph_torchscript_stages(graph, stages: dict[str, StageRunner], trace: dict) -> str:
+    """The GPU TorchScript stages as CUDA graphs too (the tokenizer stays on the CPU, cached); returns a note saying
+    which were captured and which could not be (they then run as before)."""
+    captured, kept = [], []
+    for spec_ in graph.stages:
+        inner = stages[spec_.name]
+        if spec_.format != "torchscript" or getattr(inner, "device", torch.device("cpu")).type != "cuda":
+            continue
+        try:
+            stages[spec_.name] = StaticCudaGraphTorchRunner(inner, trace[spec_.name])
+            captured.append(spec_.name)
+        except Exception as err:  # noqa: BLE001 - a stage that cannot be captured runs uncaptured
+            kept.append(f"{spec_.name} ({type(err).__name__})")
+    note = f"CUDA graphs: every ONNX stage, {', '.join(captured) or 'no TorchScript stage'}"
+    return note + (f"; not capturable: {', '.join(kept)}" if kept else "")
 
 
 def _observation(policy, runner, modality, dataset_path: Path | None):

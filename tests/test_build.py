@@ -223,7 +223,8 @@ def test_onnxruntime_ops_fuse_every_attention_rope_and_gelu(ort_ops_build: Path,
     # every pre-norm residual add (with the bias add before it) is one SkipLayerNormalization; what stays a plain
     # LayerNormalization has no residual add in front: the vit's first norm (its input adds constant position
     # embeddings), vlln and the first VL block's norm1, and each Euler step's first DiT norm (after a concat)
-    steps, dit_layers, vl_layers = ah.num_inference_timesteps, ah.diffusion_model.num_layers, ah.vl_self_attention.num_layers
+    steps, dit_layers = ah.num_inference_timesteps, ah.diffusion_model.num_layers
+    vl_layers = ah.vl_self_attention.num_layers
     skip_norms = {"eagle2/vit.onnx": (2 * cfg.vision.num_hidden_layers, 1),
                   "action_head/denoising_subgraph.onnx": (2 * vl_layers - 1 + steps * 2 * dit_layers, 2 + steps)}
     for rel, (skips, plain_norms) in skip_norms.items():

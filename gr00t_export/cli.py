@@ -303,10 +303,11 @@ def build(
     simplify: Annotated[bool, typer.Option(help="Simplify ONNX graphs with onnxslim (numerically checked).")] = True,
     device: Annotated[str, typer.Option(help="Trace/export the model stages on cpu or cuda.")] = "cpu",
     onnx_ops: Annotated[str, typer.Option("--onnx_ops", help="standard: plain ONNX ops, which TensorRT parses and "
-                                          "fuses itself; onnxruntime: attention, RoPE and bias+GELU as onnxruntime's "
-                                          "fused kernels (com.microsoft MultiHeadAttention, RotaryEmbedding, "
-                                          "FastGelu), for the "
-                                          "onnxruntime CUDA runtime; TensorRT cannot read those.")] = "standard",
+                                          "fuses itself; onnxruntime: attention, RoPE, bias+GELU and residual "
+                                          "add+LayerNorm as onnxruntime's fused kernels (com.microsoft "
+                                          "MultiHeadAttention, RotaryEmbedding, FastGelu, SkipLayerNormalization), "
+                                          "for the onnxruntime CUDA runtime; TensorRT cannot read those.")
+                        ] = "standard",
     force: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
     validate_build: Annotated[bool, typer.Option("--validate/--no-validate", help="Run `validate` on the new build "
                                                  "(needs --dataset_path or --demo).")] = True,

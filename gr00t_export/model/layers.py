@@ -5,7 +5,7 @@ default they export as standard ops (MatMul, Softmax, Tanh, ...), which TensorRT
 Inside `onnxruntime_kernels()` they export as onnxruntime's fused contrib ops instead (`com.microsoft`
 MultiHeadAttention, RotaryEmbedding and FastGelu: flash/memory-efficient attention, one RoPE kernel and one
 bias+GELU kernel on CUDA), which only onnxruntime runs. Eager and traced PyTorch compute the same thing
-either way.
+either way. (The residual add + LayerNorm fusion of that dialect is a graph pass: `optimize.fuse_residual_norms`.)
 """
 
 from __future__ import annotations

@@ -105,6 +105,7 @@ def fuse_residual_norms(model: onnx.ModelProto) -> int:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
     vectors = {t.name for t in graph.initializer if len(t.dims) == 1}
+    graph_outputs = {o.name for o in graph.output}
     constant = {t.name: True for t in graph.initializer}
 
     def is_constant(name: str) -> bool:
@@ -157,7 +158,7 @@ def fuse_residual_norms(model: onnx.ModelProto) -> int:
                 removed.add(node.output[0])
                 break
         total = add.output[0]
-        keeps_sum = consumers.get(total, 0) > 1 or total in {o.name for o in graph.output}
+        keeps_sum = consumers.get(total, 0) > 1 or total in graph_outputs
         eps = next((a.f for a in ln.attribute if a.name == "epsilon"), 1e-5)
         fused[ln.output[0]] = onnx.helper.make_node(
             "SkipLayerNormalization", inputs, [ln.output[0], *(["", "", total] if keeps_sum else [])],

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from gr00t_export.bench import bench, floor_analysis, table_rows, write_json
 from gr00t_export.build import BuildOptions, build
@@ -91,3 +92,20 @@ def test_profile_is_a_no_op_on_cpu(tiny_build):
     ckpt, out = tiny_build
     results = bench(out, ckpt, ["ort"], "fp32", iters=1, warmup=0, device="cpu", log=lambda m: None, profile=True)
     assert results[0].end_to_end is not None and results[0].kernels == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/gpu_bench.py runs this")
+def test_cuda_graph_replay_of_a_torchscript_stage_equals_calling_it():
+    from gr00t_export.bench import StaticCudaGraphTorchRunner
+    from gr00t_export.partition import VideoStage, load_graph_spec
+    from gr00t_export.runner import TorchStageRunner
+
+    spec = load_graph_spec().stage("preprocess_video")
+    direct = TorchStageRunner(torch.jit.script(VideoStage(torch.float16)).cuda(), spec, "cuda")
+    frames = [torch.randint(0, 256, (1, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(3)]
+    graphed = StaticCudaGraphTorchRunner(direct, {"frames": frames[0]})
+    for f in frames[1:]:  # new frames go through the captured graph's fixed input buffer
+        got = graphed.infer({"frames": f})["pixel_values"].clone()
+        assert torch.equal(got, direct.infer({"frames": f})["pixel_values"])
+    assert not torch.equal(got, direct.infer({"frames": frames[0]})["pixel_values"])

@@ -218,6 +218,20 @@ class StaticCudaGraphOnnxRunner:
         return self.outputs
 
 
+def capture_cuda_graph(fn: Callable[[], object], warmup: int) -> tuple[torch.cuda.CUDAGraph, object]:
+    """`fn` run `warmup` times on a side stream, then captured; returns the graph and the outputs it writes."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 class StaticCudaGraphTorchRunner:
     """A TorchScript pre/post stage captured once as a CUDA graph at the measured shapes.
 
@@ -229,15 +243,8 @@ class StaticCudaGraphTorchRunner:
     def __init__(self, inner: TorchStageRunner, feeds: dict):
         self.spec = inner.spec
         self.inputs = {n: torch.as_tensor(feeds[n]).to("cuda").clone() for n in self.spec.input_names}
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(5):  # past TorchScript's profiling runs, so nothing compiles during capture
-                inner.infer(self.inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = inner.infer(self.inputs)
+        # 5 warm-ups: past TorchScript's profiling runs, so nothing compiles during capture
+        self.graph, self.outputs = capture_cuda_graph(lambda: inner.infer(self.inputs), warmup=5)
 
     def infer(self, feeds):
         for n, t in self.inputs.items():
@@ -308,15 +315,7 @@ class AotiStageRunner:
         self.static = [torch.as_tensor(feeds[n]).to(device).clone() for n in spec.input_names]
         self.graph = None
         if device.type == "cuda" and os.environ.get("GR00T_AOTI_CUDA_GRAPH", "1") == "1":
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    self.model(*self.static)
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = self.model(*self.static)
+            self.graph, self.out = capture_cuda_graph(lambda: self.model(*self.static), warmup=3)
 
     def infer(self, feeds):
         for buf, name in zip(self.static, self.spec.input_names, strict=True):

@@ -19,7 +19,7 @@ import torch
 
 from gr00t_export.errors import ValidationFailure
 from gr00t_export.model.layers import onnxruntime_kernels
-from gr00t_export.optimize import OptimizeReport, consolidate, fuse_onnxruntime_norms, optimize
+from gr00t_export.optimize import OptimizeReport, consolidate, optimize
 from gr00t_export.partition import Partition, StageSpec
 from gr00t_export.policy import RawInputs
 from gr00t_export.runner import OnnxStageRunner, TorchStageRunner, ort_providers, run_pipeline
@@ -183,10 +183,9 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
             dev = stage_device(stage, device)
             export_onnx(module, stage, {k: v.to(dev) for k, v in feeds.items()}, raw_path, part.spec.opset,
                         onnx_ops)
-            fused = fuse_onnxruntime_norms(raw_path) if onnx_ops == "onnxruntime" else 0
             numpy_feeds = {k: v.cpu().numpy() for k, v in feeds.items()}
-            report = optimize(raw_path, path, numpy_feeds, stage.output_names, atol=atol / 10, simplify=simplify)
-            report.fused_norms = fused
+            report = optimize(raw_path, path, numpy_feeds, stage.output_names, atol=atol / 10, simplify=simplify,
+                              fuse_norms=onnx_ops == "onnxruntime")
             for f in (raw_path, raw_path.with_name(raw_path.name + "_data")):
                 f.unlink(missing_ok=True)
             got = OnnxStageRunner(path, stage, providers).infer(feeds)

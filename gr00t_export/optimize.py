@@ -6,6 +6,7 @@ real example inputs; otherwise the checked original is kept and the reason recor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from dataclasses import dataclass
@@ -126,13 +127,10 @@ def fuse_residual_norms(model: onnx.ModelProto) -> int:
             stack.pop()
         return constant[name]
 
-    def is_add(node: onnx.NodeProto | None) -> bool:
-        return node is not None and node.op_type == "Add" and node.domain in ("", "ai.onnx")
-
     def bias_add(name: str) -> tuple[onnx.NodeProto, str, str] | None:
         """(node, matmul output, bias) when `name` is a 1-D bias add that only the residual add reads."""
         node = producer.get(name)
-        if not is_add(node) or consumers.get(name) != 1:
+        if not _is_onnx_op(node, "Add") or consumers.get(name) != 1:
             return None
         for y, b in (node.input, reversed(node.input)):
             if b in vectors and not is_constant(y):
@@ -143,10 +141,10 @@ def fuse_residual_norms(model: onnx.ModelProto) -> int:
     fused: dict[str, onnx.NodeProto] = {}
     for ln in graph.node:
         axis = next((a.i for a in ln.attribute if a.name == "axis"), -1)
-        if ln.op_type != "LayerNormalization" or ln.domain not in ("", "ai.onnx") or axis != -1:
+        if not _is_onnx_op(ln, "LayerNormalization") or axis != -1:
             continue
         add = producer.get(ln.input[0])
-        if not is_add(add) or add.output[0] in removed or any(is_constant(i) for i in add.input):
+        if not _is_onnx_op(add, "Add") or add.output[0] in removed or any(is_constant(i) for i in add.input):
             continue
         beta = ln.input[2] if len(ln.input) > 2 else ""
         inputs = [*add.input, ln.input[1], beta]
@@ -171,6 +169,10 @@ def fuse_residual_norms(model: onnx.ModelProto) -> int:
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return len(fused)
+
+
+def _is_onnx_op(node: onnx.NodeProto | None, op_type: str) -> bool:
+    return node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
 
 
 def fuse_onnxruntime_norms(path: Path) -> int:
@@ -270,8 +272,15 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def optimize(src: Path, dst: Path, feeds: dict[str, np.ndarray], output_names: list[str], atol: float,
-             simplify: bool = True) -> OptimizeReport:
-    """Full checker on `src`, then onnxslim into `dst` if it keeps the outputs within `atol` of `src`'s."""
+             simplify: bool = True, fuse_norms: bool = False) -> OptimizeReport:
+    """With `fuse_norms` (the onnxruntime dialect), residual norms fused in `src` first; then the full checker on
+    `src`, and onnxslim into `dst` if it keeps the outputs within `atol` of `src`'s."""
+    fused = fuse_onnxruntime_norms(src) if fuse_norms else 0
+    return dataclasses.replace(_check_and_simplify(src, dst, feeds, output_names, atol, simplify), fused_norms=fused)
+
+
+def _check_and_simplify(src: Path, dst: Path, feeds: dict[str, np.ndarray], output_names: list[str], atol: float,
+                        simplify: bool) -> OptimizeReport:
     check(src)
     size = src.stat().st_size + (_external_file(src).stat().st_size if _external_file(src).exists() else 0)
     if not simplify or size > SIMPLIFY_MAX_BYTES:

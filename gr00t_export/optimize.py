@@ -266,15 +266,29 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], output_names: list[str]) 
     return session.run(output_names, {k: v for k, v in feeds.items() if k in names})
 
 
-def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-               for x, y in zip(a, b, strict=True))
+# A rewritten graph may round differently by a few units in the last place of its output type (other kernels,
+# another summation order); that is not drift. Per output: |new - old| <= atol + ULP_SLACK * eps(dtype) * |old|.
+ULP_SLACK = 4
+
+
+def rounding_excess(reference: list[np.ndarray], candidate: list[np.ndarray], atol: float) -> tuple[float, float]:
+    """(max |diff|, worst |diff| / allowed) over all outputs; the candidate matches while the ratio is <= 1."""
+    worst_diff, worst_ratio = 0.0, 0.0
+    for ref, new in zip(reference, candidate, strict=True):
+        if not ref.size:
+            continue
+        rtol = ULP_SLACK * float(np.finfo(ref.dtype).eps) if np.issubdtype(ref.dtype, np.floating) else 0.0
+        a, b = ref.astype(np.float64), new.astype(np.float64)
+        diff = np.abs(a - b)
+        worst_diff = max(worst_diff, float(diff.max()))
+        worst_ratio = max(worst_ratio, float((diff / (atol + rtol * np.abs(a))).max()))
+    return worst_diff, worst_ratio
 
 
 def optimize(src: Path, dst: Path, feeds: dict[str, np.ndarray], output_names: list[str], atol: float,
              simplify: bool = True, fuse_norms: bool = False) -> OptimizeReport:
     """With `fuse_norms` (the onnxruntime dialect), residual norms fused in `src` first; then the full checker on
-    `src`, and onnxslim into `dst` if it keeps the outputs within `atol` of `src`'s."""
+    `src`, and onnxslim into `dst` if its outputs stay within `atol` plus rounding (`rounding_excess`) of `src`'s."""
     fused = fuse_onnxruntime_norms(src) if fuse_norms else 0
     return dataclasses.replace(_check_and_simplify(src, dst, feeds, output_names, atol, simplify), fused_norms=fused)
 
@@ -302,9 +316,10 @@ def _check_and_simplify(src: Path, dst: Path, feeds: dict[str, np.ndarray], outp
         del slim
         check(tmp)
         reference = run_onnx(src, feeds, output_names)
-        diff = _max_diff(reference, run_onnx(tmp, feeds, output_names))
-        if diff > atol:
-            raise ValueError(f"simplified graph drifts by {diff:.3g} > {atol:g}")
+        diff, ratio = rounding_excess(reference, run_onnx(tmp, feeds, output_names), atol)
+        if ratio > 1:
+            raise ValueError(f"simplified graph drifts by {diff:.3g}, {ratio:.3g}x its tolerance "
+                             f"(atol {atol:g} + {ULP_SLACK} ulp of the output type)")
         move_onnx(tmp, dst)
         return OptimizeReport(True, before, after, f"onnxslim, max diff {diff:.3g}")
     except Exception as err:  # noqa: BLE001 - any simplifier failure falls back to the checked graph

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gr00t_export.optimize import fuse_onnxruntime_norms, fuse_residual_norms, topological_order
+from gr00t_export.optimize import fuse_onnxruntime_norms, fuse_residual_norms, rounding_excess, topological_order
 
 
 class PreNormStack(nn.Module):
@@ -94,3 +95,20 @@ def test_topological_order_puts_producers_first():
              onnx.helper.make_node("Relu", ["c"], ["d"])]
     graph = onnx.helper.make_graph([], "g", [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1])], [])
     assert [n.output[0] for n in topological_order(nodes, graph)] == ["b", "c", "d"]
+
+
+def test_rounding_excess_accepts_a_few_ulps_of_the_output_type_and_nothing_more():
+    """The simplification check must fit fp16: one ulp at |x| = 6 is 0.0039, above the fp16 build's atol/10."""
+    rng = np.random.default_rng(0)
+    ref16 = (rng.uniform(4, 8, 1000) * rng.choice([-1, 1], 1000)).astype(np.float16)
+    one_ulp = np.nextafter(ref16, np.float16(np.inf))  # 1 ulp, 0.0039 at these magnitudes
+    diff, ratio = rounding_excess([ref16], [one_ulp], atol=2e-3)
+    assert diff == pytest.approx(2.0**-8) and ratio <= 1  # the old `max |diff| <= atol` rejected this
+    far = ref16 + np.float16(0.05)  # ~13 ulp: real drift
+    assert rounding_excess([ref16], [far], atol=2e-3)[1] > 1
+    # fp32 outputs keep the absolute tolerance: 4 ulp of fp32 is negligible next to atol
+    ref32 = ref16.astype(np.float32)
+    assert rounding_excess([ref32], [ref32 + 1.5e-3], atol=2e-3)[1] <= 1
+    assert rounding_excess([ref32], [ref32 + 2.5e-3], atol=2e-3)[1] > 1
+    # the worst output decides
+    assert rounding_excess([ref32, ref16], [ref32, far], atol=2e-3)[1] > 1

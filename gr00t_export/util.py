@@ -60,7 +60,7 @@ def refuse_overlap(out: str | Path, inputs: Inputs, label: str = "output") -> No
             relation = "contains"
         else:
             continue
-        raise InputError(f"{label} {out} {relation} the input {name} {given}; choose a {label} outside every input "
+        raise InputError(f"{label} {out} {relation} the input {name} {given}; choose a path outside every input "
                          "(nothing was changed)")
 
 

@@ -258,11 +258,13 @@ def test_plan_runs_from_its_own_dir_with_a_stub_trtexec(built: Path, tmp_path: P
         fh.write(b"\0")
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 1 and "differ from manifest.json" in proc.stderr
-    # no trtexec anywhere: a clear message, exit 2
-    env = {**os.environ, "TRTEXEC": "", "PATH": "/usr/bin:/bin"}
+    # TRTEXEC names no executable (a trtexec on PATH or in JetPack's folder is then never looked for): a clear
+    # message, exit 2, and nothing built
+    (root / "engines" / "vit.engine").unlink()
+    env = {**os.environ, "TRTEXEC": str(tmp_path / "no_such_dir" / "trtexec")}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
-    if not shutil.which("trtexec", path="/usr/bin:/bin") and not Path("/usr/src/tensorrt/bin/trtexec").exists():
-        assert proc.returncode == 2 and "trtexec not found" in proc.stderr
+    assert proc.returncode == 2 and "trtexec not found" in proc.stderr and "TRTEXEC=" in proc.stderr, proc.stderr
+    assert not (root / "engines" / "vit.engine").exists()
 
 
 # ------------------------------------------------------------------------------ the TensorRT builder

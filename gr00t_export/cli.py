@@ -414,8 +414,8 @@ def _print_stage_table(result) -> None:
                       io, check)
     out_console.print(table)
     slowest = sorted(result.step_seconds.items(), key=lambda kv: -kv[1])[:3]
-    console.print("slowest steps: " + ", ".join(f"{label} {sec:.1f} s" for label, sec in slowest), highlight=False,
-                  soft_wrap=True)
+    out_console.print("slowest steps: " + ", ".join(f"{label} {sec:.1f} s" for label, sec in slowest),
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import stat
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -91,8 +90,9 @@ def output_kind(path: Path) -> str | None:
 
 
 def write_marker(root: Path, kind: str) -> None:
-    (root / MARKER).write_text(json.dumps({"tool": {"name": TOOL_NAME, "version": __version__}, "kind": kind,
-                                           "created_unix": int(time.time())}, indent=2) + "\n")
+    """No timestamp: a checkpoint or dataset made twice with the same seed stays byte-identical."""
+    (root / MARKER).write_text(json.dumps({"tool": {"name": TOOL_NAME, "version": __version__}, "kind": kind},
+                                          indent=2) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from gr00t_export.partition import PRECISIONS, GraphSpec, Partition, graph_spec_
 from gr00t_export.policy import Observation, Transforms, resolve_policy_inputs
 from gr00t_export.preprocess.tokenizer import EagleTokenizer
 from gr00t_export.runner import MANIFEST, SPEC_FILE, manifest_seal, ort_providers, read_manifest
-from gr00t_export.util import atomic_output_dir, sha256_file
+from gr00t_export.util import atomic_output_dir, check_output_dir, sha256_file
 
 
 @dataclass
@@ -50,6 +51,26 @@ class BuildResult:
     stages: list[ExportedStage]
     seconds: float
     manifest: dict = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each on_step step, in order
+    staging_dir: Path | None = None  # where the build is while `before_commit` runs (renamed to `output` after)
+
+
+class _StepClock:
+    """Calls `on_step(label)` and records how long each step took (until the next one starts)."""
+
+    def __init__(self, on_step: Callable[[str], None] | None):
+        self.on_step = on_step or (lambda label: None)
+        self.seconds: dict[str, float] = {}
+        self._label: str | None = None
+        self._mark = 0.0
+
+    def __call__(self, label: str | None) -> None:
+        now = time.perf_counter()
+        if self._label is not None:
+            self.seconds[self._label] = self.seconds.get(self._label, 0.0) + now - self._mark
+        self._label, self._mark = label, now
+        if label is not None:
+            self.on_step(label)
 
 
 def example_observation(modality: ModalityConfig, metadata: EmbodimentMetadata, dataset_path: Path | None
@@ -145,10 +166,35 @@ def write_manifest(root: Path, opts: BuildOptions, part: Partition, stages: list
     return manifest
 
 
-def build(opts: BuildOptions, on_step=None) -> BuildResult:
-    """The whole staged export; `on_step(label)` is called as each step starts (for progress display)."""
+def build_inputs(opts: BuildOptions) -> dict[str, Path | None]:
+    """What a build reads: its output may not be, contain or lie inside any of these."""
+    return {"--model_path": opts.model_path, "--eagle_path": opts.eagle_path, "--dataset_path": opts.dataset_path}
+
+
+def check_tokenizer_artifact(root: Path, spec: GraphSpec, tokenizer: EagleTokenizer) -> None:
+    """The written tokenizer stage, reloaded, must give the Python tokenizer's ids on the self-check prompts.
+
+    The export check only compares it with its own eager module on one instruction; this compares it with
+    `EagleTokenizer` (the reference) on instructions chosen to cross every special case of the BPE split.
+    """
+    from gr00t_export.preprocess.tokenizer_script import check_against_python
+
+    rel = spec.stage("eagle2_tokenizer").file
+    try:
+        check_against_python(torch.jit.load(str(root / rel)), tokenizer)
+    except ValidationFailure as err:
+        raise ValidationFailure(f"{rel} failed its self-check: {err}; nothing was written") from None
+
+
+def build(opts: BuildOptions, on_step: Callable[[str], None] | None = None,
+          before_commit: Callable[[BuildResult], None] | None = None) -> BuildResult:
+    """The whole staged export; `on_step(label)` is called as each step starts (for progress display).
+
+    `before_commit(result)` runs on the complete build in `result.staging_dir` before it is renamed onto
+    `opts.output` (validation runs there): if it raises or is interrupted, nothing is left at `opts.output`.
+    """
     start = time.perf_counter()
-    step = on_step or (lambda label: None)
+    step = _StepClock(on_step)
     if opts.precision not in (*PRECISIONS, "fp8"):
         raise InputError(f"unknown --precision {opts.precision!r}; use fp32, fp16, bf16 or fp8")
     if opts.precision == "fp8" and not opts.calib_observations and (opts.dataset_path is None or opts.calib_steps < 1):
@@ -162,6 +208,7 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     export_precision = "fp16" if opts.precision == "fp8" else opts.precision
     if opts.max_batch < 1:
         raise InputError(f"--max_batch must be >= 1, got {opts.max_batch}")
+    check_output_dir(opts.output, opts.force, build_inputs(opts))  # refused before the slow part, not after
     step("load checkpoint")
     ckpt = open_checkpoint(opts.model_path, opts.eagle_path)
     modality, metadata = resolve_policy_inputs(ckpt, opts.embodiment_tag, opts.modality_config)
@@ -180,7 +227,7 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     init_actions = torch.randn((raw.batch, ah.action_horizon, ah.action_dim),
                                generator=torch.Generator().manual_seed(0))
     fingerprint = ckpt.fingerprint()
-    with atomic_output_dir(opts.output, force=opts.force) as tmp:
+    with atomic_output_dir(opts.output, force=opts.force, inputs=build_inputs(opts)) as tmp:
         stages = export_partition(part, raw, init_actions, tmp, simplify=opts.simplify,
                                   on_stage=lambda name: step(f"export {name}"), device=opts.device,
                                   release_weights=True, onnx_ops=opts.onnx_ops)
@@ -189,6 +236,8 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
             worst = failed[0]
             raise ValidationFailure(f"stage {worst.name} drifts from its PyTorch twin by {worst.max_abs_diff:.3g} "
                                     f"(> {worst.atol:g} for {opts.precision}); nothing was written")
+        step("self-check the tokenizer stage")
+        check_tokenizer_artifact(tmp, part.spec, tokenizer)
         quant = {}
         if opts.precision == "fp8":
             from gr00t_export.calibrate import quantize_build, report_dict
@@ -216,4 +265,9 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
 
         emit_igg_config(tmp)  # adds igg/* to manifest.json, so the YAML is hashed with the rest
         manifest = read_manifest(tmp)
-    return BuildResult(Path(opts.output), stages, time.perf_counter() - start, manifest)
+        step(None)
+        result = BuildResult(Path(opts.output), stages, time.perf_counter() - start, manifest, step.seconds, tmp)
+        if before_commit is not None:
+            before_commit(result)
+    result.staging_dir = None
+    return result

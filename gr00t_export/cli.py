@@ -107,17 +107,25 @@ def make_dataset_cmd(
     force: Annotated[bool, typer.Option(help="Replace a non-empty OUT.")] = False,
 ):
     """Write a small synthetic LeRobot v2 dataset (parquet, mp4, meta/*) so the demo needs nothing external."""
+    cfg = write_dataset(out, modality_config, episodes, length, seed, force)
+    console.print(f"[green]wrote[/] {out} ({episodes} episodes x {length} steps, {cfg.name})")
+
+
+def write_dataset(out: Path, modality_config: str, episodes: int = 2, length: int = 48, seed: int = 0,
+                  force: bool = False):
+    """`make_dataset` into `out`, all or nothing, marked as gr00t-export's (so --force may replace it later)."""
     from gr00t_export.data.synthetic import make_dataset
     from gr00t_export.embodiments import load_modality_config
-    from gr00t_export.util import atomic_output_dir
+    from gr00t_export.util import atomic_output_dir, file_input
 
     cfg = load_modality_config(modality_config)
-    with atomic_output_dir(out, force=force) as tmp:
+    inputs = {"--modality_config": file_input(modality_config)}
+    with atomic_output_dir(out, force=force, inputs=inputs, kind="dataset") as tmp:
         make_dataset(tmp / "dataset", cfg, num_episodes=episodes, episode_length=length, seed=seed)
         for item in (tmp / "dataset").iterdir():
             item.rename(tmp / item.name)
         (tmp / "dataset").rmdir()
-    console.print(f"[green]wrote[/] {out} ({episodes} episodes x {length} steps, {cfg.name})")
+    return cfg
 
 
 def load_observation(obs_path: Path | None, dataset_path: Path | None, episode: int, step: int, modality):
@@ -182,6 +190,13 @@ def predict(
     import numpy as np
 
     from gr00t_export.errors import InputError
+    from gr00t_export.util import atomic_output_file, check_output_file
+
+    out_inputs = {"--model_path": model_path, "--eagle_path": eagle_path, "--artifacts": artifacts,
+                  "--dataset_path": dataset_path, "--obs": obs, "--noise": noise}
+    if out is not None:
+        out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # where np.savez has always put it
+        check_output_file(out, out_inputs, ours=_is_actions_file, what="--out")
 
     if artifacts is not None:
         from gr00t_export.runner import ExportedGr00tRunner
@@ -204,9 +219,22 @@ def predict(
         table.add_row(key, str(value.shape), f"{value.mean():.4f}", f"{value.min():.4f}", f"{value.max():.4f}", first)
     out_console.print(table)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, **actions)
+        with atomic_output_file(out, out_inputs, ours=_is_actions_file, what="--out") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **actions)
         console.print(f"[green]wrote[/] {out}")
+
+
+def _is_actions_file(path: Path) -> bool:
+    """An earlier `predict --out`: an .npz holding action.<key> arrays only."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return bool(data.files) and all(k.startswith("action.") for k in data.files)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
 
 
 def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None, embodiment_tag: str,
@@ -320,8 +348,6 @@ def build(
     from gr00t_export.errors import InputError
 
     if demo:
-        from gr00t_export.data.synthetic import make_dataset
-        from gr00t_export.embodiments import load_modality_config
         from gr00t_export.make_checkpoint import make_checkpoint
 
         output = output or Path("out/demo_export")
@@ -333,7 +359,7 @@ def build(
                             force=True, show_progress=False)
         if not (dataset_path / "meta" / "info.json").is_file():
             console.print(f"making the synthetic demo dataset in {dataset_path}")
-            make_dataset(dataset_path, load_modality_config(modality_config or "fourier_gr1_arms_only"))
+            write_dataset(dataset_path, modality_config or "fourier_gr1_arms_only", force=True)
     if model_path is None:
         raise InputError("no checkpoint: pass --model_path CKPT (or --demo for the embedded tiny one)")
     output = output or Path("out") / f"{model_path.name}-{precision}"
@@ -341,10 +367,41 @@ def build(
                         modality_config=modality_config, eagle_path=eagle_path, precision=precision, views=views,
                         max_batch=max_batch, dataset_path=dataset_path, force=force, simplify=simplify,
                         device=device, calib_steps=calib_steps, onnx_ops=onnx_ops)
+    validation: dict = {}
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("build", total=None)
-        result = run_build(opts, on_step=lambda label: progress.update(task, description=label))
+
+        def before_commit(result) -> None:
+            progress.stop()  # the table and validate's lines go to the terminal undisturbed
+            _print_stage_table(result)
+            if validate_build and dataset_path is not None:
+                validation["report"] = _validate_staged_build(result, model_path, eagle_path, dataset_path)
+
+        result = run_build(opts, on_step=lambda label: progress.update(task, description=label),
+                           before_commit=before_commit)
+    report = validation.get("report")
+    if report is not None and not report.passed:
+        from gr00t_export.errors import ValidationFailure
+
+        raise ValidationFailure(f"{result.output} was written (for inspection) but failed validation: "
+                                f"{report.summary()}; re-run with --force to replace it")
+
+
+def _validate_staged_build(result, model_path: Path, eagle_path: Path | None, dataset_path: Path):
+    """Validates the complete build in its staging dir, before the final rename: Ctrl-C here leaves nothing."""
+    from gr00t_export.errors import InputError
+    from gr00t_export.validate import validate as run_validate
+
+    try:
+        return run_validate(result.staging_dir, model_path=model_path, eagle_path=eagle_path,
+                            dataset_path=dataset_path, shown_as=result.output)
+    except InputError as err:
+        raise InputError(f"validation of the new build could not start: {err}; nothing was written (build with "
+                         "--no-validate, then run `gr00t-export validate` with the options that fit)") from None
+
+
+def _print_stage_table(result) -> None:
     table = Table(title=f"{result.output} ({result.seconds:.1f} s)", title_justify="left")
     for col in ("stage", "file", "size", "precision", "inputs -> outputs", "check"):
         table.add_column(col)
@@ -356,13 +413,9 @@ def build(
         table.add_row(s.name, s.file, f"{size / 2**20:.1f} MiB", s.precision if s.format == "onnx" else "torchscript",
                       io, check)
     out_console.print(table)
-    if validate_build and dataset_path is not None:
-        from gr00t_export.errors import ValidationFailure
-        from gr00t_export.validate import validate as run_validate
-
-        report = run_validate(result.output, model_path=model_path, eagle_path=eagle_path, dataset_path=dataset_path)
-        if not report.passed:
-            raise ValidationFailure(f"{result.output} was written but failed validation: {report.summary()}")
+    slowest = sorted(result.step_seconds.items(), key=lambda kv: -kv[1])[:3]
+    out_console.print("slowest steps: " + ", ".join(f"{label} {sec:.1f} s" for label, sec in slowest),
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -438,8 +491,13 @@ def bench(
 ):
     """Per-stage and end-to-end latency (median, p90) of each backend on the same observation, with ratios."""
     from gr00t_export.bench import bench as run_bench
-    from gr00t_export.bench import kernel_rows, table_rows, write_json
+    from gr00t_export.bench import is_bench_json, kernel_rows, table_rows, write_json
+    from gr00t_export.util import atomic_output_file, check_output_file
 
+    json_inputs = {"ARTIFACT_DIR": artifact_dir, "--model_path": model_path, "--eagle_path": eagle_path,
+                   "--dataset_path": dataset_path}
+    if json_out is not None:
+        check_output_file(json_out, json_inputs, ours=is_bench_json, what="--json")  # before minutes of timing
     names = [b.strip() for b in backends.split(",") if b.strip()]
     results = run_bench(artifact_dir, model_path, names, dtype, iters, warmup, device, dataset_path, eagle_path,
                         embodiment_tag, modality_config, log=lambda m: console.print(m), profile=profile)
@@ -464,8 +522,9 @@ def bench(
             kernels.add_row(*row)
         out_console.print(kernels)
     if json_out is not None:
-        write_json(results, json_out, {"device": gpu, "dtype": dtype, "iters": iters, "backends": names,
-                                       "artifact_dir": str(artifact_dir), "model_path": str(model_path)})
+        with atomic_output_file(json_out, json_inputs, ours=is_bench_json, what="--json") as tmp:
+            write_json(results, tmp, {"device": gpu, "dtype": dtype, "iters": iters, "backends": names,
+                                      "artifact_dir": str(artifact_dir), "model_path": str(model_path)})
         console.print(f"[green]wrote[/] {json_out}")
 
 
@@ -558,11 +617,19 @@ def pack_cmd(
     precision: Annotated[str | None, typer.Option(help="Engine precision of the plan: fp16 or fp8 "
                                                   "(default: the build's).")] = None,
     dist: Annotated[Path, typer.Option("--dist", help="Output folder of the .tar.gz.")] = Path("dist"),
+    force: Annotated[bool, typer.Option(help="Replace an existing drop of the same name made from another "
+                                        "checkpoint (a drop of the same checkpoint is always replaced).")] = False,
+    allow_unvalidated: Annotated[bool, typer.Option("--allow-unvalidated", help="Pack a build that has not passed "
+                                                    "`validate --model_path` (e.g. built with --no-validate); "
+                                                    "pack.json and README_TARGET.md in the drop say so.")] = False,
 ):
-    """One verified tar.gz for the target: artifacts, manifest, engine build plan and what to run there, in order."""
+    """One verified tar.gz for the target: artifacts, manifest, engine build plan and what to run there, in order.
+
+    Only a build that passed a full validation is packed, unless --allow-unvalidated.
+    """
     from gr00t_export.pack import pack
 
-    out = pack(artifact_dir, target, precision, dist)
+    out = pack(artifact_dir, target, precision, dist, force=force, allow_unvalidated=allow_unvalidated)
     console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 2**20:.1f} MiB); on the {target}: "
                   f"tar -xzf {out.name}, then follow README_TARGET.md", highlight=False, soft_wrap=True)
 

@@ -37,6 +37,7 @@ from gr00t_export import __version__
 from gr00t_export.errors import InputError, ValidationFailure
 from gr00t_export.partition import GraphSpec, StageSpec, load_graph_spec
 from gr00t_export.runner import SPEC_FILE, read_manifest, verify_file
+from gr00t_export.util import current_umask
 
 Shape = tuple[int, ...]
 Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
@@ -394,13 +395,14 @@ def render_build_plan(artifact_dir: str | Path, precision: str, target: str = "t
             f"{ENGINE_DIR}/{PLAN_README}": _render_readme(manifest, graphs, profiles, precision, target, workspace_mb)}
 
 
-def _write_atomic(path: Path, data: bytes | memoryview, mode: int = 0o644) -> None:
+def _write_atomic(path: Path, data: bytes | memoryview, executable: bool = False) -> None:
+    """Written beside `path`, then renamed; the mode of an ordinary file under the umask (mkstemp makes 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, mode)
+        os.chmod(tmp, (0o777 if executable else 0o666) & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -412,7 +414,7 @@ def write_build_plan(artifact_dir: str | Path, precision: str, target: str = "th
     """Writes `engines/build_engines.sh` and `engines/README.md` into the artifact dir; returns the script."""
     root = Path(artifact_dir)
     for rel, text in render_build_plan(root, precision, target, workspace_mb).items():
-        _write_atomic(root / rel, text.encode(), 0o755 if rel.endswith(".sh") else 0o644)
+        _write_atomic(root / rel, text.encode(), executable=rel.endswith(".sh"))
     return root / ENGINE_DIR / PLAN_SCRIPT
 
 

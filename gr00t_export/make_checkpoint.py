@@ -28,7 +28,7 @@ from gr00t_export.load import INDEX_FILE, SINGLE_FILE
 from gr00t_export.metadata import EmbodimentMetadata, KeyStats, metadata_from_lerobot_stats, write_metadata
 from gr00t_export.model import Gr00tN15
 from gr00t_export.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
-from gr00t_export.util import atomic_output_dir, progress_bar
+from gr00t_export.util import atomic_output_dir, file_input, progress_bar
 
 SHARD_BYTES = 2 << 30
 EAGLE_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -162,7 +162,9 @@ def make_checkpoint(out: str | Path, preset_name: str = "tiny", seed: int = 0, e
     modality = load_modality_config(modality_config)
     if modality.embodiment_tag != embodiment:
         modality = dataclasses.replace(modality, embodiment_tag=embodiment)
-    with atomic_output_dir(out, force=force) as tmp:
+    inputs = {"--dataset_path": dataset_path, "--eagle_path": eagle_path,
+              "--modality_config": file_input(modality_config)}
+    with atomic_output_dir(out, force=force, inputs=inputs, kind="checkpoint") as tmp:
         eagle = tmp / "eagle"
         eagle.mkdir()
         vocab_size, image_token = _eagle_dir(eagle, Path(eagle_path) if eagle_path else None, seed)

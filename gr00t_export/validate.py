@@ -38,7 +38,7 @@ from gr00t_export.errors import Gr00tExportError, InputError, ValidationFailure
 from gr00t_export.partition import PRECISIONS, StageSpec
 from gr00t_export.policy import Observation, RawInputs
 from gr00t_export.runner import MANIFEST, SPEC_FILE, StageRunner, read_manifest
-from gr00t_export.util import sha256_file
+from gr00t_export.util import atomic_output_dir, check_output_dir, refuse_overlap, sha256_file
 
 REPORT_JSON = "validation_report.json"
 REPORT_MD = "validation_report.md"
@@ -254,6 +254,7 @@ class ValidationReport:
     wall_time_s: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    manifest_sha256: str | None = None  # the seal of the manifest validated: ties the report to one build
 
     @property
     def passed(self) -> bool:
@@ -285,6 +286,7 @@ class ValidationReport:
             "passed": self.passed,
             "exit_code": self.exit_code,
             "mode": self.mode,
+            "manifest_sha256": self.manifest_sha256,
             "precision": self.precision,
             "inputs": self.inputs,
             "summary": counts | {"checks": len(self.checks), "failures": [f"{c.name}: {c.message}"
@@ -946,16 +948,49 @@ def _precision_float(precision: str, suite: Suite) -> str:
     return FLOAT_DTYPES.get(precision) or FLOAT_DTYPES.get(suite.reference_precision(precision), "float32")
 
 
+def _relocation(*moves: tuple[Path, Path | None]) -> Callable[[Any], Any]:
+    """Rewrites paths under each `src` to the same paths under its `dst` in strings, paths, lists and dicts."""
+    pairs = [(str(src.resolve()), str(Path(dst).expanduser().resolve())) for src, dst in moves if dst is not None]
+
+    def relocate(value: Any) -> Any:
+        if isinstance(value, Path):
+            return Path(relocate(str(value)))
+        if isinstance(value, str):
+            for old, new in pairs:
+                value = value.replace(old, new)
+            return value
+        if isinstance(value, list | tuple):
+            return type(value)(relocate(v) for v in value)
+        if isinstance(value, dict):
+            return {k: relocate(v) for k, v in value.items()}
+        return value
+
+    return relocate
+
+
+def fuller_report_kept(artifact_dir: Path) -> bool:
+    """True when ARTIFACT_DIR/validation holds a full report (made with --model_path, e.g. by `build`)."""
+    try:
+        return json.loads((artifact_dir / "validation" / REPORT_JSON).read_text()).get("mode") == "full"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eagle_path: str | Path | None = None,
              dataset_path: str | Path | None = None, suite: str | Path | None = None, num_steps: int | None = None,
              plot_actions: list[str] | None = None, report: str | Path | None = None, junit: str | Path | None = None,
-             output_dir: str | Path | None = None, reporter: Reporter | None = None, threads: int = 0
-             ) -> ValidationReport:
+             output_dir: str | Path | None = None, reporter: Reporter | None = None, threads: int = 0,
+             shown_as: str | Path | None = None) -> ValidationReport:
     """Validates an artifact dir; returns the report (`.passed`, `.exit_code`) after writing it.
 
-    Usage errors (missing dir, bad suite, unknown plot key, bad dataset) raise InputError before any check.
-    `num_steps=None` takes the suite's (30 in the default suite). `threads` > 0 caps onnxruntime's and torch's
-    CPU threads while validating (1 is much faster for the tiny preset on a busy machine); 0 keeps the defaults.
+    Usage errors (missing dir, bad suite, unknown plot key, bad dataset, an output inside an input) raise
+    InputError before any check. `num_steps=None` takes the suite's (30 in the default suite). `threads` > 0 caps
+    onnxruntime's and torch's CPU threads while validating (1 is much faster for the tiny preset on a busy
+    machine); 0 keeps the defaults. `shown_as`: the path ARTIFACT_DIR will have once renamed (`build` validates
+    its staging dir before the final rename); reports and console lines name that path.
+
+    Without --model_path and without --output_dir, a full report already in ARTIFACT_DIR/validation (the one
+    `build` writes) is kept: this run's reports go to ARTIFACT_DIR/validation/integrity instead.
     """
     start = time.perf_counter()
     reporter = reporter or Reporter()
@@ -969,8 +1004,23 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
     for label, p in (("--model_path", model_path), ("--dataset_path", dataset_path), ("--eagle_path", eagle_path)):
         if p is not None and not Path(p).exists():
             raise InputError(f"{label} {p} does not exist; pass an existing path")
+    read = {"--model_path": model_path, "--eagle_path": eagle_path, "--dataset_path": dataset_path, "--suite": suite}
+    refuse_overlap(artifact_dir / "validation" if output_dir is None else output_dir, read, "--output_dir")
+    for label, target_file in (("--report", report), ("--junit", junit)):
+        if target_file is None:
+            continue
+        refuse_overlap(target_file, read, label)
+        where = Path(target_file).expanduser().resolve()
+        if artifact_dir.resolve() in where.parents and (artifact_dir / "validation").resolve() not in where.parents:
+            raise InputError(f"{label} {target_file} would be written among the artifacts of {artifact_dir}; "
+                             "choose a path outside it or inside its validation/ dir (nothing was changed)")
     out_dir = Path(output_dir) if output_dir is not None else artifact_dir / "validation"
-    for target in (out_dir, *(Path(f).parent for f in (report, junit) if f is not None)):
+    if output_dir is None and model_path is None and fuller_report_kept(artifact_dir):
+        out_dir = artifact_dir / "validation" / "integrity"
+        reporter.line(f"keeping the full report in {artifact_dir / 'validation'}; this integrity-only run writes "
+                      f"to {out_dir}")
+    check_output_dir(out_dir, force=True, kind="validation")  # never replaces a dir of someone else's
+    for target in (out_dir.parent, *(Path(f).parent for f in (report, junit) if f is not None)):
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -993,6 +1043,7 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
         if dataset_path is not None:
             dataset, pairs = open_dataset(Path(dataset_path), modality, steps, suite_obj.stride)
     precision = manifest.get("precision") if manifest else None
+    seal = manifest.get("manifest_sha256") if manifest else None
     full = model_path is not None
     if full and precision is not None:
         suite_obj.thresholds(precision)
@@ -1003,33 +1054,49 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
               else None, "dataset_path": str(dataset_path) if dataset_path else None, "suite": str(suite_obj.path),
               "num_steps": steps, "seed": suite_obj.seed, "plot_actions": plot_keys, "threads": threads}
     result = ValidationReport(artifact_dir=artifact_dir.resolve(), output_dir=out_dir.resolve(),
-                              mode="full" if full else "integrity-only", precision=precision, inputs=inputs)
-    run = _Run(result, reporter)
-    reporter.line(f"validating {artifact_dir} ({precision or 'unknown precision'}) with suite {suite_obj.path}")
-    if not full:
-        reporter.line("no --model_path: checking integrity, spec conformance and determinism only "
-                      "(per-module accuracy, reference consistency and python plots need --model_path)")
-    torch_threads = torch.get_num_threads()
-    try:
-        if threads > 0:
-            torch.set_num_threads(threads)
-        _validate_checks(run, artifact_dir, manifest, manifest_error, modality, suite_obj, steps, plot_keys,
-                         Path(model_path) if model_path else None, Path(eagle_path) if eagle_path else None,
-                         dataset, pairs, out_dir, threads)
-    finally:
-        torch.set_num_threads(torch_threads)
-        result.wall_time_s = time.perf_counter() - start
-    json_path = Path(report) if report is not None else out_dir / REPORT_JSON
-    result.files = {"json": str(json_path), "markdown": str(out_dir / REPORT_MD)}
-    if junit is not None:
-        result.files["junit"] = str(junit)
-    write_markdown(result, out_dir / REPORT_MD)
-    write_json(result, json_path)
-    if junit is not None:
-        write_junit(result, Path(junit))
-    reporter.line("")
-    reporter.line(f"validation {'PASSED' if result.passed else 'FAILED'}: {result.summary()}")
-    reporter.line(f"report: {json_path} ({result.wall_time_s:.1f} s)")
+                              mode="full" if full else "integrity-only", precision=precision, inputs=inputs,
+                              manifest_sha256=seal)
+    # reports and plots are written into a staging dir that replaces `out_dir` whole at the end (an interrupted
+    # run leaves the previous report as it was); the report names the final paths
+    with atomic_output_dir(out_dir, force=True, kind="validation") as staging:
+        relocate = _relocation((staging, out_dir), (artifact_dir, Path(shown_as) if shown_as is not None else None))
+        shown = Reporter(lambda line: reporter.emit(relocate(line)))
+        run = _Run(result, shown)
+        shown.line(f"validating {artifact_dir} ({precision or 'unknown precision'}) with suite {suite_obj.path}")
+        if not full:
+            shown.line("no --model_path: checking integrity, spec conformance and determinism only "
+                       "(per-module accuracy, reference consistency and python plots need --model_path)")
+        torch_threads = torch.get_num_threads()
+        try:
+            if threads > 0:
+                torch.set_num_threads(threads)
+            _validate_checks(run, artifact_dir, manifest, manifest_error, modality, suite_obj, steps, plot_keys,
+                             Path(model_path) if model_path else None, Path(eagle_path) if eagle_path else None,
+                             dataset, pairs, staging, threads)
+        finally:
+            torch.set_num_threads(torch_threads)
+            result.wall_time_s = time.perf_counter() - start
+
+        def staged(path: Path) -> Path:
+            """Where a report file is written now: inside `out_dir` means inside the staging dir."""
+            where = path.expanduser().resolve()
+            return staging / where.relative_to(out_dir.resolve()) if out_dir.resolve() in where.parents else path
+
+        json_path = Path(report) if report is not None else out_dir / REPORT_JSON
+        result.files = {"json": str(json_path), "markdown": str(out_dir / REPORT_MD)}
+        if junit is not None:
+            result.files["junit"] = str(junit)
+        result.artifact_dir, result.output_dir = relocate(result.artifact_dir), relocate(result.output_dir)
+        result.files, result.plots = relocate(result.files), relocate(result.plots)
+        for check in result.checks:
+            check.message, check.metrics = relocate(check.message), relocate(check.metrics)
+        write_markdown(result, staging / REPORT_MD)
+        write_json(result, staged(json_path))
+        if junit is not None:
+            write_junit(result, staged(Path(junit)))
+    shown.line("")
+    shown.line(f"validation {'PASSED' if result.passed else 'FAILED'}: {result.summary()}")
+    shown.line(f"report: {json_path} ({result.wall_time_s:.1f} s)")
     return result
 
 

@@ -258,11 +258,13 @@ def test_plan_runs_from_its_own_dir_with_a_stub_trtexec(built: Path, tmp_path: P
         fh.write(b"\0")
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 1 and "differ from manifest.json" in proc.stderr
-    # no trtexec anywhere: a clear message, exit 2
-    env = {**os.environ, "TRTEXEC": "", "PATH": "/usr/bin:/bin"}
+    # TRTEXEC names no executable (a trtexec on PATH or in JetPack's folder is then never looked for): a clear
+    # message, exit 2, and nothing built
+    (root / "engines" / "vit.engine").unlink()
+    env = {**os.environ, "TRTEXEC": str(tmp_path / "no_such_dir" / "trtexec")}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
-    if not shutil.which("trtexec", path="/usr/bin:/bin") and not Path("/usr/src/tensorrt/bin/trtexec").exists():
-        assert proc.returncode == 2 and "trtexec not found" in proc.stderr
+    assert proc.returncode == 2 and "trtexec not found" in proc.stderr and "TRTEXEC=" in proc.stderr, proc.stderr
+    assert not (root / "engines" / "vit.engine").exists()
 
 
 # ------------------------------------------------------------------------------ the TensorRT builder
@@ -334,7 +336,9 @@ def test_pack_holds_every_file_and_runs_the_same(built: Path, tmp_path: Path):
     (root / "igg" / "notes.txt").write_text("not in the manifest, packed with igg/\n")
     (root / "engines").mkdir(exist_ok=True)
     (root / "engines" / "vit.engine").write_bytes(b"built for another GPU")
-    out = pack(root, "thor", "fp16", tmp_path / "dist")
+    with pytest.raises(InputError, match="has not passed a full validation"):  # no validation_report.json
+        pack(root, "thor", "fp16", tmp_path / "dist")
+    out = pack(root, "thor", "fp16", tmp_path / "dist", allow_unvalidated=True)
     assert out == tmp_path / "dist" / "tiny_ckpt-gr1-fp16-thor.tar.gz"
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # nothing temporary left
     manifest = json.loads((root / "manifest.json").read_text())
@@ -343,7 +347,8 @@ def test_pack_holds_every_file_and_runs_the_same(built: Path, tmp_path: Path):
         tar.extractall(tmp_path / "unpacked", filter="data")
     prefix = "tiny_ckpt-gr1-fp16-thor/"
     want = {f["path"] for f in manifest["files"]} | {"manifest.json", "engines/build_engines.sh", "engines/README.md",
-                                                     "README_TARGET.md", "validation/report.json", "igg/notes.txt"}
+                                                     "README_TARGET.md", "validation/report.json", "igg/notes.txt",
+                                                     "pack.json"}
     assert {n.removeprefix(prefix) for n in names if not n.endswith("/")} == want
     drop = tmp_path / "unpacked" / prefix
     assert os.access(drop / "engines" / "build_engines.sh", os.X_OK)

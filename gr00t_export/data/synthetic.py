@@ -9,7 +9,6 @@ same decoded frames (x264 runs single-threaded: its bitstream depends on the thr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from fractions import Fraction
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 
 from gr00t_export.embodiments import ModalityConfig, key_dims
 from gr00t_export.errors import InputError
+from gr00t_export.util import ordinary_permissions
 
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
@@ -294,7 +294,7 @@ def make_dataset(
         _write_jsonl(tmp / "meta" / "episodes.jsonl", episodes_meta)
         tasks_rows = [{"task_index": i, "task": t} for i, t in enumerate(task_texts)]
         _write_jsonl(tmp / "meta" / "tasks.jsonl", tasks_rows)
-        os.chmod(tmp, 0o755)
+        ordinary_permissions(tmp)  # mkdtemp made it 0700; every file and dir as the umask says
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,7 @@ import onnx
 import torch
 
 from gr00t_export import __version__
+from gr00t_export.compare import compare_outputs
 from gr00t_export.errors import InputError, ValidationFailure
 from gr00t_export.partition import GraphSpec, StageSpec, load_graph_spec
 from gr00t_export.runner import SPEC_FILE, read_manifest, verify_file
@@ -727,22 +728,15 @@ def compare_backends(artifact_dir: str | Path, candidate: tuple[str, str] = ("tr
 
     reference_dir: another build to compare against (e.g. fp8 engines vs the fp16 build); default the same dir.
     """
-    import numpy as np
-
     from gr00t_export.build import example_observation
     from gr00t_export.runner import ExportedGr00tRunner
 
     ref = ExportedGr00tRunner(reference_dir or artifact_dir, device=reference[1], backend=reference[0])
     cand = ExportedGr00tRunner(artifact_dir, device=candidate[1], backend=candidate[0])
     obs = example_observation(ref.spec.modality, ref.spec.metadata, None)
-    a, b = ref.get_action(obs, seed=seed), cand.get_action(obs, seed=seed)
-    out = {}
-    for key in a:
-        x, y = a[key].astype(np.float64).ravel(), b[key].astype(np.float64).ravel()
-        denom = np.linalg.norm(x) * np.linalg.norm(y)
-        out[key] = {"max_abs_diff": float(np.abs(x - y).max()),
-                    "cosine": float(x @ y / denom) if denom else float(np.array_equal(x, y))}
-    return out
+    comparisons = compare_outputs(cand.get_action(obs, seed=seed), ref.get_action(obs, seed=seed), check_dtypes=False)
+    return {key: {"max_abs_diff": c.max_abs, "cosine": c.cosine, "max_rel": c.max_rel}
+            for key, c in comparisons.items()}
 
 
 # --------------------------------------------------------------------------------------------- pipeline hook

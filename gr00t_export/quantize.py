@@ -41,16 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from gr00t_export.compare import compare_outputs
 from gr00t_export.errors import InputError, ValidationFailure
+from gr00t_export.optimize import save_onnx
 
 E4M3_MAX = 448.0
 _FP16_MAX = 65504.0
 _MIN_OPSET = 19
-_TWO_GB = 2**31
 _CHUNK = 1 << 22  # elements per encode step
 _FLOAT_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 _WEIGHT_CHAIN_OPS = {"Transpose", "Cast", "Identity", "Reshape"}
@@ -62,40 +64,15 @@ ExcludeSpec = Callable[[onnx.NodeProto], bool] | str | Sequence[str] | None
 
 
 def _e4m3_codes(v: np.ndarray) -> np.ndarray:
-    """float32 -> float8e4m3fn bit patterns (uint8): round half to even, saturate at +-448 (inf too), NaN -> 0x7F.
+    """float32 -> float8e4m3fn bit patterns (uint8): round half to even, saturate at +-448 (inf too), NaN -> NaN.
 
-    Works on the float32 bits: dropping 20 of the 23 mantissa bits with a half-to-even bias rounds normal values
-    (a carry moves into the exponent by itself), then the exponent is rebiased from 127 to 7. Below 2^-6 the E4M3
-    grid is the fixed step 2^-9. In-place uint32 passes: weights of 100M+ elements go through here."""
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    bits = v.view(np.uint32)
-    mag = bits & np.uint32(0x7FFFFFFF)
-    code = mag >> 20
-    code &= np.uint32(1)
-    code += mag
-    code += np.uint32(0x7FFFF)
-    code >>= 20
-    code -= np.uint32(120 << 3)  # wraps for values below 2^-6: those are redone below
-    np.minimum(code, np.uint32(0x7E), out=code)
-    small = np.flatnonzero(mag < np.uint32(0x3C800000))  # |v| < 2^-6
-    if small.size:
-        code.flat[small] = np.rint(mag.flat[small].view(np.float32) * np.float32(512.0)).astype(np.uint32)
-    nan = np.flatnonzero(mag > np.uint32(0x7F800000))
-    if nan.size:
-        code.flat[nan] = 0x7F
-    code |= (bits >> 24) & np.uint32(0x80)
-    return code.astype(np.uint8)
+    ml_dtypes' cast rounds half to even but turns values past the format's range into NaN (E4M3FN has no inf), so
+    the values are clipped first: QuantizeLinear's saturate=1, which onnxruntime and TensorRT compute."""
+    clipped = np.clip(np.asarray(v, dtype=np.float32), -E4M3_MAX, E4M3_MAX)
+    return clipped.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
 
 
-def _e4m3_table() -> np.ndarray:
-    code = np.arange(256)
-    exp_field, man_field = (code >> 3) & 15, code & 7
-    mag = np.where(exp_field == 0, man_field * 2.0**-9, (1 + man_field / 8) * 2.0 ** (exp_field - 7))
-    mag = np.where((exp_field == 15) & (man_field == 7), np.nan, mag)
-    return np.where(code >> 7, -mag, mag).astype(np.float32)
-
-
-E4M3_VALUES = _e4m3_table()  # code -> float32 value
+E4M3_VALUES = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)  # code -> value
 
 
 def _round_e4m3(v: np.ndarray) -> np.ndarray:
@@ -663,7 +640,7 @@ def quantize_fp8(
     if model.ir_version < 9:
         model.ir_version = 9  # float8 types exist from IR 9
 
-    _save(model, out_path, external_data, src_external, report)
+    _save(model, out_path, external_data, src_external, report, model_path.parent)
     if verify:
         report.output_cosine, report.ort_session = _verify(
             out_path, first_feed, first_out, [o.name for o in model.graph.output], strict=layout == "portable"
@@ -807,22 +784,12 @@ def _rewire_gathered(g: _Graph, cand: _Candidate, dtype: np.dtype, cache: dict, 
     gather.input[0] = cache[key]
 
 
-def _save(model: onnx.ModelProto, out_path: Path, external: bool | None, src_external: bool, report: QuantReport):
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    data_name = f"{out_path.stem}.onnx_data"
-    data_path = out_path.parent / data_name
-    if data_path.exists():
-        data_path.unlink()  # onnx appends to an existing data file
-    if external is None:
-        weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-        external = src_external or weight_bytes > _TWO_GB - (64 << 20)
-    if external:
-        onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(out_path))
+def _save(model: onnx.ModelProto, out_path: Path, external: bool | None, src_external: bool, report: QuantReport,
+          source_dir: Path) -> None:
+    data_path = out_path.with_name(out_path.name + "_data")
+    report.external_data = save_onnx(model, out_path, True if external is None and src_external else external,
+                                     source_dir)
     onnx.checker.check_model(str(out_path))
-    report.external_data = bool(external)
     report.size_after = out_path.stat().st_size + (data_path.stat().st_size if data_path.exists() else 0)
 
 
@@ -846,10 +813,7 @@ def _verify(
     except Exception as err:  # onnxruntime raises its own exception types
         raise ValidationFailure(f"FP8 graph {out_path} does not run in an onnxruntime {how}: {err}; report this "
                                 "graph (a pattern the quantiser does not fence off)") from err
-    cos = {}
-    for name, a, b in zip(names, got, reference, strict=True):
-        if np.issubdtype(np.asarray(a).dtype, np.floating):
-            a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-            denom = np.linalg.norm(a64) * np.linalg.norm(b64)
-            cos[name] = float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64))
-    return cos, how
+    floats = [i for i, a in enumerate(got) if np.issubdtype(np.asarray(a).dtype, np.floating)]
+    comparisons = compare_outputs({names[i]: got[i] for i in floats}, {names[i]: reference[i] for i in floats},
+                                  check_dtypes=False)
+    return {name: c.cosine for name, c in comparisons.items()}, how

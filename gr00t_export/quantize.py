@@ -191,23 +191,8 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
     return any(init.data_location == TensorProto.EXTERNAL for init in model.graph.initializer)
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope names that If/Loop/Scan bodies of `node` read: they count as uses of those tensors."""
-    used: set[str] = set()
-    for attr in node.attribute:
-        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-        for g in graphs:
-            defined = {i.name for i in g.input} | {i.name for i in g.initializer}
-            for sub in g.node:
-                defined.update(sub.output)
-            for sub in g.node:
-                used.update(n for n in list(sub.input) + list(_subgraph_inputs(sub)) if n and n not in defined)
-            used.update(o.name for o in g.output if o.name not in defined)
-    return used
-
-
 class _Graph:
-    """Name-indexed view of a GraphProto (producers, initializers, names in use) with node insertion anchors."""
+    """Name-indexed view of a GraphProto (producers, initializers, names in use) collecting the nodes to add."""
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
@@ -222,8 +207,7 @@ class _Graph:
         self.graph_outputs = {o.name for o in self.graph.output}
         self.names: set[str] = set(self.inits) | set(self.producer) | self.graph_inputs
         self.names.update(n.name for n in self.graph.node)
-        self.prologue: list[onnx.NodeProto] = []  # nodes needing only initializers
-        self.after: dict[int, list[onnx.NodeProto]] = {}  # id(node) -> nodes to emit right after it
+        self.new_nodes: list[onnx.NodeProto] = []
         self.new_inits: list[TensorProto] = []
 
     def unique(self, base: str) -> str:
@@ -249,39 +233,22 @@ class _Graph:
         self.new_inits.append(t)
         return name
 
-    def emit_after(self, tensor: str, nodes: list[onnx.NodeProto]) -> None:
-        """Place `nodes` right after the producer of `tensor` (or first, for inputs/initializers): keeps topo order."""
-        prod = self.producer.get(tensor)
-        if prod is None:
-            self.prologue.extend(nodes)
-        else:
-            self.after.setdefault(id(prod), []).extend(nodes)
+    def emit(self, nodes: list[onnx.NodeProto]) -> None:
+        self.new_nodes.extend(nodes)
 
-    def finish(self) -> None:
-        """Splice new nodes in, then drop nodes and initializers that nothing reads any more."""
-        nodes: list[onnx.NodeProto] = list(self.prologue)
-        for node in self.graph.node:
-            nodes.append(node)
-            nodes.extend(self.after.get(id(node), []))
-        inits = [t for t in self.graph.initializer] + self.new_inits
-        # Dead-code elimination, backwards: a node lives if any output is read or is a graph output.
-        used = set(self.graph_outputs)
-        live: list[onnx.NodeProto] = []
-        for node in reversed(nodes):
-            if any(o in used for o in node.output if o):
-                live.append(node)
-                used.update(i for i in node.input if i)
-                used.update(_subgraph_inputs(node))
-        live.reverse()
-        del self.graph.node[:]
-        self.graph.node.extend(live)
-        kept = [t for t in inits if t.name in used or t.name in self.graph_inputs]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(kept)
-        existing = set(used) | {o for n in live for o in n.output}
-        value_info = [v for v in self.graph.value_info if v.name in existing]
-        del self.graph.value_info[:]
-        self.graph.value_info.extend(value_info)
+    def finish(self) -> onnx.ModelProto:
+        """The rewritten model: new nodes and initializers added, then onnx-graphsurgeon drops the nodes and
+        initializers nothing reads any more (reads inside If/Loop bodies count) and sorts the nodes topologically."""
+        import onnx_graphsurgeon as gs
+        from onnx_graphsurgeon.logger import G_LOGGER
+
+        self.graph.node.extend(self.new_nodes)
+        self.graph.initializer.extend(self.new_inits)
+        self.new_nodes, self.new_inits = [], []
+        with G_LOGGER.suppress(G_LOGGER.ERROR):
+            graph = gs.import_onnx(self.model)
+            graph.cleanup().toposort()
+            return gs.export_onnx(graph, do_type_check=False)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -633,10 +600,10 @@ def quantize_fp8(
             node.output[0] = g.unique(f"{mm_out}_fp32")
             cast = helper.make_node("Cast", [node.output[0]], [mm_out], name=g.unique(f"{node.name}_Cast_out"),
                                     to=_FLOAT_TYPES[dtype])
-            g.after.setdefault(id(node), []).append(cast)
+            g.emit([cast])
         report.quantized[node.name] = cand.kind
 
-    g.finish()
+    model = g.finish()
     if model.ir_version < 9:
         model.ir_version = 9  # float8 types exist from IR 9
 
@@ -703,7 +670,7 @@ def _activation_qdq(
                          name=g.unique(f"{t}_DequantizeLinear")),
     ]
     result = dq_out if dq_dtype == out_dtype else cast(dq_out, out_dtype, f"fp8_dq_{out_dtype}")
-    g.emit_after(t, nodes)
+    g.emit(nodes)
     cache[key] = result
     return result
 
@@ -754,7 +721,7 @@ def _rewire_weight(
         attrs = {"axis": axis} if axis_key is not None else {}
         nodes = [helper.make_node("DequantizeLinear", [w_name, scale_name, zp], [result],
                                   name=g.unique(f"{base}_DequantizeLinear"), **attrs)]
-        g.prologue.extend(nodes)
+        g.emit(nodes)
         cache[key] = cache[digest] = result
         report.weight_amax[cand.weight_src] = float(np.max(amax))
     node.input[1] = cache[key]
@@ -777,8 +744,8 @@ def _rewire_gathered(g: _Graph, cand: _Candidate, dtype: np.dtype, cache: dict, 
         scale_name = g.add_init(f"{src}_fp8_scale", scale16.astype(dtype))
         zp = g.add_fp8_init(f"{src}_fp8_zero_point", np.zeros(scale16.shape, np.uint8))
         dq_out = g.unique(f"{src}_fp8_dq")
-        g.prologue.append(helper.make_node("DequantizeLinear", [w_name, scale_name, zp], [dq_out],
-                                           name=g.unique(f"{src}_DequantizeLinear"), axis=0))
+        g.emit([helper.make_node("DequantizeLinear", [w_name, scale_name, zp], [dq_out],
+                                 name=g.unique(f"{src}_DequantizeLinear"), axis=0)])
         cache[key] = dq_out
         report.weight_amax[src] = float(np.max(amax))
     gather.input[0] = cache[key]

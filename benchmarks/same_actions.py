@@ -46,9 +46,10 @@ def _figures(build: Path) -> dict:
     manifest = json.loads((build / "manifest.json").read_text())
     nodes = {f["path"]: len(onnx.load(str(build / f["path"]), load_external_data=False).graph.node)
              for f in manifest["files"] if f["path"].endswith(".onnx")}
-    report = json.loads((build / "validation_report.json").read_text()) if (build / "validation_report.json"
-                                                                            ).is_file() else {}
-    checks = {c["name"]: (c["status"], c.get("metrics", {}).get("max_abs")) for c in report.get("checks", [])}
+    path = build / "validation" / "validation_report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    checks = {c["name"]: (c["status"], c.get("metrics", {}).get("max_abs"), c.get("metrics", {}).get("mean_abs"))
+              for c in report.get("checks", [])}
     stages = {s["name"]: (s.get("max_abs_diff"), (s.get("optimize") or {}).get("note")) for s in
               manifest.get("stages", [])}
     return {"nodes": nodes, "checks": checks, "stages": stages}

@@ -604,6 +604,7 @@ def quantize_fp8(
         report.quantized[node.name] = cand.kind
 
     model = g.finish()
+    del g  # the source graph's weights, unless the caller's skeleton holds them
     if model.ir_version < 9:
         model.ir_version = 9  # float8 types exist from IR 9
 

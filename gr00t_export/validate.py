@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from gr00t_export import __version__
+from gr00t_export.compare import compare_outputs
 from gr00t_export.embodiments import ModalityConfig, modality_config_from_dict
 from gr00t_export.errors import Gr00tExportError, InputError, ValidationFailure
 from gr00t_export.partition import PRECISIONS, StageSpec
@@ -371,38 +372,27 @@ class TensorComparison:
     min_abs: float
     problem: str | None = None  # shape/dtype mismatch, NaN
     cosine: float = 1.0
+    max_rel: float = 0.0  # |artifact - twin| / |twin|
+    mean_rel: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def compare_tensors(name: str, got: Any, want: Any, tol: Tolerance) -> TensorComparison:
-    """Artifact output vs twin output: shape and dtype first, then exact, then allclose(rtol, atol)."""
-    if isinstance(want, list | tuple):
-        same = list(got) == list(want)
-        return TensorComparison(name, same, same, 0.0 if same else math.inf, 0.0 if same else math.inf,
-                                0.0, None if same else "strings differ")
-    if _shape(got) != _shape(want):
-        return TensorComparison(name, False, False, math.inf, math.inf, math.inf,
-                                f"shape {_shape(got)} but its twin has {_shape(want)}")
-    if _dtype_name(got) != _dtype_name(want):
-        return TensorComparison(name, False, False, math.inf, math.inf, math.inf,
-                                f"dtype {_dtype_name(got)} but its twin has {_dtype_name(want)}")
-    a, b = got.detach().double().cpu(), want.detach().double().cpu()
-    if a.numel() == 0:
-        return TensorComparison(name, True, True, 0.0, 0.0, 0.0)
-    diff = (a - b).abs()
-    if not torch.isfinite(a).all():
-        return TensorComparison(name, False, False, math.inf, math.inf, math.inf, "artifact output has NaN/inf")
-    exact = bool(torch.equal(got, want))
-    integer = not want.is_floating_point()
-    na, nb = float(a.norm()), float(b.norm())
-    cosine = 1.0 if max(na, nb) < 1e-12 else float((a.flatten() @ b.flatten()) / max(na * nb, 1e-300))
-    close = bool(torch.allclose(a, b, rtol=tol.rtol, atol=tol.atol, equal_nan=False)) or (
-        tol.cosine_min is not None and cosine >= tol.cosine_min)
-    within = exact or (not integer and not tol.exact and close)
-    return TensorComparison(name, exact, within, float(diff.max()), float(diff.mean()), float(diff.min()),
-                            cosine=cosine)
+    """Artifact output vs twin output: shape and dtype first, then exact, then allclose(rtol, atol) or cosine."""
+    c = compare_outputs({name: got}, {name: want}, atol=tol.atol, rtol=tol.rtol)[name]
+    integer = _array_kind(want) not in "fc"
+    within = c.exact or (c.problem is None and not integer and not tol.exact and (
+        c.passed or (tol.cosine_min is not None and c.cosine >= tol.cosine_min)))
+    return TensorComparison(name, c.exact, within, c.max_abs, c.mean_abs, c.min_abs, c.problem, c.cosine,
+                            c.max_rel, c.mean_rel)
+
+
+def _array_kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return "f" if value.is_floating_point() else "i"
+    return np.asarray(value).dtype.kind
 
 
 def merge_comparisons(items: list[TensorComparison]) -> TensorComparison:
@@ -412,7 +402,8 @@ def merge_comparisons(items: list[TensorComparison]) -> TensorComparison:
     return TensorComparison(first.name, all(c.exact for c in items), all(c.within for c in items),
                             max(c.max_abs for c in items), float(np.mean([c.mean_abs for c in items])),
                             min(c.min_abs for c in items), problems[0] if problems else None,
-                            min(c.cosine for c in items))
+                            min(c.cosine for c in items), max(c.max_rel for c in items),
+                            float(np.mean([c.mean_rel for c in items])))
 
 
 def timing_stats(times_ms: list[float]) -> dict[str, float]:
@@ -789,16 +780,17 @@ def determinism_issue(first: dict[str, dict[str, Any]], second: dict[str, dict[s
 def consistency_check(key: str, ref: np.ndarray, exp: np.ndarray, joint_names: tuple[str, ...],
                       joint_range: np.ndarray, limits: dict[str, float | None], precision: str) -> Check:
     """Reference vs exported actions of one key over all steps: (N, H, J) each."""
-    diff = np.abs(ref.astype(np.float64) - exp.astype(np.float64))
-    per_joint_max = diff.reshape(-1, diff.shape[-1]).max(axis=0)
-    per_joint_mean = diff.reshape(-1, diff.shape[-1]).mean(axis=0)
+    joints = range(ref.shape[-1])
+    per_joint = compare_outputs({str(j): exp[..., j] for j in joints}, {str(j): ref[..., j] for j in joints},
+                                check_dtypes=False)
+    whole = compare_outputs({key: exp}, {key: ref}, check_dtypes=False)[key]
+    per_joint_max = np.array([per_joint[str(j)].max_abs for j in joints])
+    per_joint_mean = np.array([per_joint[str(j)].mean_abs for j in joints])
     span = np.where(joint_range > 1e-12, joint_range, 1.0)
     frac = per_joint_max / span
-    a, b = ref.ravel().astype(np.float64), exp.ravel().astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    cosine = 1.0 if na < 1e-12 and nb < 1e-12 else float(a @ b / max(na * nb, 1e-300))
+    cosine = whole.cosine
     metrics = {
-        "max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "cosine": cosine,
+        "max_abs": whole.max_abs, "mean_abs": whole.mean_abs, "cosine": cosine, "max_rel": whole.max_rel,
         "worst_joint_range_frac": float(frac.max()),
         "reference_mean": float(ref.mean()), "exported_mean": float(exp.mean()),
         "reference_std": float(ref.std()), "exported_std": float(exp.std()),

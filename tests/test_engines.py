@@ -283,6 +283,32 @@ def test_build_engines_without_tensorrt_is_a_clear_input_error(built: Path, tmp_
     assert engines_step(root, "none").plan is None
 
 
+def test_polygraphy_log_goes_to_the_file_only(tmp_path: Path, capsys):
+    """The builder log (Polygraphy's logger, which TensorRT's messages go through) lands in the build log, errors are
+    collected for the report, and nothing reaches the console; the logger is restored afterwards."""
+    from polygraphy.logger import G_LOGGER
+
+    from gr00t_export.engines import _polygraphy_log
+
+    log = tmp_path / "engines" / "vit.build.log"
+    before = (G_LOGGER.use_python_logging_system, G_LOGGER.colors)
+    with _polygraphy_log(log) as errors:
+        G_LOGGER.extra_verbose("[TRT] tactic 0x1 took 1.0 ms")  # TensorRT's VERBOSE level
+        G_LOGGER.error("In node 3 (MatMul): unsupported type")
+    assert "tactic 0x1" in log.read_text() and "unsupported type" in log.read_text()
+    assert errors == [e for e in errors if "unsupported type" in e] and len(errors) == 1
+    assert capsys.readouterr() == ("", "")
+    assert (G_LOGGER.use_python_logging_system, G_LOGGER.colors) == before
+
+
+def test_polygraphy_backend_needs_tensorrt():
+    from gr00t_export.engines import polygraphy_trt
+
+    with pytest.raises(InputError) as err:
+        polygraphy_trt("tensorrt_not_installed_here")
+    assert str(err.value) == NO_TENSORRT
+
+
 @pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT and a GPU are present: nothing is missing to report")
 def test_cli_engines_without_tensorrt_exits_2_with_one_line(built: Path, tmp_path: Path):
     root = _copy(built, tmp_path / "drop")
@@ -323,6 +349,34 @@ def test_build_engines_and_run_them(built: Path, tmp_path: Path):
 def test_check_engine_build(built: Path):
     ok, seconds, errors = check_engine_build(built / "eagle2" / "vit.onnx", trt_module="tensorrt")
     assert ok and seconds > 0 and errors == []
+
+
+@requires_trt
+def test_build_reports_profile_errors_and_the_runner_matches_onnxruntime(built: Path, tmp_path: Path):
+    from gr00t_export.engines import TrtStageRunner, _build, profiles_for_onnx
+    from gr00t_export.runner import OnnxStageRunner
+
+    vit = built / "eagle2" / "vit.onnx"
+    profiles = profiles_for_onnx(vit)
+    check, _ = _build("tensorrt", vit, {"no_such_input": next(iter(profiles.values()))}, 1024, tmp_path / "bad.log")
+    assert not check.ok and "profile names inputs the network lacks" in check.errors[0]
+    engine = tmp_path / "vit.engine"
+    check, size = _build("tensorrt", vit, profiles, 1024, tmp_path / "vit.log", tmp_path / "timing.cache", engine)
+    assert check.ok and engine.stat().st_size == size and (tmp_path / "timing.cache").is_file()
+    assert "Building engine" in (tmp_path / "vit.log").read_text()  # Polygraphy's builder log, in the file
+    spec = load_graph_spec(built / "graph_spec.yaml").stage("vit")
+    lo = profiles[spec.input_names[0]][0]
+    feeds = {spec.input_names[0]: torch.randn(lo).half()}
+    want = OnnxStageRunner(vit, spec, ["CPUExecutionProvider"]).infer(feeds)
+    runner = TrtStageRunner(engine, spec)
+    got = runner.infer({k: v.cuda() for k, v in feeds.items()})
+    for name in spec.output_names:
+        x, y = got[name].float().cpu(), torch.as_tensor(want[name]).float()
+        assert torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0) > 0.999
+    with pytest.raises(ValidationFailure, match="wider profile"):
+        hi = profiles[spec.input_names[0]][2]
+        runner.infer({spec.input_names[0]: torch.randn(hi[0] + 1, *hi[1:]).half().cuda()})
+    runner.close()
 
 
 # ------------------------------------------------------------------------------ pack

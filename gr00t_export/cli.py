@@ -303,8 +303,12 @@ def serve(
 
     get_action is deterministic: the noise is seeded with 0 unless an N1.5 request sends "seed" or "noise".
     """
-    from gr00t_export.serve import PolicyServer
+    from gr00t_export.errors import InputError
+    from gr00t_export.serve import PROTOCOLS, PolicyServer
 
+    if modality_config_protocol not in PROTOCOLS:  # before a model is loaded for nothing
+        raise InputError(f"unknown --modality_config_protocol {modality_config_protocol!r}; use current "
+                         "(Isaac-GR00T's PolicyClient, IsaacLab) or n1.5 (RobotInferenceClient)")
     policy = _serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device,
                            dataset_path, episode, execution_horizon)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_token:

@@ -578,11 +578,11 @@ class PolicyServer:
         if modality_config_protocol not in PROTOCOLS:
             raise InputError(f"unknown modality config protocol {modality_config_protocol!r}; use current "
                              "(Isaac-GR00T's PolicyClient, IsaacLab) or n1.5 (RobotInferenceClient)")
-        self.modality_config_protocol = modality_config_protocol
         if log_every < 0:
             raise InputError(f"--log_every must be 0 (off) or a positive count, got {log_every}")
         self.policy, self.api_token, self.log_every, self.default_seed, self.log = (
             policy, api_token or None, log_every, default_seed, log)
+        self.modality_config_protocol = modality_config_protocol
         self.max_message_bytes = max_message_bytes
         self.modality = policy.spec.modality
         self.state_dims = _state_dims(policy)

@@ -507,7 +507,7 @@ def test_cli_client_errors_are_one_line(env, tmp_path):
          "--episode 7 is not an episode"),
         (["serve", "--dataset_path", str(env.dataset_path), "--execution_horizon", "17", "--modality_config",
           str(env.yaml)], "--execution_horizon 17"),
-        (["serve", "--model_path", str(env.ckpt), "--modality_config_protocol", "n2"], "unknown modality config"),
+        (["serve", "--model_path", str(env.ckpt), "--modality_config_protocol", "n2"], "unknown --modality_config"),
     ]
     for args, expected in cases:
         result = runner.invoke(app, args if args[0] == "serve" else ["client", *args])

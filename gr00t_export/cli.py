@@ -345,6 +345,7 @@ def client(
         N15,
         Client,
         PolicyClient,
+        ProtocolError,
         ServerError,
         modality_from_reply,
         to_current_observation,
@@ -364,6 +365,8 @@ def client(
             raise InputError(f"{err}; start one with `gr00t-export serve`") from None
         except ServerError as err:
             raise InputError(f"the server answered: {err}") from None
+        except ProtocolError as err:
+            raise InputError(f"{err} (or try the other --protocol)") from None
     print_actions(actions, out, title=f"actions from tcp://{host}:{port} ({protocol})")
     if info:
         out_console.print(f"info: {info}", highlight=False)

@@ -786,7 +786,12 @@ class _Connection:
         self._socket.setsockopt(zmq.RCVTIMEO, self.timeout_ms)
         self._socket.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(f"tcp://{self.host}:{self.port}")
+        try:
+            self._socket.connect(f"tcp://{self.host}:{self.port}")
+        except zmq.ZMQError as err:
+            self.close()
+            raise InputError(f"cannot connect to tcp://{self.host}:{self.port} ({err}); check the host and port"
+                             ) from None
 
     def call(self, endpoint: str, data: Any = None) -> Any:
         """Send one request and return the decoded reply; raises ServerError on `{"error": ...}`."""

@@ -502,6 +502,7 @@ def test_cli_client_errors_are_one_line(env, tmp_path):
         sock.close()
     cases = [
         (["--port", str(free), "--timeout_ms", "300", "--obs", "x.npz"], "no reply from"),
+        (["--host", "not a host", "--obs", "x.npz"], "cannot connect to tcp://not a host:5555"),
         (["serve", "--dataset_path", str(env.dataset_path), "--model_path", str(env.ckpt)], "exactly one policy"),
         (["serve", "--dataset_path", str(env.dataset_path), "--episode", "7", "--modality_config", str(env.yaml)],
          "--episode 7 is not an episode"),

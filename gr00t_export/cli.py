@@ -187,10 +187,8 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ):
     """Run one observation through the reference policy (or an exported artifact dir) and print its actions."""
-    import numpy as np
-
     from gr00t_export.errors import InputError
-    from gr00t_export.util import atomic_output_file, check_output_file
+    from gr00t_export.util import check_output_file
 
     out_inputs = {"--model_path": model_path, "--eagle_path": eagle_path, "--artifacts": artifacts,
                   "--dataset_path": dataset_path, "--obs": obs, "--noise": noise}
@@ -211,7 +209,17 @@ def predict(
         raise InputError("no policy given: pass --model_path CKPT (reference) or --artifacts DIR (exported)")
     observation = load_observation(obs, dataset_path, episode, step, policy.spec.modality)
     actions = policy.get_action(observation, noise=load_noise(noise), seed=seed)
-    table = Table(title="actions", title_justify="left")
+    print_actions(actions, out, out_inputs)
+
+
+def print_actions(actions: dict, out: Path | None = None, inputs: dict | None = None, title: str = "actions") -> None:
+    """The actions table of `predict` and `client` (one row per key), and the .npz when --out is given (never onto
+    one of the command's `inputs`)."""
+    import numpy as np
+
+    from gr00t_export.util import atomic_output_file
+
+    table = Table(title=title, title_justify="left")
     for col in ("key", "shape", "mean", "min", "max", "first step"):
         table.add_column(col)
     for key, value in actions.items():
@@ -219,7 +227,7 @@ def predict(
         table.add_row(key, str(value.shape), f"{value.mean():.4f}", f"{value.min():.4f}", f"{value.max():.4f}", first)
     out_console.print(table)
     if out is not None:
-        with atomic_output_file(out, out_inputs, ours=_is_actions_file, what="--out") as tmp, open(tmp, "wb") as fh:
+        with atomic_output_file(out, inputs or {}, ours=_is_actions_file, what="--out") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **actions)
         console.print(f"[green]wrote[/] {out}")
 
@@ -238,15 +246,29 @@ def _is_actions_file(path: Path) -> bool:
 
 
 def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None, embodiment_tag: str,
-                  modality_config: str | None, backend: str | None, device: str):
-    """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path."""
+                  modality_config: str | None, backend: str | None, device: str, dataset_path: Path | None = None,
+                  episode: int = 0, execution_horizon: int | None = None):
+    """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path, the
+    recorded actions of --dataset_path's episode when there is no model."""
     import importlib.util
     import inspect
 
     from gr00t_export.errors import InputError
 
-    if (artifact_dir is None) == (model_path is None):
-        raise InputError("give exactly one policy: ARTIFACT_DIR (exported) or --model_path CKPT (reference)")
+    if sum(x is not None for x in (artifact_dir, model_path, dataset_path)) != 1:
+        raise InputError("give exactly one policy: ARTIFACT_DIR (exported), --model_path CKPT (reference) or "
+                         "--dataset_path DS (replay of recorded actions)")
+    if dataset_path is not None:
+        if backend is not None:
+            raise InputError(f"--dataset_path replays recorded actions; --backend {backend} applies to ARTIFACT_DIR")
+        from gr00t_export.embodiments import load_modality_config
+        from gr00t_export.policy import default_modality
+        from gr00t_export.replay import ReplayPolicy
+
+        modality = load_modality_config(modality_config or default_modality(embodiment_tag))
+        return ReplayPolicy(dataset_path, modality, episode, execution_horizon)
+    if execution_horizon is not None:
+        raise InputError("--execution_horizon applies to the replay (--dataset_path); a model answers every call")
     if backend not in (None, "ort", "trt", "torch"):
         raise InputError(f"unknown --backend {backend!r}; use ort, trt or torch")
     if backend == "trt" and importlib.util.find_spec("tensorrt") is None:
@@ -291,23 +313,95 @@ def serve(
                                            "requests (0: never).")] = 0,
     max_message_mb: Annotated[float, typer.Option("--max_message_mb", min=0.001, help="Largest request answered "
                                                   "(MiB); bigger ones get an error reply.")] = 64.0,
+    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="No model: replay this LeRobot "
+                                                      "dataset's recorded actions (to test a robot or simulator "
+                                                      "client).")] = None,
+    episode: Annotated[int, typer.Option(help="Episode replayed from --dataset_path.")] = 0,
+    execution_horizon: Annotated[int | None, typer.Option("--execution_horizon", help="Replay: recorded steps "
+                                                          "each get_action advances [default: the chunk, 16].")
+                                 ] = None,
+    modality_config_protocol: Annotated[str, typer.Option("--modality_config_protocol", help="Dialect of "
+                                                          "get_modality_config, the one request both clients send "
+                                                          "alike: current (Isaac-GR00T's PolicyClient, IsaacLab) "
+                                                          "or n1.5 (RobotInferenceClient).")] = "current",
 ):
-    """Serve a policy over Isaac-GR00T's ZeroMQ protocol (ping, get_action, get_modality_config, kill).
+    """Serve a policy over Isaac-GR00T's ZeroMQ protocol, current and N1.5 dialects (get_action, reset,
+    get_modality_config, ping, kill).
 
-    Clients written for NVIDIA's RobotInferenceServer connect unchanged; stops on kill, Ctrl-C or SIGTERM.
+    Clients written for NVIDIA's run_gr00t_server (PolicyClient, IsaacLab's GR00T tasks) or its N1.5
+    RobotInferenceServer connect unchanged; get_action answers in the dialect of each request. Stops on kill,
+    Ctrl-C or SIGTERM.
 
-    get_action is deterministic: the noise is seeded with 0 unless a request sends "seed" or "noise".
+    get_action is deterministic: the noise is seeded with 0 unless an N1.5 request sends "seed" or "noise".
     """
-    from gr00t_export.serve import PolicyServer
+    from gr00t_export.errors import InputError
+    from gr00t_export.serve import PROTOCOLS, PolicyServer
 
-    policy = _serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device)
+    if modality_config_protocol not in PROTOCOLS:  # before a model is loaded for nothing
+        raise InputError(f"unknown --modality_config_protocol {modality_config_protocol!r}; use current "
+                         "(Isaac-GR00T's PolicyClient, IsaacLab) or n1.5 (RobotInferenceClient)")
+    policy = _serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device,
+                           dataset_path, episode, execution_horizon)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_token:
         console.print(f"[yellow]warning:[/] serving on {host} without --api_token: anyone who reaches this port "
                       "can drive the policy")
     server = PolicyServer(policy, host=host, port=port, api_token=api_token,
                           max_message_bytes=int(max_message_mb * 2**20), log_every=log_every,
-                          log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+                          log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
+                          modality_config_protocol=modality_config_protocol)
     server.run()
+
+
+@app.command()
+@cli_errors
+def client(
+    host: Annotated[str, typer.Option(help="Server address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Server port.")] = 5555,
+    protocol: Annotated[str, typer.Option(help="current (Isaac-GR00T's PolicyClient: nested observation, "
+                                          "(action, info) back) or n1.5 (RobotInferenceClient).")] = "current",
+    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="Send this LeRobot dataset's step "
+                                                      "(its keys are the server's get_modality_config).")] = None,
+    episode: Annotated[int, typer.Option(help="Episode index in --dataset_path.")] = 0,
+    step: Annotated[int, typer.Option(help="Step index in the episode.")] = 0,
+    obs: Annotated[Path | None, typer.Option("--obs", help="Send this observation .npz instead (video.<k>, "
+                                             "state.<k>, annotation.<k>; batched or not).")] = None,
+    api_token: Annotated[str | None, typer.Option("--api_token", help="The server's api_token.")] = None,
+    timeout_ms: Annotated[int, typer.Option("--timeout_ms", min=1, help="Wait this long for each reply.")] = 15000,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the actions to this .npz.")] = None,
+):
+    """Send one observation to a running policy server (gr00t-export serve or NVIDIA's) and print its actions."""
+    from gr00t_export.errors import InputError
+    from gr00t_export.serve import (
+        CURRENT,
+        N15,
+        Client,
+        PolicyClient,
+        ProtocolError,
+        ServerError,
+        modality_from_reply,
+        to_current_observation,
+    )
+
+    if protocol not in (CURRENT, N15):
+        raise InputError(f"unknown --protocol {protocol!r}; use current or n1.5")
+    with (PolicyClient if protocol == CURRENT else Client)(host, port, api_token, timeout_ms) as conn:
+        try:
+            modality = modality_from_reply(conn.get_modality_config())
+            observation = load_observation(obs, dataset_path, episode, step, modality)
+            if protocol == CURRENT:
+                actions, info = conn.get_action(to_current_observation(observation))
+            else:
+                actions, info = conn.get_action(observation), {}
+        except TimeoutError as err:
+            raise InputError(f"{err}; start one with `gr00t-export serve`") from None
+        except ServerError as err:
+            raise InputError(f"the server answered: {err}") from None
+        except ProtocolError as err:
+            raise InputError(f"{err} (or try the other --protocol)") from None
+    print_actions(actions, out, {"--dataset_path": dataset_path, "--obs": obs},
+                  title=f"actions from tcp://{host}:{port} ({protocol})")
+    if info:
+        out_console.print(f"info: {info}", highlight=False)
 
 
 @app.command()

@@ -398,6 +398,8 @@ def client(
             raise InputError(f"the server answered: {err}") from None
         except ProtocolError as err:
             raise InputError(f"{err} (or try the other --protocol)") from None
+    # the current dialect names keys bare; the .npz uses `action.<key>` whatever the dialect, as `predict --out` does
+    actions = {k if k.startswith("action.") else f"action.{k}": v for k, v in actions.items()}
     print_actions(actions, out, {"--dataset_path": dataset_path, "--obs": obs},
                   title=f"actions from tcp://{host}:{port} ({protocol})")
     if info:

@@ -466,10 +466,11 @@ def test_cli_serve_replay_and_client(env, tmp_path):
         result = runner.invoke(app, ["client", "--port", str(port), "--dataset_path", str(env.dataset_path),
                                      "--episode", "0", "--step", "2", "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert "left_arm" in result.output and "(1, 16, 7)" in result.output and "'current_step': 0" in result.output
+        assert "action.left_arm" in result.output and "(1, 16, 7)" in result.output
+        assert "'current_step': 0" in result.output
         recorded = recorded_actions(env.dataset_path, 1, env.cfg)
         with np.load(out) as got:
-            np.testing.assert_array_equal(got["left_arm"][0], expected_chunk(recorded["action.left_arm"], 0))
+            np.testing.assert_array_equal(got["action.left_arm"][0], expected_chunk(recorded["action.left_arm"], 0))
         obs_file = tmp_path / "obs.npz"
         np.savez(obs_file, **env.dataset.observation(0, 4, env.cfg))
         result = runner.invoke(app, ["client", "--port", str(port), "--protocol", "n1.5", "--obs", str(obs_file),

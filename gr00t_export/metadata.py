@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gr00t_export.embodiments import NORMALIZING_MODES, ModalityConfig
+from gr00t_export.embodiments import DATA_CONFIGS, NORMALIZING_MODES, ModalityConfig
 from gr00t_export.errors import InputError
 from gr00t_export.preprocess.rotation import ROTATION_BOUNDS, ROTATION_TYPES, family, rotation_width
 
@@ -114,8 +114,7 @@ def _metadata_file(path: Path) -> Path:
     return path
 
 
-def read_metadata(path: str | Path, tag: str) -> EmbodimentMetadata:
-    """Load the entry for `tag` from metadata.json (or from a checkpoint directory)."""
+def _read_metadata_file(path: str | Path) -> tuple[Path, dict[str, Any]]:
     file = _metadata_file(Path(path))
     if not file.is_file():
         raise InputError(
@@ -127,6 +126,17 @@ def read_metadata(path: str | Path, tag: str) -> EmbodimentMetadata:
         raise InputError(f"cannot parse {file} ({err}); restore the checkpoint's metadata.json") from err
     if not isinstance(data, dict):
         raise InputError(f"{file} is not a mapping of embodiment tags; restore the checkpoint's metadata.json")
+    return file, data
+
+
+def metadata_tags(path: str | Path) -> list[str]:
+    """The embodiment tags metadata.json has entries for, in file order."""
+    return list(_read_metadata_file(path)[1])
+
+
+def read_metadata(path: str | Path, tag: str) -> EmbodimentMetadata:
+    """Load the entry for `tag` from metadata.json (or from a checkpoint directory)."""
+    file, data = _read_metadata_file(path)
     if tag not in data:
         raise InputError(
             f"No metadata found for embodiment tag: {tag} (has: {', '.join(sorted(data)) or 'none'}); "
@@ -250,6 +260,24 @@ def serves(metadata: EmbodimentMetadata, cfg: ModalityConfig) -> bool:
     except InputError:
         return False
     return True
+
+
+def _key_sets(video: object, state: object, action: object) -> tuple[frozenset, frozenset, frozenset]:
+    return frozenset(video), frozenset(state), frozenset(action)  # type: ignore[arg-type]
+
+
+def matching_data_configs(metadata: EmbodimentMetadata) -> list[str]:
+    """Built-in data configs this metadata was made for: those whose video/state/action keys are exactly the
+    metadata's; failing any, those whose keys it serves (a dataset's modality.json may list more keys than the
+    config reads). Either way the config must pass `check_against`."""
+    mods = metadata.modalities
+    have = _key_sets(mods.get("video", {}), mods.get("state", {}), mods.get("action", {}))
+    served = [name for name, cfg in DATA_CONFIGS.items() if serves(metadata, cfg)]
+    exact = [name for name in served if _key_sets(
+        *((ModalityConfig.short(k) for k in keys) for keys in (DATA_CONFIGS[name].video_keys,
+                                                                 DATA_CONFIGS[name].state_keys,
+                                                                 DATA_CONFIGS[name].action_keys))) == have]
+    return exact or served
 
 
 def compute_key_stats(array: np.ndarray) -> KeyStats:

@@ -121,7 +121,8 @@ def ckpt(root: Path, pick_n_place: Path, real_eagle_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def builds(root: Path, ckpt: Path, pick_n_place: Path) -> dict[str, Path]:
     return {p: _timed_build(BuildOptions(model_path=ckpt, output=root / f"out_{p}", precision=p,
-                                         dataset_path=pick_n_place)) for p in ("fp32", "fp16")}
+                                         modality_config=ARMS_ONLY, dataset_path=pick_n_place))
+            for p in ("fp32", "fp16")}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def runners(builds: dict[str, Path]) -> dict[str, ExportedGr00tRunner]:
 
 @pytest.fixture(scope="module")
 def reference(ckpt: Path) -> ReferencePolicy:
-    return ReferencePolicy.from_checkpoint(ckpt)
+    return ReferencePolicy.from_checkpoint(ckpt, modality_config=ARMS_ONLY)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +195,7 @@ def test_fp16_close_to_fp32_reference(runners, reference: ReferencePolicy, real_
 @pytest.fixture(scope="module")
 def ort_ops_build(root: Path, ckpt: Path, pick_n_place: Path) -> Path:
     return _timed_build(BuildOptions(model_path=ckpt, output=root / "out_fp16_ortops", precision="fp16",
-                                     dataset_path=pick_n_place, onnx_ops="onnxruntime"))
+                                     modality_config=ARMS_ONLY, dataset_path=pick_n_place, onnx_ops="onnxruntime"))
 
 
 def _op_counts(path: Path) -> dict[str, int]:
@@ -480,15 +481,15 @@ def test_tokenizer_artifact_reproduces_golden_ids(precision: str, runners, golde
 
 def test_preprocess_video_artifact_golden_and_exact(runners, golden_vectors: dict, real_obs):
     stage = runners["fp32"].stages["preprocess_video"]
-    got = stage.infer({"frames": torch.from_numpy(golden_vectors["obs.video.ego_view"])})["pixel_values"]
+    got = stage.infer({"frames_0": torch.from_numpy(golden_vectors["obs.video.ego_view"][None])})["pixel_values"]
     want = golden_vectors["transformed.eagle_pixel_values"]
     assert got.dtype == torch.float32 and got.shape == want.shape
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1 / 255)
-    frames = torch.from_numpy(np.concatenate([o["video.ego_view"] for o in real_obs.values()]))
-    assert frames.shape == (3, 256, 256, 3)
-    got = stage.infer({"frames": frames})["pixel_values"]
-    assert torch.equal(got, VideoPreprocessor()(frames))
-    assert torch.equal(runners["fp16"].stages["preprocess_video"].infer({"frames": frames})["pixel_values"],
+    frames = torch.from_numpy(np.stack([o["video.ego_view"] for o in real_obs.values()]))  # batch of 3
+    assert frames.shape == (3, 1, 256, 256, 3)
+    got = stage.infer({"frames_0": frames})["pixel_values"]
+    assert torch.equal(got, VideoPreprocessor()(frames[:, 0]))
+    assert torch.equal(runners["fp16"].stages["preprocess_video"].infer({"frames_0": frames})["pixel_values"],
                        got.half())
 
 
@@ -638,7 +639,7 @@ def test_cli_input_errors_are_one_line(case: str, ckpt: Path, root: Path):
             "not a checkpoint": ["--model_path", str(empty)],
             "unknown embodiment": ["--model_path", str(ckpt), "--embodiment_tag", "robot_x"],
             "unknown modality config": ["--model_path", str(ckpt), "--modality_config", "no_such_config"],
-            "views mismatch": ["--model_path", str(ckpt), "--views", "2"]}[case]
+            "views mismatch": ["--model_path", str(ckpt), "--modality_config", ARMS_ONLY, "--views", "2"]}[case]
     result = cli.invoke(app, ["build", *args, "--output", str(out)])
     assert result.exit_code == 2, (case, result.output, result.stderr)
     line = _error_line(result)
@@ -652,7 +653,8 @@ def test_predict_artifacts_equals_predict_model_path(builds, ckpt: Path, real_ob
     np.save(tmp_path / "noise.npy", _noise(5))
     common = ["--obs", str(tmp_path / "obs.npz"), "--noise", str(tmp_path / "noise.npy")]
     a = cli.invoke(app, ["predict", "--artifacts", str(builds["fp32"]), *common, "--out", str(tmp_path / "a.npz")])
-    b = cli.invoke(app, ["predict", "--model_path", str(ckpt), *common, "--out", str(tmp_path / "b.npz")])
+    b = cli.invoke(app, ["predict", "--model_path", str(ckpt), "--modality_config", ARMS_ONLY, *common,
+                         "--out", str(tmp_path / "b.npz")])
     assert a.exit_code == 0 and b.exit_code == 0, a.output + a.stderr + b.output + b.stderr
     with np.load(tmp_path / "a.npz") as got, np.load(tmp_path / "b.npz") as want:
         _assert_close(dict(got), dict(want), **TOL["fp32"], what="predict")

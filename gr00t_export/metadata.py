@@ -214,8 +214,8 @@ def key_plans(metadata: EmbodimentMetadata, cfg: ModalityConfig, modality: str) 
                     raise InputError(f"{where} is a relative rotation converted to {target}, which N1.5 cannot "
                                      f"normalise; set its {modality} mode to identity in config '{cfg.name}'")
                 if mode != "min_max" or family(target) not in ROTATION_BOUNDS:
-                    raise InputError(f"{where} is an absolute rotation converted to {target}: it is normalised "
-                                     "min_max with fixed bounds, so use min_max and a target among "
+                    raise InputError(f"{where} is an absolute rotation converted to {target}, which N1.5 normalises "
+                                     "only min_max with fixed bounds; use min_max and a target among "
                                      f"{', '.join(ROTATION_BOUNDS)} (or mode identity)")
                 bound = ROTATION_BOUNDS[family(target)]
             elif not entry["continuous"] and mode != "binary":

@@ -603,7 +603,7 @@ def test_failed_builds_leave_no_output(two_views: dict, root: Path):
     meta_path.write_text(json.dumps(meta))
     out = root / "out_no_tag"
     result = cli.invoke(app, ["build", "--model_path", str(bad), "--modality_config", str(two_views["yaml"]),
-                              "--output", str(out)])
+                              "--embodiment_tag", "gr1", "--output", str(out)])
     assert result.exit_code == 2 and "embodiment tag: gr1" in _error_line(result)
     assert not out.exists() and not _tmp_siblings(out)
 

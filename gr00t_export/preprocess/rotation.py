@@ -19,9 +19,10 @@ pytorch3d.transforms functions; representation names from gr00t/data/schema.py `
 - `euler_angles_<abc>`: the letters map r -> X, p -> Y, y -> Z, and the matrix is R_a(t0) @ R_b(t1) @ R_c(t2):
   intrinsic rotations about the moving axes in the written order (scipy's upper-case convention).
   rpy = XYZ, ryp = XZY, pry = YXZ, pyr = YZX, yrp = ZXY, ypr = ZYX. From a matrix: the middle angle in
-  [-pi/2, pi/2], the outer ones in (-pi, pi]. Where cos(middle) < 1e-6 (gimbal lock) the third angle is set to
-  0 and the first absorbs the rotation; pytorch3d has no such branch and returns angles that do not rebuild the
-  matrix there, elsewhere both agree to rounding.
+  [-pi/2, pi/2], the outer ones in (-pi, pi]. Where cos(middle) < sqrt(machine epsilon) (gimbal lock) the third
+  angle is set to 0 and the first absorbs the rotation; pytorch3d has no such branch and returns angles that do
+  not rebuild the matrix there (its asin also loses half the digits near +-pi/2), elsewhere both agree to
+  rounding.
 
 An absolute rotation converted to another representation is normalised min_max with fixed bounds
 (`ROTATION_BOUNDS`), not the dataset statistics: N1.5's `_DEFAULT_MIN_MAX_STATISTICS`, built with
@@ -46,8 +47,6 @@ _PI_F32 = float(np.float32(math.pi))
 # Fixed min_max bounds of a converted absolute rotation, per target representation family.
 ROTATION_BOUNDS: dict[str, float] = {"rotation_6d": 1.0, "quaternion": 1.0, "axis_angle": _PI_F32,
                                      "euler_angles": _PI_F32}
-GIMBAL_EPS = 1e-6
-
 
 def family(rotation_type: str) -> str:
     """'euler_angles_rpy' -> 'euler_angles'; other names are their own family."""
@@ -159,7 +158,8 @@ def _matrix_to_euler(m: Tensor, axes: list[int]) -> Tensor:
     middle = torch.atan2(s * m[..., i, k], cos_middle)  # = asin(s R[i, k]), without asin's error near +-pi/2
     first = torch.atan2(-s * m[..., j, k], m[..., k, k])
     third = torch.atan2(-s * m[..., i, j], m[..., i, i])
-    locked = cos_middle < 1e-6  # GIMBAL_EPS (TorchScript cannot read module globals)
+    # sqrt(machine epsilon): past it the general formula's rounding error (eps / cos) beats the branch's (2 cos)
+    locked = cos_middle < (1.5e-8 if m.dtype == torch.float64 else 3.5e-4)
     # with the third angle 0, R = R_i(a) R_j(b) and a is read from the j-th column
     first = torch.where(locked, torch.atan2(s * m[..., k, j], m[..., j, j]), first)
     third = torch.where(locked, torch.zeros_like(third), third)

@@ -629,7 +629,7 @@ def test_failed_builds_leave_no_output(two_views: dict, root: Path):
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "not a checkpoint", "unknown embodiment",
-                                  "unknown modality config", "views mismatch"])
+                                  "unknown modality config", "views mismatch", "ambiguous data config"])
 def test_cli_input_errors_are_one_line(case: str, ckpt: Path, root: Path):
     out = root / f"out_{case.replace(' ', '_')}"
     empty = root / "not_a_checkpoint"
@@ -639,12 +639,16 @@ def test_cli_input_errors_are_one_line(case: str, ckpt: Path, root: Path):
             "not a checkpoint": ["--model_path", str(empty)],
             "unknown embodiment": ["--model_path", str(ckpt), "--embodiment_tag", "robot_x"],
             "unknown modality config": ["--model_path", str(ckpt), "--modality_config", "no_such_config"],
-            "views mismatch": ["--model_path", str(ckpt), "--modality_config", ARMS_ONLY, "--views", "2"]}[case]
+            "views mismatch": ["--model_path", str(ckpt), "--modality_config", ARMS_ONLY, "--views", "2"],
+            # PickNPlace's metadata serves both GR1 arm configs: no --modality_config is a question, not a guess
+            "ambiguous data config": ["--model_path", str(ckpt)]}[case]
     result = cli.invoke(app, ["build", *args, "--output", str(out)])
     assert result.exit_code == 2, (case, result.output, result.stderr)
     line = _error_line(result)
     assert {"missing checkpoint": "nope", "not a checkpoint": "not_a_checkpoint", "unknown embodiment": "robot_x",
-            "unknown modality config": "no_such_config", "views mismatch": "--views 2"}[case] in line
+            "unknown modality config": "no_such_config", "views mismatch": "--views 2",
+            "ambiguous data config": "(fourier_gr1_arms_waist, fourier_gr1_arms_only); pass --modality_config",
+            }[case] in line
     assert not out.exists() and not _tmp_siblings(out)
 
 

@@ -21,6 +21,7 @@ from gr00t_export.load import load_model, open_checkpoint
 from gr00t_export.metadata import EmbodimentMetadata
 from gr00t_export.partition import PRECISIONS, GraphSpec, Partition, graph_spec_path, partition
 from gr00t_export.policy import Observation, Transforms, resolve_policy_inputs
+from gr00t_export.preprocess.rotation import convert
 from gr00t_export.preprocess.tokenizer import EagleTokenizer
 from gr00t_export.runner import MANIFEST, SPEC_FILE, manifest_seal, ort_providers, read_manifest
 from gr00t_export.util import atomic_output_dir, check_output_dir, sha256_file
@@ -30,8 +31,8 @@ from gr00t_export.util import atomic_output_dir, check_output_dir, sha256_file
 class BuildOptions:
     model_path: Path
     output: Path
-    embodiment_tag: str = "gr1"
-    modality_config: str | None = None
+    embodiment_tag: str | None = None  # None: the modality config's, or the metadata's only tag
+    modality_config: str | None = None  # None: the built-in data config the metadata's keys match
     eagle_path: Path | None = None
     precision: str = "fp32"
     views: int | None = None
@@ -86,11 +87,14 @@ def example_observation(modality: ModalityConfig, metadata: EmbodimentMetadata, 
     obs: Observation = {}
     for key in modality.video_keys:
         w, h = metadata.modalities.get("video", {}).get(ModalityConfig.short(key), {}).get("resolution", [256, 256])
-        obs[key] = rng.integers(0, 256, (modality.state_horizon, h, w, 3), dtype=np.uint8)
+        obs[key] = rng.integers(0, 256, (modality.state_horizon, h, w, 3), dtype=np.uint8)  # each camera its size
     for key in modality.state_keys:
         short = ModalityConfig.short(key)
         stats = metadata.state.get(short)
         mean = stats.mean if stats is not None else np.zeros(metadata.state_dim(short))
+        rotation = metadata.entry("state", short)["rotation_type"]
+        if rotation is not None:  # the mean of rotations is no rotation: take the identity, in its representation
+            mean = convert(np.zeros(3), "axis_angle", rotation)
         obs[key] = np.repeat(mean[None], modality.state_horizon, axis=0)
     if modality.language_key:
         obs[modality.language_key] = np.array(["pick up the object and place it on the plate"])
@@ -105,9 +109,11 @@ def seq_len_profile(tokenizer: EagleTokenizer, views: int, spec: GraphSpec) -> d
     return {"min": int(base), "opt": int(typical), "max": int(base + prof["max_instruction_tokens"])}
 
 
-def resolve_profiles(tokenizer: EagleTokenizer, spec: GraphSpec, max_batch: int) -> dict[str, dict]:
+def resolve_profiles(tokenizer: EagleTokenizer, spec: GraphSpec, max_batch: int, build_views: int | None = None
+                     ) -> dict[str, dict]:
+    """One TensorRT profile per view count of the spec, plus the build's own (`build_views`)."""
     profiles = {}
-    for views in spec.profiles["views"]:
+    for views in sorted({*spec.profiles["views"], *([build_views] if build_views else [])}):
         batch = {"min": 1, "opt": 1, "max": max_batch}
         profiles[f"views_{views}"] = {
             "batch": batch,
@@ -257,9 +263,9 @@ def build(opts: BuildOptions, on_step: Callable[[str], None] | None = None,
                     s.precision = "fp8"
         step("manifest")
         (tmp / SPEC_FILE).write_bytes(graph_spec_path().read_bytes())
+        profiles = resolve_profiles(tokenizer, part.spec, opts.max_batch, views)
         manifest = write_manifest(tmp, opts, part, stages, fingerprint, modality, metadata,
-                                  config_to_dict(ckpt.config), resolve_profiles(tokenizer, part.spec, opts.max_batch),
-                                  quant)
+                                  config_to_dict(ckpt.config), profiles, quant)
         step("emit IGG config")
         from gr00t_export.igg import emit_igg_config
 

@@ -61,11 +61,20 @@ ModelPath = Annotated[Path | None, typer.Option("--model_path", help="GR00T N1.5
                                                  "safetensors, experiment_cfg/metadata.json).")]
 EaglePath = Annotated[Path | None, typer.Option("--eagle_path", help="Eagle 2.5 config/tokenizer dir "
                                                  "[default: <model_path>/eagle].")]
-EmbodimentTag = Annotated[str, typer.Option("--embodiment_tag", help="Embodiment tag (gr1, oxe_droid, "
-                                             "agibot_genie1, new_embodiment).")]
-ModalityOpt = Annotated[str | None, typer.Option("--modality_config", help="Data config name "
-                                                  "(fourier_gr1_arms_only, fourier_gr1_arms_waist, unitree_g1) "
-                                                  "or a modality YAML file.")]
+EmbodimentTag = Annotated[str | None, typer.Option("--embodiment_tag", help="Embodiment tag (gr1, oxe_droid, "
+                                                    "agibot_genie1, new_embodiment) [default: the data config's, "
+                                                    "or the checkpoint metadata's only one].")]
+ModalityOpt = Annotated[str | None, typer.Option("--modality_config", help="Data config: one of N1.5's twelve "
+                                                  "DATA_CONFIG_MAP names (e.g. so100_dualcam, oxe_droid) or a "
+                                                  "modality YAML file [default: the built-in config whose keys "
+                                                  "match the checkpoint's metadata].")]
+
+
+def note_chosen_config(given: str | None, name: str) -> None:
+    """Say which data config was taken when --modality_config was left out."""
+    if given is None:
+        console.print(f"data config: {name} (the built-in config matching the checkpoint's metadata; pass "
+                      "--modality_config to choose another)", highlight=False, soft_wrap=True)
 
 
 @app.command("make-checkpoint")
@@ -74,7 +83,8 @@ def make_checkpoint_cmd(
     out: Annotated[Path, typer.Argument(help="Output checkpoint dir.")],
     preset: Annotated[str, typer.Option(help="tiny (tests, demo) or n1.5-3b (full size, random weights).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights and tokenizer.")] = 0,
-    embodiment: Annotated[str, typer.Option("--embodiment", help="Embodiment tag of the metadata.")] = "gr1",
+    embodiment: Annotated[str | None, typer.Option("--embodiment", help="Embodiment tag of the metadata "
+                                                   "[default: the data config's].")] = None,
     modality_config: Annotated[str, typer.Option("--modality_config", help="Data config name or YAML file.")
                                ] = "fourier_gr1_arms_only",
     dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="Take normalisation statistics "
@@ -170,7 +180,7 @@ def load_noise(noise_path: Path | None):
 def predict(
     model_path: ModelPath = None,
     eagle_path: EaglePath = None,
-    embodiment_tag: EmbodimentTag = "gr1",
+    embodiment_tag: EmbodimentTag = None,
     modality_config: ModalityOpt = None,
     artifacts: Annotated[Path | None, typer.Option("--artifacts", help="Run an exported artifact dir "
                                                    "instead of the PyTorch reference.")] = None,
@@ -210,6 +220,8 @@ def predict(
     observation = load_observation(obs, dataset_path, episode, step, policy.spec.modality)
     actions = policy.get_action(observation, noise=load_noise(noise), seed=seed)
     print_actions(actions, out, out_inputs)
+    if artifacts is None:
+        note_chosen_config(modality_config, policy.spec.modality.name)
 
 
 def print_actions(actions: dict, out: Path | None = None, inputs: dict | None = None, title: str = "actions") -> None:
@@ -245,7 +257,8 @@ def _is_actions_file(path: Path) -> bool:
         return False
 
 
-def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None, embodiment_tag: str,
+def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None,
+                  embodiment_tag: str | None,
                   modality_config: str | None, backend: str | None, device: str, dataset_path: Path | None = None,
                   episode: int = 0, execution_horizon: int | None = None):
     """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path, the
@@ -299,7 +312,7 @@ def serve(
                             ] = None,
     model_path: ModelPath = None,
     eagle_path: EaglePath = None,
-    embodiment_tag: EmbodimentTag = "gr1",
+    embodiment_tag: EmbodimentTag = None,
     modality_config: ModalityOpt = None,
     host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless robots connect over the "
                                            "network (then set --api_token).")] = "127.0.0.1",
@@ -349,6 +362,8 @@ def serve(
                           max_message_bytes=int(max_message_mb * 2**20), log_every=log_every,
                           log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
                           modality_config_protocol=modality_config_protocol)
+    if model_path is not None:
+        note_chosen_config(modality_config, policy.spec.modality.name)
     server.run()
 
 
@@ -410,7 +425,7 @@ def client(
 @cli_errors
 def build(
     model_path: ModelPath = None,
-    embodiment_tag: EmbodimentTag = "gr1",
+    embodiment_tag: EmbodimentTag = None,
     modality_config: ModalityOpt = None,
     eagle_path: EaglePath = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16, bf16, or fp8 (fp16 graphs with calibrated E4M3 "
@@ -476,6 +491,7 @@ def build(
 
         result = run_build(opts, on_step=lambda label: progress.update(task, description=label),
                            before_commit=before_commit)
+    note_chosen_config(modality_config, result.manifest["modality_config"]["name"])
     report = validation.get("report")
     if report is not None and not report.passed:
         from gr00t_export.errors import ValidationFailure
@@ -570,7 +586,7 @@ def bench(
     artifact_dir: Annotated[Path | None, typer.Argument(help="Exported build (for the ort/trt backends).")] = None,
     model_path: ModelPath = None,
     eagle_path: EaglePath = None,
-    embodiment_tag: EmbodimentTag = "gr1",
+    embodiment_tag: EmbodimentTag = None,
     modality_config: ModalityOpt = None,
     backends: Annotated[str, typer.Option(help="Comma-separated: torch, torch-compile, aoti, ort, "
                                               "ort-cudagraph, trt.")

@@ -168,7 +168,7 @@ def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInp
 
     With `trace`, records each stage's feeds (so a stage can be re-run alone on real inputs).
     """
-    external = {"frames": torch.from_numpy(raw.frames), "raw_state": torch.from_numpy(raw.raw_state),
+    external = {**{k: torch.from_numpy(v) for k, v in raw.external().items()},
                 "instructions": raw.instructions, "init_actions": init_actions}
     produced: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
@@ -251,7 +251,7 @@ class ExportedGr00tRunner:
         files = {f["path"]: f for f in self.manifest["files"]}
         if SPEC_FILE in files:
             verify_file(self.dir, files[SPEC_FILE])
-        self.graph = load_graph_spec(self.dir / SPEC_FILE)
+        self.graph = load_graph_spec(self.dir / SPEC_FILE, views=int(self.manifest["views"]))
         self.spec = policy_spec_from_manifest(self.manifest)
         self.device, self.backend = device, backend
         if backend == "trt":

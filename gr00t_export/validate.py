@@ -777,6 +777,21 @@ def determinism_issue(first: dict[str, dict[str, Any]], second: dict[str, dict[s
     return None
 
 
+def joint_spans(modality: ModalityConfig, metadata, key: str) -> np.ndarray:
+    """What `joint_range_frac` divides a joint's error by: the statistics' range of a key normalised from them; 2
+    (the span of the model's normalised space) for a key the model emits un-normalised (identity mode, or a
+    rotation converted back from its target), so it is held to the same model-space error; 1 for binary."""
+    from gr00t_export.metadata import key_plans
+
+    plan = next(p for p in key_plans(metadata, modality, "action") if p.key == key)
+    stats = metadata.action.get(ModalityConfig.short(key))
+    if plan.mode == "binary":
+        return np.ones(plan.raw_dim)
+    if plan.mode == "identity" or plan.conversion is not None or stats is None:
+        return np.full(plan.raw_dim, 2.0)
+    return np.asarray(stats.max - stats.min, dtype=np.float64)
+
+
 def consistency_check(key: str, ref: np.ndarray, exp: np.ndarray, joint_names: tuple[str, ...],
                       joint_range: np.ndarray, limits: dict[str, float | None], precision: str) -> Check:
     """Reference vs exported actions of one key over all steps: (N, H, J) each."""
@@ -1290,13 +1305,12 @@ def _add_tier2_checks(run: _Run, exported: _Exported, reference: Reference | Non
             run.skip(f"consistency/{g.key}", 2, f"{why}")
         return
     limits = suite.thresholds(exported.precision)
-    stats = exported.runner.spec.metadata.action
+    spec = exported.runner.spec
     before = len(run.report.failures)
     for g in groups:
-        short = ModalityConfig.short(g.key)
-        span = (stats[short].max - stats[short].min) if short in stats else np.ones(len(g.joints))
+        span = joint_spans(spec.modality, spec.metadata, g.key)
         run.add(consistency_check(g.key, np.stack(steps.reference[g.key][:done]), np.stack(steps.exported[g.key]),
-                                  g.joints, np.asarray(span, dtype=np.float64), limits, exported.precision))
+                                  g.joints, span, limits, exported.precision))
     if len(run.report.failures) == before and steps.nondeterministic is None:
         run.reporter.line(f"network consistency test passed over {done} runs")
 

@@ -145,12 +145,12 @@ def test_cuda_graph_replay_of_a_torchscript_stage_equals_calling_it():
     from gr00t_export.partition import VideoStage, load_graph_spec
     from gr00t_export.runner import TorchStageRunner
 
-    spec = load_graph_spec().stage("preprocess_video")
+    spec = load_graph_spec(views=1).stage("preprocess_video")
     direct = TorchStageRunner(torch.jit.script(VideoStage(torch.float16)).cuda(), spec, "cuda")
-    frames = [torch.randint(0, 256, (1, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
-              for i in range(3)]
-    graphed = StaticCudaGraphTorchRunner(direct, {"frames": frames[0]})
+    frames = [torch.randint(0, 256, (1, 1, 256, 256, 3), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    graphed = StaticCudaGraphTorchRunner(direct, {"frames_0": frames[0]})
     for f in frames[1:]:  # new frames go through the captured graph's fixed input buffer
-        got = graphed.infer({"frames": f})["pixel_values"].clone()
-        assert torch.equal(got, direct.infer({"frames": f})["pixel_values"])
-    assert not torch.equal(got, direct.infer({"frames": frames[0]})["pixel_values"])
+        got = graphed.infer({"frames_0": f})["pixel_values"].clone()
+        assert torch.equal(got, direct.infer({"frames_0": f})["pixel_values"])
+    assert not torch.equal(got, direct.infer({"frames_0": frames[0]})["pixel_values"])

@@ -124,7 +124,8 @@ def ckpt(root: Path, pick_n_place: Path, real_eagle_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def builds(root: Path, ckpt: Path, pick_n_place: Path) -> dict[str, Path]:
     return {p: _timed_build(BuildOptions(model_path=ckpt, output=root / f"out_{p}", precision=p,
-                                         dataset_path=pick_n_place)) for p in ("fp32", "fp16")}
+                                         modality_config=ARMS_ONLY, dataset_path=pick_n_place))
+            for p in ("fp32", "fp16")}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def runners(builds: dict[str, Path]) -> dict[str, ExportedGr00tRunner]:
 
 @pytest.fixture(scope="module")
 def reference(ckpt: Path) -> ReferencePolicy:
-    return ReferencePolicy.from_checkpoint(ckpt)
+    return ReferencePolicy.from_checkpoint(ckpt, modality_config=ARMS_ONLY)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,7 @@ def test_fp16_close_to_fp32_reference(runners, reference: ReferencePolicy, real_
 @pytest.fixture(scope="module")
 def ort_ops_build(root: Path, ckpt: Path, pick_n_place: Path) -> Path:
     return _timed_build(BuildOptions(model_path=ckpt, output=root / "out_fp16_ortops", precision="fp16",
-                                     dataset_path=pick_n_place, onnx_ops="onnxruntime"))
+                                     modality_config=ARMS_ONLY, dataset_path=pick_n_place, onnx_ops="onnxruntime"))
 
 
 def _op_counts(path: Path) -> dict[str, int]:
@@ -483,15 +484,15 @@ def test_tokenizer_artifact_reproduces_golden_ids(precision: str, runners, golde
 
 def test_preprocess_video_artifact_golden_and_exact(runners, golden_vectors: dict, real_obs):
     stage = runners["fp32"].stages["preprocess_video"]
-    got = stage.infer({"frames": torch.from_numpy(golden_vectors["obs.video.ego_view"])})["pixel_values"]
+    got = stage.infer({"frames_0": torch.from_numpy(golden_vectors["obs.video.ego_view"][None])})["pixel_values"]
     want = golden_vectors["transformed.eagle_pixel_values"]
     assert got.dtype == torch.float32 and got.shape == want.shape
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1 / 255)
-    frames = torch.from_numpy(np.concatenate([o["video.ego_view"] for o in real_obs.values()]))
-    assert frames.shape == (3, 256, 256, 3)
-    got = stage.infer({"frames": frames})["pixel_values"]
-    assert torch.equal(got, VideoPreprocessor()(frames))
-    assert torch.equal(runners["fp16"].stages["preprocess_video"].infer({"frames": frames})["pixel_values"],
+    frames = torch.from_numpy(np.stack([o["video.ego_view"] for o in real_obs.values()]))  # batch of 3
+    assert frames.shape == (3, 1, 256, 256, 3)
+    got = stage.infer({"frames_0": frames})["pixel_values"]
+    assert torch.equal(got, VideoPreprocessor()(frames[:, 0]))
+    assert torch.equal(runners["fp16"].stages["preprocess_video"].infer({"frames_0": frames})["pixel_values"],
                        got.half())
 
 
@@ -604,7 +605,7 @@ def test_failed_builds_leave_no_output(two_views: dict, root: Path):
     meta_path.write_text(json.dumps(meta))
     out = root / "out_no_tag"
     result = cli.invoke(app, ["build", "--model_path", str(bad), "--modality_config", str(two_views["yaml"]),
-                              "--output", str(out)])
+                              "--embodiment_tag", "gr1", "--output", str(out)])
     assert result.exit_code == 2 and "embodiment tag: gr1" in _error_line(result)
     assert not out.exists() and not _tmp_siblings(out)
 
@@ -630,7 +631,7 @@ def test_failed_builds_leave_no_output(two_views: dict, root: Path):
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "not a checkpoint", "unknown embodiment",
-                                  "unknown modality config", "views mismatch"])
+                                  "unknown modality config", "views mismatch", "ambiguous data config"])
 def test_cli_input_errors_are_one_line(case: str, ckpt: Path, root: Path):
     out = root / f"out_{case.replace(' ', '_')}"
     empty = root / "not_a_checkpoint"
@@ -640,12 +641,16 @@ def test_cli_input_errors_are_one_line(case: str, ckpt: Path, root: Path):
             "not a checkpoint": ["--model_path", str(empty)],
             "unknown embodiment": ["--model_path", str(ckpt), "--embodiment_tag", "robot_x"],
             "unknown modality config": ["--model_path", str(ckpt), "--modality_config", "no_such_config"],
-            "views mismatch": ["--model_path", str(ckpt), "--views", "2"]}[case]
+            "views mismatch": ["--model_path", str(ckpt), "--modality_config", ARMS_ONLY, "--views", "2"],
+            # PickNPlace's metadata serves both GR1 arm configs: no --modality_config is a question, not a guess
+            "ambiguous data config": ["--model_path", str(ckpt)]}[case]
     result = cli.invoke(app, ["build", *args, "--output", str(out)])
     assert result.exit_code == 2, (case, result.output, result.stderr)
     line = _error_line(result)
     assert {"missing checkpoint": "nope", "not a checkpoint": "not_a_checkpoint", "unknown embodiment": "robot_x",
-            "unknown modality config": "no_such_config", "views mismatch": "--views 2"}[case] in line
+            "unknown modality config": "no_such_config", "views mismatch": "--views 2",
+            "ambiguous data config": "(fourier_gr1_arms_waist, fourier_gr1_arms_only); pass --modality_config",
+            }[case] in line
     assert not out.exists() and not _tmp_siblings(out)
 
 
@@ -654,7 +659,8 @@ def test_predict_artifacts_equals_predict_model_path(builds, ckpt: Path, real_ob
     np.save(tmp_path / "noise.npy", _noise(5))
     common = ["--obs", str(tmp_path / "obs.npz"), "--noise", str(tmp_path / "noise.npy")]
     a = cli.invoke(app, ["predict", "--artifacts", str(builds["fp32"]), *common, "--out", str(tmp_path / "a.npz")])
-    b = cli.invoke(app, ["predict", "--model_path", str(ckpt), *common, "--out", str(tmp_path / "b.npz")])
+    b = cli.invoke(app, ["predict", "--model_path", str(ckpt), "--modality_config", ARMS_ONLY, *common,
+                         "--out", str(tmp_path / "b.npz")])
     assert a.exit_code == 0 and b.exit_code == 0, a.output + a.stderr + b.output + b.stderr
     with np.load(tmp_path / "a.npz") as got, np.load(tmp_path / "b.npz") as want:
         _assert_close(dict(got), dict(want), **TOL["fp32"], what="predict")

@@ -275,11 +275,14 @@ def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path
         if backend is not None:
             raise InputError(f"--dataset_path replays recorded actions; --backend {backend} applies to ARTIFACT_DIR")
         from gr00t_export.embodiments import load_modality_config
-        from gr00t_export.policy import default_modality
+        from gr00t_export.metadata import metadata_from_lerobot_stats
+        from gr00t_export.policy import select_data_config
         from gr00t_export.replay import ReplayPolicy
 
-        modality = load_modality_config(modality_config or default_modality(embodiment_tag))
-        return ReplayPolicy(dataset_path, modality, episode, execution_horizon)
+        if modality_config is None:  # the one built-in config the dataset's modality.json fits, as for checkpoints
+            modality_config = select_data_config(metadata_from_lerobot_stats(dataset_path, None, embodiment_tag))
+            note_chosen_config(None, modality_config)
+        return ReplayPolicy(dataset_path, load_modality_config(modality_config), episode, execution_horizon)
     if execution_horizon is not None:
         raise InputError("--execution_horizon applies to the replay (--dataset_path); a model answers every call")
     if backend not in (None, "ort", "trt", "torch"):

@@ -331,9 +331,10 @@ def _video_entry(info: dict[str, Any], original_key: str, where: str) -> dict[st
 
 
 def metadata_from_lerobot_stats(
-    dataset_dir: str | Path, cfg: ModalityConfig, tag: str | None = None
+    dataset_dir: str | Path, cfg: ModalityConfig | None, tag: str | None = None
 ) -> EmbodimentMetadata:
-    """Metadata for a GR00T-flavoured LeRobot dataset: meta/stats.json sliced by meta/modality.json.
+    """Metadata for a GR00T-flavoured LeRobot dataset: meta/stats.json sliced by meta/modality.json, checked against
+    `cfg` when one is given (without one, `matching_data_configs` can find the configs it serves).
 
     Like GR00T's own loader, every state/action key of modality.json is included, not just the config's.
     """
@@ -342,7 +343,7 @@ def metadata_from_lerobot_stats(
     modality = _read_json(meta / "modality.json")
     stats = _read_json(meta / "stats.json")
     info = _read_json(meta / "info.json")
-    tag = tag or cfg.embodiment_tag
+    tag = tag or (cfg.embodiment_tag if cfg is not None else "new_embodiment")
     where = str(root)
 
     modalities: dict[str, Any] = {"video": {}, "state": {}, "action": {}}
@@ -377,5 +378,6 @@ def metadata_from_lerobot_stats(
                 # N1.5's modality.json gives a dtype (default float64); an integer key is not continuous
                 "continuous": bool(entry.get("continuous", str(entry.get("dtype", "float64")).startswith("float"))),
             }
-    check_against(result, cfg)
+    if cfg is not None:
+        check_against(result, cfg)
     return result

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
-import select
 import signal
 import subprocess
 import sys
@@ -22,6 +20,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from serving import ServerLog
 
 from gr00t_export.serve import (
     UNAUTHORIZED,
@@ -326,13 +325,9 @@ def test_cli_serve_answers_and_stops_on_sigterm(env):
            "--port", "0", "--log_every", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        port, lines, deadline = None, [], time.monotonic() + 60
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            if select.select([proc.stderr], [], [], 1.0)[0]:
-                lines.append(proc.stderr.readline())
-                found = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", lines[-1])
-                port = int(found.group(1)) if found else None
-        assert port is not None, "".join(lines)
+        log = ServerLog(proc)
+        port = log.port()
+        assert port is not None, log.text(0)
         with Client("127.0.0.1", port, timeout_ms=30000) as client:
             want = env.policy.get_action(env.obs, seed=0)
             for _ in range(2):
@@ -340,7 +335,8 @@ def test_cli_serve_answers_and_stops_on_sigterm(env):
                 for key in want:  # another process: allow for a different CPU thread count
                     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
+        err = log.text()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -12,13 +12,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import re
-import select
 import signal
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zmq
+from serving import ServerLog
 
 from gr00t_export.serve import UNAUTHORIZED, Client, PolicyClient, PolicyServer, ServerError, WireModalityConfig
 
@@ -454,13 +452,9 @@ def test_cli_serve_replay_and_client(env, tmp_path):
            str(env.dataset_path), "--episode", "1", "--modality_config", str(env.yaml), "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        port, lines, deadline = None, [], time.monotonic() + 60
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            if select.select([proc.stderr], [], [], 1.0)[0]:
-                lines.append(proc.stderr.readline())
-                found = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", lines[-1])
-                port = int(found.group(1)) if found else None
-        assert port is not None, "".join(lines)
+        log = ServerLog(proc)
+        port = log.port()
+        assert port is not None, log.text(0)
         runner = CliRunner()
         out = tmp_path / "actions.npz"
         result = runner.invoke(app, ["client", "--port", str(port), "--dataset_path", str(env.dataset_path),
@@ -482,7 +476,8 @@ def test_cli_serve_replay_and_client(env, tmp_path):
         bad = runner.invoke(app, ["client", "--port", str(port), "--protocol", "n2", "--obs", str(obs_file)])
         assert bad.exit_code == 2 and "unknown --protocol" in bad.output
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
+        err = log.text()
     finally:
         if proc.poll() is None:
             proc.kill()

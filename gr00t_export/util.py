@@ -6,10 +6,13 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich import get_console
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from gr00t_export.errors import InputError
 
@@ -45,14 +48,48 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Rich progress bar on stderr; yields `advance(n)`."""
+    """Rich progress bar; yields `advance(n)`. Piped (a CI log, where a live bar prints nothing), a plain line on
+    stderr at each tenth of the work instead, with the seconds elapsed (at most one a second, and the last)."""
     if not enabled:
         yield lambda n: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+    if get_console().is_terminal:  # where Progress draws by default
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, transient=True) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda n: progress.advance(task, n)
+        return
+    log, start, done, tenth, last = Console(stderr=True), time.perf_counter(), 0, 0, 0.0
+
+    def advance(n: int) -> None:
+        nonlocal done, tenth, last
+        done += n
+        now = time.perf_counter() - start
+        if total > 0 and done * 10 // total > tenth and (done >= total or now - last >= 1.0):
+            tenth, last = min(10, done * 10 // total), now
+            log.print(f"{description}: {tenth * 10}% ({now:.1f} s)", highlight=False, markup=False, soft_wrap=True)
+
+    yield advance
+
+
+@contextlib.contextmanager
+def step_progress(title: str, console: Console) -> Iterator[Callable[[str], None]]:
+    """`on_step(label)` for a job of named steps: a spinner on a terminal; piped, one plain line per step with
+    the seconds since the job started (a CI log never sits silent through a long step), then a `done` line."""
+    start = time.perf_counter()
+    if console.is_terminal:
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(title, total=None)
+            yield lambda label: progress.update(task, description=f"{title}: {label}")
+        return
+
+    def line(label: str) -> None:
+        console.print(f"{title} [{time.perf_counter() - start:7.1f} s] {label}", highlight=False, markup=False,
+                      soft_wrap=True)
+
+    yield line
+    line("done")
 
 
 def save_torchscript(module, path: str | Path) -> None:

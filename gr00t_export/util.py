@@ -49,7 +49,8 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Rich progress bar; yields `advance(n)`. Piped (a CI log, where a live bar prints nothing), a plain line on
-    stderr at each tenth of the work instead, with the seconds elapsed (at most one a second, and the last)."""
+    stdout at each tenth of the work instead, with the seconds elapsed (at most one a second, and the last); stdout,
+    so that a failing command's stderr stays its one error line."""
     if not enabled:
         yield lambda n: None
         return
@@ -59,7 +60,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
             task = progress.add_task(description, total=total)
             yield lambda n: progress.advance(task, n)
         return
-    log, start, done, tenth, last = Console(stderr=True), time.perf_counter(), 0, 0, 0.0
+    start, done, tenth, last = time.perf_counter(), 0, 0, 0.0
 
     def advance(n: int) -> None:
         nonlocal done, tenth, last
@@ -67,15 +68,16 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         now = time.perf_counter() - start
         if total > 0 and done * 10 // total > tenth and (done >= total or now - last >= 1.0):
             tenth, last = min(10, done * 10 // total), now
-            log.print(f"{description}: {tenth * 10}% ({now:.1f} s)", highlight=False, markup=False, soft_wrap=True)
+            print(f"{description}: {tenth * 10}% ({now:.1f} s)", flush=True)
 
     yield advance
 
 
 @contextlib.contextmanager
 def step_progress(title: str, console: Console) -> Iterator[Callable[[str], None]]:
-    """`on_step(label)` for a job of named steps: a spinner on a terminal; piped, one plain line per step with
-    the seconds since the job started (a CI log never sits silent through a long step), then a `done` line."""
+    """`on_step(label)` for a job of named steps: a spinner on `console` when it is a terminal; else one plain line
+    per step on stdout with the seconds since the job started (a CI log never sits silent through a long step),
+    then a `done` line. stdout, so that a failing command's stderr stays its one error line."""
     start = time.perf_counter()
     if console.is_terminal:
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
@@ -85,8 +87,7 @@ def step_progress(title: str, console: Console) -> Iterator[Callable[[str], None
         return
 
     def line(label: str) -> None:
-        console.print(f"{title} [{time.perf_counter() - start:7.1f} s] {label}", highlight=False, markup=False,
-                      soft_wrap=True)
+        print(f"{title} [{time.perf_counter() - start:7.1f} s] {label}", flush=True)
 
     yield line
     line("done")

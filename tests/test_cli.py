@@ -216,13 +216,14 @@ def test_serve_policy_takes_denoising_steps(piped_build, ckpt: Path):
 
 def test_piped_build_prints_a_line_per_step_with_elapsed_time(piped_build):
     _, proc = piped_build
-    steps = re.findall(r"^build \[\s*(\d+\.\d) s\] (.+)$", proc.stderr, flags=re.MULTILINE)
+    # on stdout: a failing build's stderr stays its one error line
+    steps = re.findall(r"^build \[\s*(\d+\.\d) s\] (.+)$", proc.stdout, flags=re.MULTILINE)
     labels = [label for _, label in steps]
     assert labels[0] == "load checkpoint" and labels[-1] == "done"
     assert [f"export {s}" for s in STAGES] == [label for label in labels if label.startswith("export ")]
     elapsed = [float(t) for t, _ in steps]
     assert elapsed == sorted(elapsed)  # seconds since the build started, so a stalled step shows
-    assert "\x1b[" not in proc.stderr  # no spinner escape codes in a log
+    assert "\x1b[" not in proc.stdout + proc.stderr  # no spinner escape codes in a log
 
 
 # ------------------------------------------------------------------------------ bench

@@ -19,6 +19,7 @@ import onnx
 import pytest
 import torch
 import typer
+import yaml
 from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -153,6 +154,8 @@ def test_denoising_steps_build_matches_the_reference_at_those_steps(piped_build,
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["denoising_steps"] == 2
     assert manifest["model"]["config"]["action_head"]["num_inference_timesteps"] == 2
+    igg = yaml.safe_load(next((out / "igg").glob("*.yaml")).read_text())
+    assert igg["pipeline"]["configs"]["denoising_steps"] == 2  # Isaac Deploy is told the same count
     exported = ExportedGr00tRunner(out)
     obs = example_observation(exported.spec.modality, exported.spec.metadata, None)
     noise = np.random.default_rng(3).standard_normal((16, 32)).astype(np.float32)

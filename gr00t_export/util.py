@@ -239,7 +239,6 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     yield advance
 
 
-@contextlib.contextmanager
 class StepProgress:
     """`progress(label)` as each step of a job starts; `progress.stop()` before printing something else."""
 

@@ -32,6 +32,8 @@ from gr00t_export.runner import (
     ExportedGr00tRunner,
     StageRunner,
     TorchStageRunner,
+    build_denoising_steps,
+    check_denoising_steps,
     run_pipeline,
 )
 
@@ -349,8 +351,12 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
           warmup: int, device: str, dataset_path: Path | None = None, eagle_path: Path | None = None,
           embodiment_tag: str = "gr1", modality_config: str | None = None,
           log: Callable[[str], None] = print, observation: Observation | None = None, profile: bool = False,
-          aoti_dir: Path | None = None, aoti_phase: str = "both") -> list[BackendResult]:
+          aoti_dir: Path | None = None, aoti_phase: str = "both", denoising_steps: int | None = None
+          ) -> list[BackendResult]:
     """Times each backend on one observation; with `profile` (GPU only) also counts each stage's kernels.
+
+    The PyTorch backends integrate `denoising_steps` Euler steps (default: ARTIFACT_DIR's, else the checkpoint's),
+    so every backend does the same work.
 
     aoti: `<stage>.pt2` packages are compiled into `aoti_dir` (a temp dir by default), loaded and timed;
     `aoti_phase="compile"` stops after compiling, `"load"` loads the packages an earlier process compiled.
@@ -360,15 +366,19 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda but no GPU is visible; use --device cpu")
+    if artifact_dir is not None:
+        check_denoising_steps(artifact_dir, denoising_steps)
     runner = ExportedGr00tRunner(artifact_dir, device=device) if artifact_dir else None
     if model_path is None and runner is not None:
         model_path = Path(runner.manifest["source"]["model_path"])
+    if runner is not None:
+        denoising_steps = build_denoising_steps(runner.manifest)
     policy = None
     if any(b.startswith("torch") or b == "aoti" for b in backends):
         if not (model_path and Path(model_path).is_dir()):
             raise InputError("torch backends need the checkpoint: pass --model_path CKPT")
         policy = ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config,
-                                                 dtype="fp32", device="cpu")
+                                                 dtype="fp32", device="cpu", denoising_steps=denoising_steps)
         policy.model.to(device=dev, dtype=PRECISIONS[dtype])
     modality = (runner or policy).spec.modality
     obs = observation if observation is not None else _observation(policy, runner, modality, dataset_path)

@@ -44,6 +44,7 @@ class BuildOptions:
     calib_steps: int = 16  # fp8: dataset steps the activation ranges are calibrated on
     calib_observations: list | None = None  # fp8: observations to calibrate on instead of --dataset_path steps
     onnx_ops: str = "standard"  # "onnxruntime": fused com.microsoft attention/GELU kernels (not TensorRT-parsable)
+    denoising_steps: int | None = None  # Euler steps unrolled in the denoiser; None: the checkpoint's own count
 
 
 @dataclass
@@ -161,7 +162,8 @@ def write_manifest(root: Path, opts: BuildOptions, part: Partition, stages: list
         "views": part.views,
         "max_batch": opts.max_batch,
         "model": {"action_horizon": model_cfg["action_head"]["action_horizon"],
-                  "action_dim": model_cfg["action_head"]["action_dim"], "config": model_cfg},
+                  "action_dim": model_cfg["action_head"]["action_dim"],
+                  "denoising_steps": model_cfg["action_head"]["num_inference_timesteps"], "config": model_cfg},
         "profiles": profiles,
         "stages": [asdict(s) | {"passed": s.passed} for s in stages],
         "files": file_entries(root),
@@ -216,7 +218,7 @@ def build(opts: BuildOptions, on_step: Callable[[str], None] | None = None,
         raise InputError(f"--max_batch must be >= 1, got {opts.max_batch}")
     check_output_dir(opts.output, opts.force, build_inputs(opts))  # refused before the slow part, not after
     step("load checkpoint")
-    ckpt = open_checkpoint(opts.model_path, opts.eagle_path)
+    ckpt = open_checkpoint(opts.model_path, opts.eagle_path, opts.denoising_steps)
     modality, metadata = resolve_policy_inputs(ckpt, opts.embodiment_tag, opts.modality_config)
     views = len(modality.video_keys)
     if opts.views is not None and opts.views != views:

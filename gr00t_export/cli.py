@@ -15,13 +15,26 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gr00t_export import __version__
 from gr00t_export.errors import Gr00tExportError
 
+
+def either_separator(name: str) -> str:
+    """click normalises option and command names with this, so every multi-word option takes both spellings
+    Isaac-GR00T's scripts use (--model_path and --model-path) and no option can forget one."""
+    return name.replace("_", "-")
+
+
 app = typer.Typer(
-    help="Staged compiler for GR00T N1.5 policies: checkpoint -> TorchScript/ONNX/TensorRT stages -> IGG config.",
+    help="Staged compiler for GR00T N1.5 policies: checkpoint -> TorchScript/ONNX/TensorRT stages -> IGG config.\n\n"
+         "Every option takes - or _ between words (--model-path = --model_path), as Isaac-GR00T's scripts do.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: "[default: ...]" is shown as written (rich markup would eat it) and long help text is
+    # wrapped, never cut off, at any terminal width
+    rich_markup_mode=None,
+    context_settings={"token_normalize_func": either_separator, "max_content_width": 120},
 )
 console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 150)  # tables stay readable in CI logs
@@ -57,17 +70,37 @@ def cli_errors(fn):
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gr00t-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
 ModelPath = Annotated[Path | None, typer.Option("--model_path", help="GR00T N1.5 checkpoint dir (config.json, "
                                                  "safetensors, experiment_cfg/metadata.json).")]
-EaglePath = Annotated[Path | None, typer.Option("--eagle_path", help="Eagle 2.5 config/tokenizer dir "
-                                                 "[default: <model_path>/eagle].")]
+EaglePath = Annotated[Path | None, typer.Option("--eagle_path", help="Eagle 2.5 config/tokenizer dir.",
+                                                show_default="<model_path>/eagle")]
 EmbodimentTag = Annotated[str | None, typer.Option("--embodiment_tag", help="Embodiment tag (gr1, oxe_droid, "
-                                                    "agibot_genie1, new_embodiment) [default: the data config's, "
-                                                    "or the checkpoint metadata's only one].")]
-ModalityOpt = Annotated[str | None, typer.Option("--modality_config", help="Data config: one of N1.5's twelve "
-                                                  "DATA_CONFIG_MAP names (e.g. so100_dualcam, oxe_droid) or a "
-                                                  "modality YAML file [default: the built-in config whose keys "
-                                                  "match the checkpoint's metadata].")]
+                                                    "agibot_genie1, new_embodiment).",
+                                                    show_default="the data config's, or the checkpoint metadata's "
+                                                    "only one")]
+ModalityOpt = Annotated[str | None, typer.Option("--modality_config", "--data_config",
+                                                  help="Data config: one of N1.5's twelve DATA_CONFIG_MAP names "
+                                                  "(e.g. so100_dualcam, oxe_droid) or a modality YAML file; "
+                                                  "--data_config is Isaac-GR00T's name for it.",
+                                                  show_default="the built-in config whose keys match the "
+                                                  "checkpoint's metadata")]
+DenoisingSteps = Annotated[int | None, typer.Option("--denoising_steps", help="Euler steps of the action head's "
+                                                     "flow-matching sampler (Isaac-GR00T's --denoising_steps).",
+                                                     show_default="the checkpoint's num_inference_timesteps")]
 
 
 def note_chosen_config(given: str | None, name: str) -> None:
@@ -83,10 +116,10 @@ def make_checkpoint_cmd(
     out: Annotated[Path, typer.Argument(help="Output checkpoint dir.")],
     preset: Annotated[str, typer.Option(help="tiny (tests, demo) or n1.5-3b (full size, random weights).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights and tokenizer.")] = 0,
-    embodiment: Annotated[str | None, typer.Option("--embodiment", help="Embodiment tag of the metadata "
-                                                   "[default: the data config's].")] = None,
-    modality_config: Annotated[str, typer.Option("--modality_config", help="Data config name or YAML file.")
-                               ] = "fourier_gr1_arms_only",
+    embodiment: Annotated[str | None, typer.Option("--embodiment", help="Embodiment tag of the metadata.",
+                                                   show_default="the data config's")] = None,
+    modality_config: Annotated[str, typer.Option("--modality_config", "--data_config",
+                                                 help="Data config name or YAML file.")] = "fourier_gr1_arms_only",
     dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="Take normalisation statistics "
                                                       "from this LeRobot dataset's meta/stats.json.")] = None,
     eagle_path: Annotated[Path | None, typer.Option("--eagle_path", help="Copy tokenizer files from this real "
@@ -109,8 +142,8 @@ def make_checkpoint_cmd(
 @cli_errors
 def make_dataset_cmd(
     out: Annotated[Path, typer.Argument(help="Output dataset dir (LeRobot v2).")],
-    modality_config: Annotated[str, typer.Option("--modality_config", help="Data config name or YAML file.")
-                               ] = "fourier_gr1_arms_only",
+    modality_config: Annotated[str, typer.Option("--modality_config", "--data_config",
+                                                 help="Data config name or YAML file.")] = "fourier_gr1_arms_only",
     episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 2,
     length: Annotated[int, typer.Option(help="Steps per episode.")] = 48,
     seed: Annotated[int, typer.Option(help="Seed of the trajectories.")] = 0,
@@ -189,14 +222,18 @@ def predict(
     step: Annotated[int, typer.Option(help="Step index in the episode.")] = 0,
     obs: Annotated[Path | None, typer.Option("--obs", help="Observation .npz (video.<k>, state.<k>, "
                                              "annotation.<k>).")] = None,
-    noise: Annotated[Path | None, typer.Option("--noise", help="Initial noise .npy, (16,32) or (B,16,32) "
-                                               "float32 [default: seeded N(0,1)].")] = None,
+    noise: Annotated[Path | None, typer.Option("--noise", help="Initial noise .npy, (16,32) or (B,16,32) float32.",
+                                               show_default="N(0, 1) seeded with --seed")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial noise when --noise is not given.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Write actions to this .npz (keys action.<k>).")] = None,
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (reference only).")] = "fp32",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    denoising_steps: DenoisingSteps = None,
 ):
-    """Run one observation through the reference policy (or an exported artifact dir) and print its actions."""
+    """Run one observation through the reference policy (or an exported artifact dir) and print its actions.
+
+    --denoising_steps sets the reference's Euler steps; an exported dir runs the steps it was built with.
+    """
     from gr00t_export.errors import InputError
     from gr00t_export.util import check_output_file
 
@@ -207,14 +244,15 @@ def predict(
         check_output_file(out, out_inputs, ours=_is_actions_file, what="--out")
 
     if artifacts is not None:
-        from gr00t_export.runner import ExportedGr00tRunner
+        from gr00t_export.runner import ExportedGr00tRunner, check_denoising_steps
 
+        check_denoising_steps(artifacts, denoising_steps)
         policy = ExportedGr00tRunner(artifacts, device=device)
     elif model_path is not None:
         from gr00t_export.policy import ReferencePolicy
 
         policy = ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config,
-                                                 dtype, device)
+                                                 dtype, device, denoising_steps)
     else:
         raise InputError("no policy given: pass --model_path CKPT (reference) or --artifacts DIR (exported)")
     observation = load_observation(obs, dataset_path, episode, step, policy.spec.modality)
@@ -260,11 +298,11 @@ def _is_actions_file(path: Path) -> bool:
 def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None,
                   embodiment_tag: str | None,
                   modality_config: str | None, backend: str | None, device: str, dataset_path: Path | None = None,
-                  episode: int = 0, execution_horizon: int | None = None):
+                  episode: int = 0, execution_horizon: int | None = None,
+                  denoising_steps: int | None = None):
     """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path, the
     recorded actions of --dataset_path's episode when there is no model."""
     import importlib.util
-    import inspect
 
     from gr00t_export.errors import InputError
 
@@ -295,17 +333,12 @@ def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path
             raise InputError(f"--model_path runs the PyTorch reference; --backend {backend} applies to ARTIFACT_DIR")
         from gr00t_export.policy import ReferencePolicy
 
-        return ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config, "fp32", device)
-    try:
-        from gr00t_export.runner import ExportedGr00tRunner
-    except ImportError as err:
-        raise InputError(f"cannot load the exported runner ({err}); serve the checkpoint with --model_path") from None
-    if backend is not None and "backend" in inspect.signature(ExportedGr00tRunner).parameters:
-        return ExportedGr00tRunner(artifact_dir, device=device, backend=backend)
-    if backend in ("trt", "torch"):
-        raise InputError(f"this runner executes ARTIFACT_DIR with onnxruntime/TorchScript only; --backend {backend} "
-                         "is not available for artifacts (use --backend ort, or --model_path for PyTorch)")
-    return ExportedGr00tRunner(artifact_dir, device=device)
+        return ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config, "fp32", device,
+                                               denoising_steps)
+    from gr00t_export.runner import ExportedGr00tRunner, check_denoising_steps
+
+    check_denoising_steps(artifact_dir, denoising_steps)
+    return ExportedGr00tRunner(artifact_dir, device=device, backend=backend or "ort")
 
 
 @app.command()
@@ -322,13 +355,14 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one).")] = 5555,
     api_token: Annotated[str | None, typer.Option("--api_token", help="Answer only requests carrying this "
                                                   "api_token.")] = None,
-    backend: Annotated[str | None, typer.Option(help="ort, trt or torch (default: ort for ARTIFACT_DIR, "
-                                                "torch for --model_path).")] = None,
+    backend: Annotated[str | None, typer.Option(help="ort, trt or torch.",
+                                                show_default="ort for ARTIFACT_DIR, torch for --model_path")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     log_every: Annotated[int, typer.Option("--log_every", min=0, help="Print get_action p50/p99 latency every N "
                                            "requests (0: never).")] = 0,
     max_message_mb: Annotated[float, typer.Option("--max_message_mb", min=0.001, help="Largest request answered "
                                                   "(MiB); bigger ones get an error reply.")] = 64.0,
+    denoising_steps: DenoisingSteps = None,
     dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="No model: replay this LeRobot "
                                                       "dataset's recorded actions (to test a robot or simulator "
                                                       "client).")] = None,
@@ -357,7 +391,7 @@ def serve(
         raise InputError(f"unknown --modality_config_protocol {modality_config_protocol!r}; use current "
                          "(Isaac-GR00T's PolicyClient, IsaacLab) or n1.5 (RobotInferenceClient)")
     policy = _serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device,
-                           dataset_path, episode, execution_horizon)
+                           dataset_path, episode, execution_horizon, denoising_steps)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_token:
         console.print(f"[yellow]warning:[/] serving on {host} without --api_token: anyone who reaches this port "
                       "can drive the policy")
@@ -436,8 +470,9 @@ def build(
     calib_steps: Annotated[int, typer.Option("--calib_steps", help="fp8: dataset steps to calibrate on.")] = 16,
     views: Annotated[int | None, typer.Option(help="Camera views (checked against the modality config).")] = None,
     max_batch: Annotated[int, typer.Option("--max_batch", help="Largest batch of the TensorRT profiles.")] = 1,
-    output: Annotated[Path | None, typer.Option("--output", help="Artifact dir [default: out/<name>-<precision>].")
-                      ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Artifact dir.",
+                                                show_default="out/<checkpoint name>-<precision>; --demo: "
+                                                "out/demo_export")] = None,
     dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="LeRobot dataset whose first step is "
                                                       "the export example.")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Make the tiny checkpoint and a synthetic dataset first "
@@ -453,14 +488,21 @@ def build(
     force: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
     validate_build: Annotated[bool, typer.Option("--validate/--no-validate", help="Run `validate` on the new build "
                                                  "(needs --dataset_path or --demo).")] = True,
+    denoising_steps: Annotated[int | None, typer.Option(
+        "--denoising_steps", help="Euler steps unrolled into the denoising graph (Isaac-GR00T's --denoising_steps); "
+        "recorded in the manifest, and validation's reference runs as many.",
+        show_default="the checkpoint's num_inference_timesteps")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Validation prints every step's get_action lines.")
+                       ] = False,
 ):
     """Export a checkpoint into the deployable stages (TorchScript + ONNX), each checked against PyTorch."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from gr00t_export.build import BuildOptions
     from gr00t_export.build import build as run_build
     from gr00t_export.errors import InputError
+    from gr00t_export.load import require_denoising_steps
+    from gr00t_export.util import step_progress
 
+    require_denoising_steps(denoising_steps)  # a usage error before any work, --demo's included
     if demo:
         from gr00t_export.make_checkpoint import make_checkpoint
 
@@ -480,20 +522,17 @@ def build(
     opts = BuildOptions(model_path=model_path, output=output, embodiment_tag=embodiment_tag,
                         modality_config=modality_config, eagle_path=eagle_path, precision=precision, views=views,
                         max_batch=max_batch, dataset_path=dataset_path, force=force, simplify=simplify,
-                        device=device, calib_steps=calib_steps, onnx_ops=onnx_ops)
+                        device=device, calib_steps=calib_steps, onnx_ops=onnx_ops, denoising_steps=denoising_steps)
     validation: dict = {}
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("build", total=None)
+    with step_progress("build", console) as progress:
 
         def before_commit(result) -> None:
             progress.stop()  # the table and validate's lines go to the terminal undisturbed
             _print_stage_table(result)
             if validate_build and dataset_path is not None:
-                validation["report"] = _validate_staged_build(result, model_path, eagle_path, dataset_path)
+                validation["report"] = _validate_staged_build(result, model_path, eagle_path, dataset_path, verbose)
 
-        result = run_build(opts, on_step=lambda label: progress.update(task, description=label),
-                           before_commit=before_commit)
+        result = run_build(opts, on_step=progress, before_commit=before_commit)
     note_chosen_config(modality_config, result.manifest["modality_config"]["name"])
     report = validation.get("report")
     if report is not None and not report.passed:
@@ -503,14 +542,15 @@ def build(
                                 f"{report.summary()}; re-run with --force to replace it")
 
 
-def _validate_staged_build(result, model_path: Path, eagle_path: Path | None, dataset_path: Path):
+def _validate_staged_build(result, model_path: Path, eagle_path: Path | None, dataset_path: Path,
+                           verbose: bool):
     """Validates the complete build in its staging dir, before the final rename: Ctrl-C here leaves nothing."""
     from gr00t_export.errors import InputError
     from gr00t_export.validate import validate as run_validate
 
     try:
         return run_validate(result.staging_dir, model_path=model_path, eagle_path=eagle_path,
-                            dataset_path=dataset_path, shown_as=result.output)
+                            dataset_path=dataset_path, shown_as=result.output, verbose=verbose)
     except InputError as err:
         raise InputError(f"validation of the new build could not start: {err}; nothing was written (build with "
                          "--no-validate, then run `gr00t-export validate` with the options that fit)") from None
@@ -536,12 +576,24 @@ def _print_stage_table(result) -> None:
 @app.command()
 @cli_errors
 def inspect(
-    artifact_dir: Annotated[Path, typer.Argument(help="Artifact dir written by `gr00t-export build`.")],
-    png: Annotated[Path | None, typer.Option("--png", help="Also draw the execution graph into this PNG.")] = None,
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact dir written by `gr00t-export build`, or one .onnx "
+                                                 "or TorchScript .pt file.")],
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the execution graph into this PNG "
+                                             "(artifact dirs).")] = None,
 ):
-    """Show a build: stage graph, tensors, sizes, precisions, hashes, IGG config and validation status."""
+    """Show a build (stage graph, tensors, sizes, precisions, hashes, IGG config, validation) or one model file.
+
+    An .onnx file: inputs/outputs with dtypes and symbolic shapes, opsets, op counts, initializers and their bytes
+    (external data included, never loaded). A .pt file: TorchScript forward schema, parameters and buffers.
+    """
+    from gr00t_export.errors import InputError
     from gr00t_export.inspect import describe_drop, human_size, render_graph_png
 
+    if not artifact_dir.is_dir() and artifact_dir.exists():
+        if png is not None:
+            raise InputError("--png draws an artifact dir's stage graph; leave it out when inspecting one file")
+        _inspect_file(artifact_dir)
+        return
     view = describe_drop(artifact_dir)
     m = view.manifest
     ops = "" if m.get("onnx_ops", "standard") == "standard" else f" ({m['onnx_ops']} ops)"
@@ -583,6 +635,51 @@ def inspect(
         out_console.print(f"[green]wrote[/] {png}")
 
 
+def _inspect_file(path: Path) -> None:
+    from gr00t_export.inspect import OnnxFileView, describe_file, human_size
+
+    view = describe_file(path)
+    if isinstance(view, OnnxFileView):
+        opsets = ", ".join(f"{domain} {version}" for domain, version in view.opsets.items())
+        out_console.print(f"[bold]{view.path}[/]  ONNX IR {view.ir_version}, {human_size(view.size_bytes)}, "
+                          f"producer {view.producer or '?'}; opsets: {opsets}", highlight=False, soft_wrap=True)
+        io = Table(title="inputs and outputs", title_justify="left")
+        for col in ("", "name", "dtype", "shape"):
+            io.add_column(col, overflow="fold")
+        for kind, tensors in (("in", view.inputs), ("out", view.outputs)):
+            for t in tensors:  # Text: "[batch, seq_len, 64]" is not rich markup
+                io.add_row(kind, Text(t.name), Text(t.dtype), Text("[" + ", ".join(str(d) for d in t.shape) + "]"))
+        out_console.print(io)
+        ops = Table(title=f"{view.nodes} nodes by op type", title_justify="left")
+        ops.add_column("op")
+        ops.add_column("count", justify="right")
+        for op, count in view.op_counts.items():
+            ops.add_row(op, str(count))
+        out_console.print(ops)
+        external = "; ".join(f"{loc} ({human_size(n)}{', MISSING' if loc in view.missing_external else ''})"
+                             for loc, n in view.external_files.items())
+        out_console.print(f"initializers: {view.initializers}, {human_size(view.initializer_bytes)}"
+                          + (f"; external data: {external}" if external else " (all inside the .onnx)"),
+                          highlight=False, soft_wrap=True, markup=False)
+        return
+    out_console.print(f"[bold]{view.path}[/]  TorchScript {view.type_name}, {human_size(view.size_bytes)}",
+                      highlight=False, soft_wrap=True)
+    out_console.print(Text(f"forward({', '.join(f'{n}: {k}' for n, k in view.forward_args)}) -> "
+                           + ", ".join(view.forward_returns)), soft_wrap=True)
+    args = Table(title="forward schema", title_justify="left")
+    args.add_column("argument", overflow="fold")
+    args.add_column("type", overflow="fold")
+    for name, kind in view.forward_args:
+        args.add_row(Text(name), Text(kind))  # "List[str]" is not rich markup
+    for i, kind in enumerate(view.forward_returns):
+        args.add_row(f"return {i}" if len(view.forward_returns) > 1 else "return", Text(kind))
+    out_console.print(args)
+    dtypes = ", ".join(f"{n} {d}" for d, n in view.tensor_dtypes.items())
+    out_console.print(f"parameters: {view.parameters} ({human_size(view.parameter_bytes)}); buffers: {view.buffers} "
+                      f"({human_size(view.buffer_bytes)})" + (f"; tensors by dtype: {dtypes}" if dtypes else ""),
+                      highlight=False, soft_wrap=True, markup=False)
+
+
 @app.command()
 @cli_errors
 def bench(
@@ -594,31 +691,40 @@ def bench(
     backends: Annotated[str, typer.Option(help="Comma-separated: torch, torch-compile, aoti, ort, "
                                               "ort-cudagraph, trt.")
                         ] = "torch,torch-compile,ort,trt",
-    dtype: Annotated[str, typer.Option(help="Precision of the PyTorch backends: fp16, bf16 or fp32.")] = "fp16",
+    dtype: Annotated[str | None, typer.Option(help="Precision of the PyTorch backends: fp16, bf16 or fp32.",
+                                              show_default="fp16 on cuda, fp32 on cpu")] = None,
     iters: Annotated[int, typer.Option(help="Timed iterations per backend.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 5,
-    device: Annotated[str, typer.Option(help="cuda or cpu (cpu: smoke tests only).")] = "cuda",
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (cpu: smoke tests only).",
+                                               show_default="cuda when a GPU is visible, else cpu")] = None,
     dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="Take the observation from this "
                                                       "LeRobot dataset.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure to this JSON file.")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="GPU: also trace each model stage's CUDA kernels "
                                           "(count, busy time, kinds) to show where its time goes.")] = False,
+    denoising_steps: Annotated[int | None, typer.Option(
+        "--denoising_steps", help="Euler steps of the PyTorch backends.",
+        show_default="ARTIFACT_DIR's, else the checkpoint's num_inference_timesteps")] = None,
 ):
     """Per-stage and end-to-end latency (median, p90) of each backend on the same observation, with ratios."""
+    import torch
+
     from gr00t_export.bench import bench as run_bench
     from gr00t_export.bench import is_bench_json, kernel_rows, table_rows, write_json
     from gr00t_export.util import atomic_output_file, check_output_file
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
     json_inputs = {"ARTIFACT_DIR": artifact_dir, "--model_path": model_path, "--eagle_path": eagle_path,
                    "--dataset_path": dataset_path}
     if json_out is not None:
         check_output_file(json_out, json_inputs, ours=is_bench_json, what="--json")  # before minutes of timing
     names = [b.strip() for b in backends.split(",") if b.strip()]
     results = run_bench(artifact_dir, model_path, names, dtype, iters, warmup, device, dataset_path, eagle_path,
-                        embodiment_tag, modality_config, log=lambda m: console.print(m), profile=profile)
+                        embodiment_tag, modality_config, log=lambda m: console.print(m), profile=profile,
+                        denoising_steps=denoising_steps)
     header, rows = table_rows(results)
     gpu = "cpu"
-    import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name()
@@ -652,21 +758,24 @@ def validate(
                                                     "without it only integrity, spec and determinism are checked.")
                           ] = None,
     eagle_path: EaglePath = None,
-    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="LeRobot dataset whose steps are run "
-                                                      "(default: the build's seeded synthetic observation).")] = None,
-    suite: Annotated[Path | None, typer.Option("--suite", help="Validation suite YAML (tolerances, steps, plots) "
-                                               "(default: validation/default.yaml).")] = None,
-    num_steps: Annotated[int | None, typer.Option("--num_steps", help="Steps compared in tier 2 "
-                                                  "(default: the suite's, 30).")] = None,
+    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="LeRobot dataset whose steps are run.",
+                                                      show_default="the build's seeded synthetic observation")] = None,
+    suite: Annotated[Path | None, typer.Option("--suite", help="Validation suite YAML (tolerances, steps, plots).",
+                                               show_default="validation/default.yaml")] = None,
+    num_steps: Annotated[int | None, typer.Option("--num_steps", help="Steps compared in tier 2.",
+                                                  show_default="the suite's, 30")] = None,
     plot_actions: Annotated[list[str] | None, typer.Option("--plot_actions", help="Action keys to plot python vs "
                                                            "onnx: repeat the option or give a comma/space-separated "
-                                                           "list (default: the suite's).")] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="JSON report "
-                                                "(default: <output_dir>/validation_report.json).")] = None,
+                                                           "list.", show_default="the suite's, else every action key")
+                            ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="JSON report.",
+                                                show_default="<output_dir>/validation_report.json")] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="Also write JUnit XML (one testcase per check).")
                      ] = None,
-    output_dir: Annotated[Path | None, typer.Option("--output_dir", help="Reports and plots "
-                                                    "(default: ARTIFACT_DIR/validation).")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output_dir", help="Reports and plots.",
+                                                    show_default="ARTIFACT_DIR/validation")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Print every step's get_action lines (as NVIDIA's "
+                                          "export guide does) instead of one line per 10 steps.")] = False,
 ):
     """Check a build: hashes, spec, determinism; with --model_path also per-stage accuracy, actions and plots.
 
@@ -681,7 +790,7 @@ def validate(
     keys = [*(plot_actions or []), *extra] or None
     result = run_validate(artifact_dir, model_path=model_path, eagle_path=eagle_path, dataset_path=dataset_path,
                           suite=suite, num_steps=num_steps, plot_actions=keys, report=report, junit=junit,
-                          output_dir=output_dir)
+                          output_dir=output_dir, verbose=verbose)
     if not result.passed:
         raise ValidationFailure(f"{artifact_dir} failed validation: {result.summary()}")
 
@@ -729,8 +838,8 @@ def pack_cmd(
     artifact_dir: Annotated[Path, typer.Argument(help="Exported build to pack (hash-checked first).")],
     target: Annotated[str, typer.Option(help="Where the drop runs: thor or local (names the file and the plan).")
                       ] = "thor",
-    precision: Annotated[str | None, typer.Option(help="Engine precision of the plan: fp16 or fp8 "
-                                                  "(default: the build's).")] = None,
+    precision: Annotated[str | None, typer.Option(help="Engine precision of the plan: fp16 or fp8.",
+                                                  show_default="the build's")] = None,
     dist: Annotated[Path, typer.Option("--dist", help="Output folder of the .tar.gz.")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Replace an existing drop of the same name made from another "
                                         "checkpoint (a drop of the same checkpoint is always replaced).")] = False,
@@ -747,6 +856,11 @@ def pack_cmd(
     out = pack(artifact_dir, target, precision, dist, force=force, allow_unvalidated=allow_unvalidated)
     console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 2**20:.1f} MiB); on the {target}: "
                   f"tar -xzf {out.name}, then follow README_TARGET.md", highlight=False, soft_wrap=True)
+
+
+# click shortens each command's summary in `gr00t-export --help` to fit the terminal; a given short help is wrapped
+for _command in app.registered_commands:
+    _command.short_help = _command.short_help or " ".join((_command.callback.__doc__ or "").split("\n\n")[0].split())
 
 
 def main() -> None:  # pragma: no cover

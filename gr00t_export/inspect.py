@@ -3,6 +3,10 @@
 `describe_drop()` gathers the stage graph (execution order, edges, external inputs/outputs), each stage's
 tensors as seen at export, sizes, precisions, hashes and the validation verdict; `render_graph_png()`
 draws that graph with matplotlib. Nothing here loads a model, so inspecting is instant and safe.
+
+`describe_file()` reads one model file instead: an .onnx file's interface, opsets, op counts and initializer
+sizes from its protobuf (external weights are never read), or a TorchScript .pt's forward schema, parameters
+and buffers (that one is loaded, on the CPU, because the user named it).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float6
 class Tensor:
     name: str
     dtype: str
-    shape: list[int]
+    shape: list[int | str]  # symbolic dims by name
     peer: str = ""  # inputs: "external" or "stage/output"; outputs: consumers, comma separated, or "output"
 
     @property
@@ -163,6 +167,199 @@ def stage_timings(root: Path) -> tuple[dict[str, float], str]:
             origin = "validation report" if path.name == REPORT.name else f"{path.name} ({data.get('source', '?')})"
             return {k: float(v) for k, v in found.items() if isinstance(v, int | float)}, origin
     return {}, ""
+
+
+# --- one model file ------------------------------------------------------------------------------------
+
+SUB_BYTE_BITS = {"INT2": 2, "UINT2": 2, "INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4}  # packed in storage
+
+
+@dataclass
+class OnnxFileView:
+    """An .onnx file's interface and contents, read without its external weights."""
+
+    path: Path
+    size_bytes: int
+    ir_version: int
+    producer: str
+    opsets: dict[str, int]  # domain ("ai.onnx" for the default one) -> version
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    op_counts: dict[str, int]  # "Op" (default domain) or "domain.Op", subgraphs included, most frequent first
+    initializers: int
+    initializer_bytes: int  # external data included
+    external_files: dict[str, int]  # location -> bytes its tensors take there
+    missing_external: list[str] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> int:
+        return sum(self.op_counts.values())
+
+
+@dataclass
+class TorchScriptFileView:
+    """A TorchScript archive's forward signature, parameters and buffers."""
+
+    path: Path
+    size_bytes: int
+    type_name: str
+    forward_args: list[tuple[str, str]]  # (name, type), self excluded
+    forward_returns: list[str]
+    parameters: int
+    parameter_bytes: int
+    buffers: int
+    buffer_bytes: int
+    tensor_dtypes: dict[str, int]  # dtype -> number of parameters and buffers
+
+
+def _onnx_dtype(elem_type: int) -> str:
+    import onnx
+
+    if elem_type == onnx.TensorProto.STRING:
+        return "string"
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except (KeyError, ValueError, TypeError):
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _onnx_value(value) -> Tensor:
+    """A graph input/output: dtype and shape, symbolic dims by name, unknown ones as `?`."""
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return Tensor(value.name, kind or "unknown", [])
+    tensor = value.type.tensor_type
+    shape: list = []
+    if tensor.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+    else:
+        shape = ["?"]  # rank unknown
+    return Tensor(value.name, _onnx_dtype(tensor.elem_type), shape)
+
+
+def _initializer_bytes(tensor) -> tuple[int, str | None]:
+    """(bytes, external location or None) of an initializer, from its header: weights are never read."""
+    import math
+
+    import onnx
+
+    count = math.prod(tensor.dims)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        if "length" in info:
+            return int(info["length"]), info.get("location")
+        return _packed_bytes(tensor.data_type, count), info.get("location")
+    if tensor.raw_data:
+        return len(tensor.raw_data), None
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return sum(len(v) for v in tensor.string_data), None
+    return _packed_bytes(tensor.data_type, count), None
+
+
+def _packed_bytes(data_type: int, count: int) -> int:
+    import onnx
+
+    bits = SUB_BYTE_BITS.get(onnx.TensorProto.DataType.Name(data_type))
+    if bits:
+        return -(-count * bits // 8)
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 0
+
+
+def _count_ops(graph, counts: dict[str, int]) -> None:
+    import onnx
+
+    for node in graph.node:
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        counts[op] = counts.get(op, 0) + 1
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _count_ops(attr.g, counts)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    _count_ops(sub, counts)
+
+
+def describe_onnx_file(path: str | Path) -> OnnxFileView:
+    """The interface, opsets, op counts and initializer sizes of one .onnx file; external weights stay on disk."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and friends: all mean "not an ONNX model"
+        raise InputError(f"{path} is not a readable ONNX model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'no detail'}); check the file") from None
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise InputError(f"{path} is not an ONNX model (no IR version or graph); check the file")
+    graph = model.graph
+    op_counts: dict[str, int] = {}
+    _count_ops(graph, op_counts)
+    total, external = 0, {}
+    for tensor in graph.initializer:
+        nbytes, location = _initializer_bytes(tensor)
+        total += nbytes
+        if location is not None:
+            external[location] = external.get(location, 0) + nbytes
+    for sparse in graph.sparse_initializer:
+        total += sum(_initializer_bytes(t)[0] for t in (sparse.values, sparse.indices))
+    initializer_names = {t.name for t in graph.initializer}
+    return OnnxFileView(
+        path=path, size_bytes=path.stat().st_size, ir_version=int(model.ir_version),
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        opsets={(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
+        inputs=[_onnx_value(v) for v in graph.input if v.name not in initializer_names],
+        outputs=[_onnx_value(v) for v in graph.output],
+        op_counts=dict(sorted(op_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        initializers=len(graph.initializer) + len(graph.sparse_initializer), initializer_bytes=total,
+        external_files=external,
+        missing_external=sorted(loc for loc in external if not (path.parent / loc).is_file()),
+    )
+
+
+def describe_torchscript_file(path: str | Path) -> TorchScriptFileView:
+    """Forward schema, parameters and buffers of a TorchScript archive (loaded on the CPU: the user asked for it)."""
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is not a TorchScript archive (not a zip file); inspect reads files written by "
+                         "torch.jit.save")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as err:
+        raise InputError(f"{path} is not a TorchScript archive ({str(err).strip().splitlines()[0]}); inspect reads "
+                         "files written by torch.jit.save, not torch.save checkpoints") from None
+    forward = getattr(module, "forward", None)
+    schema = getattr(forward, "schema", None)
+    args = [(a.name, a.type.annotation_str) for a in schema.arguments[1:]] if schema is not None else []
+    returns = [r.type.annotation_str for r in schema.returns] if schema is not None else []
+    params, buffers = list(module.parameters()), list(module.buffers())
+    dtypes: dict[str, int] = {}
+    for t in (*params, *buffers):
+        name = str(t.dtype).removeprefix("torch.")
+        dtypes[name] = dtypes.get(name, 0) + 1
+    return TorchScriptFileView(
+        path=path, size_bytes=path.stat().st_size, type_name=module.original_name,
+        forward_args=args, forward_returns=returns,
+        parameters=len(params), parameter_bytes=sum(t.numel() * t.element_size() for t in params),
+        buffers=len(buffers), buffer_bytes=sum(t.numel() * t.element_size() for t in buffers), tensor_dtypes=dtypes,
+    )
+
+
+def describe_file(path: str | Path) -> OnnxFileView | TorchScriptFileView:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} is not a file; pass an artifact dir or one .onnx / .pt file")
+    if path.suffix == ".onnx":
+        return describe_onnx_file(path)
+    if path.suffix == ".pt":
+        return describe_torchscript_file(path)
+    raise InputError(f"cannot inspect {path.name}: give an artifact dir, an .onnx file or a TorchScript .pt file")
 
 
 # --- the PNG -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ built on the meta device, so a 3B checkpoint loads without a second copy.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -98,7 +99,24 @@ def find_weights(path: Path) -> dict[str, Path]:
     raise InputError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}; point --model_path at a GR00T N1.5 checkpoint")
 
 
-def open_checkpoint(model_path: str | Path, eagle_path: str | Path | None = None) -> Checkpoint:
+def require_denoising_steps(steps: int | None) -> None:
+    """None (the checkpoint's count) or a whole number of Euler steps >= 1."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise InputError(f"--denoising_steps must be an integer >= 1 (Euler steps of the action head), got {steps!r}; "
+                         "leave it out for the checkpoint's num_inference_timesteps")
+
+
+def with_denoising_steps(cfg: Gr00tConfig, steps: int | None) -> Gr00tConfig:
+    """`cfg` with the action head unrolled for `steps` Euler steps (None: the checkpoint's own count)."""
+    require_denoising_steps(steps)
+    if steps is None:
+        return cfg
+    return dataclasses.replace(cfg, action_head=dataclasses.replace(cfg.action_head, num_inference_timesteps=steps))
+
+
+def open_checkpoint(model_path: str | Path, eagle_path: str | Path | None = None,
+                    denoising_steps: int | None = None) -> Checkpoint:
+    """The checkpoint's files, checked; `denoising_steps` overrides config.json's num_inference_timesteps."""
     path = Path(model_path).expanduser()
     if not path.is_dir():
         raise InputError(f"--model_path {path} is not a directory; point it at a GR00T N1.5 checkpoint dir")
@@ -112,7 +130,7 @@ def open_checkpoint(model_path: str | Path, eagle_path: str | Path | None = None
     if missing:
         raise InputError(f"Eagle dir {eagle_dir} lacks tokenizer file(s) {', '.join(missing)}; "
                          "use the full eagle2_hg_model dir")
-    cfg = read_config(path / "config.json", eagle_dir / "config.json")
+    cfg = with_denoising_steps(read_config(path / "config.json", eagle_dir / "config.json"), denoising_steps)
     return Checkpoint(path=path, eagle_dir=eagle_dir, config=cfg, weight_map=find_weights(path))
 
 

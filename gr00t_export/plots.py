@@ -89,66 +89,103 @@ def _group_starts(groups: list[KeyGroup]) -> list[int]:
     return starts
 
 
+def clamped_counts(data: np.ndarray, groups: list[KeyGroup], clamp: float) -> dict[str, int]:
+    """Per action key: how many of its values lie outside [-clamp, clamp] (drawn at the limit)."""
+    data = np.asarray(data, dtype=np.float64)
+    return {g.key: int((np.abs(data[:, start:start + len(g.joints)]) > clamp).sum())
+            for g, start in zip(groups, _group_starts(groups), strict=True)}
+
+
+def _clamp_note(ax, count: int, clamp: float) -> None:
+    """A panel whose values were clamped says so, with how many, so a flat line at ±clamp is not taken as real."""
+    if count:
+        ax.text(0.995, 0.97, f"{count} value{'s' if count != 1 else ''} beyond ±{clamp:g} clamped",
+                transform=ax.transAxes, ha="right", va="top", fontsize=9, color="#b3261e",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#b3261e", "pad": 2})
+
+
+def time_series_figure(data: np.ndarray, groups: list[KeyGroup], label: str, horizon: int, clamp: float = 3.5
+                       ) -> Figure:
+    """One panel per action key, every joint's actions over the validation steps, clamped to ±clamp."""
+    counts = clamped_counts(data, groups, clamp)
+    clipped = np.clip(np.asarray(data, dtype=np.float64), -clamp, clamp)
+    fig = Figure(figsize=OVERVIEW_SIZE)
+    axes = fig.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, group, start in zip(axes, groups, _group_starts(groups), strict=True):
+        for j, name in enumerate(group.joints):
+            x, y = _with_gaps(clipped[:, start + j], horizon)
+            ax.plot(x, y, lw=1.1, label=name)
+        ax.set_ylabel(f"[{group.unit}]")
+        ax.set_title(group.key, loc="left", fontsize=11, pad=3)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.005, 0.5), ncols=1 if len(group.joints) <= 8 else 2,
+                  frameon=False)
+        _clamp_note(ax, counts[group.key], clamp)
+    axes[-1].set_xlabel(_overview_xlabel(data, horizon))
+    fig.suptitle(f"{label}: predicted actions over the validation steps (clamped to ±{clamp:g})")
+    fig.subplots_adjust(left=0.06, right=0.86, top=0.92, bottom=0.07, hspace=0.35)
+    return fig
+
+
+def heatmap_figure(data: np.ndarray, groups: list[KeyGroup], label: str, horizon: int, clamp: float = 3.5
+                   ) -> Figure:
+    """Every joint as a row, every action step as a column, colours clamped to ±clamp."""
+    clipped = np.clip(np.asarray(data, dtype=np.float64), -clamp, clamp)
+    fig = Figure(figsize=OVERVIEW_SIZE)
+    ax = fig.subplots()
+    image = ax.imshow(clipped.T, aspect="auto", cmap="RdBu_r", vmin=-clamp, vmax=clamp, interpolation="nearest")
+    names = [joint_label(g, n) for g in groups for n in g.joints]
+    ax.set_yticks(range(len(names)), names, fontsize=8 if len(names) <= 40 else 6)
+    for start in _group_starts(groups)[1:]:
+        ax.axhline(start - 0.5, color="black", lw=1.2)
+    ax.set_xlabel(_overview_xlabel(data, horizon))
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
+    colorbar.set_label(f"action value (clamped to ±{clamp:g})")
+    ax.set_title(f"{label}: actions as a heatmap (rows: joints, grouped by key)")
+    _clamp_note(ax, sum(clamped_counts(data, groups, clamp).values()), clamp)
+    fig.subplots_adjust(left=0.12, right=0.93, top=0.94, bottom=0.07)
+    return fig
+
+
+def statistics_figure(data: np.ndarray, groups: list[KeyGroup], label: str, clamp: float = 3.5) -> Figure:
+    """Per joint: mean ± std, max and min of the clamped values, coloured by key."""
+    clipped = np.clip(np.asarray(data, dtype=np.float64), -clamp, clamp)
+    fig = Figure(figsize=OVERVIEW_SIZE)
+    ax = fig.subplots()
+    x = np.arange(clipped.shape[1])
+    names = [joint_label(g, n) for g in groups for n in g.joints]
+    palette = [f"C{i % 10}" for i in range(len(groups))]
+    colours = [palette[k] for k, g in enumerate(groups) for _ in g.joints]
+    ax.bar(x, clipped.mean(axis=0), yerr=clipped.std(axis=0), color=colours, alpha=0.75, capsize=2,
+           label="mean ± std")
+    ax.scatter(x, clipped.max(axis=0), marker="v", color="black", s=18, zorder=3, label="max")
+    ax.scatter(x, clipped.min(axis=0), marker="^", color="grey", s=18, zorder=3, label="min")
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8 if len(names) <= 40 else 6)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel(f"action value (clamped to ±{clamp:g})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, frameon=False)
+    ax.set_title(f"{label}: per-joint statistics over {clipped.shape[0]} action steps", loc="left")
+    _clamp_note(ax, sum(clamped_counts(data, groups, clamp).values()), clamp)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.94, bottom=0.16)
+    return fig
+
+
+def _overview_xlabel(data: np.ndarray, horizon: int) -> str:
+    return f"action step ({data.shape[0] // horizon} policy ticks x {horizon}-step chunks)"
+
+
 def overview_plots(data: np.ndarray, groups: list[KeyGroup], out_dir: Path, label: str, horizon: int,
                    clamp: float = 3.5) -> list[Path]:
     """time_series_plot.png, heatmap_plot.png and feature_statistics.png of (T, F) actions in `out_dir`.
 
-    T = validation steps x action horizon (chunks concatenated), F = every joint of every key.
+    T = validation steps x action horizon (chunks concatenated), F = every joint of every key. Values beyond
+    ±clamp are drawn at the limit, and each panel holding such values says how many.
     """
-    data = np.clip(np.asarray(data, dtype=np.float64), -clamp, clamp)
-    starts = _group_starts(groups)
-    ticks = data.shape[0] // horizon
-    xlabel = f"action step ({ticks} policy ticks x {horizon}-step chunks)"
-    paths = []
     with rc_context(STYLE):
-        fig = Figure(figsize=OVERVIEW_SIZE)
-        axes = fig.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
-        for ax, group, start in zip(axes, groups, starts, strict=True):
-            for j, name in enumerate(group.joints):
-                x, y = _with_gaps(data[:, start + j], horizon)
-                ax.plot(x, y, lw=1.1, label=name)
-            ax.set_ylabel(f"[{group.unit}]")
-            ax.set_title(group.key, loc="left", fontsize=11, pad=3)
-            ax.grid(alpha=0.3)
-            ax.legend(loc="center left", bbox_to_anchor=(1.005, 0.5), ncols=1 if len(group.joints) <= 8 else 2,
-                      frameon=False)
-        axes[-1].set_xlabel(xlabel)
-        fig.suptitle(f"{label}: predicted actions over the validation steps (clamped to ±{clamp:g})")
-        fig.subplots_adjust(left=0.06, right=0.86, top=0.92, bottom=0.07, hspace=0.35)
-        paths.append(_save(fig, out_dir / OVERVIEW_FILES[0]))
-
-        fig = Figure(figsize=OVERVIEW_SIZE)
-        ax = fig.subplots()
-        image = ax.imshow(data.T, aspect="auto", cmap="RdBu_r", vmin=-clamp, vmax=clamp, interpolation="nearest")
-        names = [joint_label(g, n) for g in groups for n in g.joints]
-        ax.set_yticks(range(len(names)), names, fontsize=8 if len(names) <= 40 else 6)
-        for start in starts[1:]:
-            ax.axhline(start - 0.5, color="black", lw=1.2)
-        ax.set_xlabel(xlabel)
-        colorbar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
-        colorbar.set_label(f"action value (clamped to ±{clamp:g})")
-        ax.set_title(f"{label}: actions as a heatmap (rows: joints, grouped by key)")
-        fig.subplots_adjust(left=0.12, right=0.93, top=0.94, bottom=0.07)
-        paths.append(_save(fig, out_dir / OVERVIEW_FILES[1]))
-
-        fig = Figure(figsize=OVERVIEW_SIZE)
-        ax = fig.subplots()
-        x = np.arange(data.shape[1])
-        palette = [f"C{i % 10}" for i in range(len(groups))]
-        colours = [palette[k] for k, g in enumerate(groups) for _ in g.joints]
-        ax.bar(x, data.mean(axis=0), yerr=data.std(axis=0), color=colours, alpha=0.75, capsize=2,
-               label="mean ± std")
-        ax.scatter(x, data.max(axis=0), marker="v", color="black", s=18, zorder=3, label="max")
-        ax.scatter(x, data.min(axis=0), marker="^", color="grey", s=18, zorder=3, label="min")
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8 if len(names) <= 40 else 6)
-        ax.axhline(0, color="black", lw=0.6)
-        ax.set_ylabel(f"action value (clamped to ±{clamp:g})")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, frameon=False)
-        ax.set_title(f"{label}: per-joint statistics over {data.shape[0]} action steps", loc="left")
-        fig.subplots_adjust(left=0.06, right=0.98, top=0.94, bottom=0.16)
-        paths.append(_save(fig, out_dir / OVERVIEW_FILES[2]))
-    return paths
+        figures = (time_series_figure(data, groups, label, horizon, clamp),
+                   heatmap_figure(data, groups, label, horizon, clamp), statistics_figure(data, groups, label, clamp))
+        return [_save(fig, out_dir / name) for fig, name in zip(figures, OVERVIEW_FILES, strict=True)]
 
 
 def comparison_plot(group: KeyGroup, onnx: np.ndarray, python: np.ndarray | None, truth: np.ndarray | None,

@@ -232,10 +232,12 @@ class ReferencePolicy:
     @classmethod
     def from_checkpoint(cls, model_path: str | Path, eagle_path: str | Path | None = None,
                         embodiment_tag: str | None = None, modality_config: str | Path | None = None,
-                        dtype: str = "fp32", device: str = "cpu") -> ReferencePolicy:
+                        dtype: str = "fp32", device: str = "cpu", denoising_steps: int | None = None
+                        ) -> ReferencePolicy:
+        """`denoising_steps`: Euler steps of the action head (None: the checkpoint's num_inference_timesteps)."""
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
-        ckpt = open_checkpoint(model_path, eagle_path)
+        ckpt = open_checkpoint(model_path, eagle_path, denoising_steps)
         modality, metadata = resolve_policy_inputs(ckpt, embodiment_tag, modality_config)
         model, _ = load_model(ckpt, dtype=torch_dtype(dtype), device=device)
         tokenizer = EagleTokenizer.from_dir(ckpt.eagle_dir)

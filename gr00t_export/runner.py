@@ -192,6 +192,23 @@ def read_manifest(artifact_dir: Path) -> dict:
         raise ValidationFailure(f"{path} is not valid JSON ({err}); the drop was edited or truncated") from None
 
 
+def build_denoising_steps(manifest: dict) -> int | None:
+    """The Euler steps a build's denoising graph has unrolled (manifests before `denoising_steps`: the config's)."""
+    model = manifest.get("model", {})
+    steps = model.get("denoising_steps", model.get("config", {}).get("action_head", {}).get("num_inference_timesteps"))
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def check_denoising_steps(artifact_dir: Path, requested: int | None) -> None:
+    """An exported denoiser runs the steps it was built with; asking for others is a usage error, not a silent no-op."""
+    if requested is None:
+        return
+    built = build_denoising_steps(read_manifest(Path(artifact_dir)))
+    if requested != built:
+        raise InputError(f"{artifact_dir} was built with {built} denoising steps, unrolled into its graph; rebuild "
+                         f"with `gr00t-export build --denoising_steps {requested}`, or leave out --denoising_steps")
+
+
 def manifest_seal(manifest: dict) -> str:
     """`manifest_sha256`: sha256 of the manifest's canonical JSON, less `files` (every file there carries its own
     sha256, and emitters that add files update that list) and the seal itself.

@@ -9,10 +9,13 @@ import json
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich import get_console
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from gr00t_export import __version__
 from gr00t_export.errors import InputError
@@ -211,14 +214,60 @@ def atomic_output_file(out: str | Path, inputs: Inputs | None = None, ours: Call
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Rich progress bar on stderr; yields `advance(n)`."""
+    """Rich progress bar; yields `advance(n)`. Piped (a CI log, where a live bar prints nothing), a plain line on
+    stdout at each tenth of the work instead, with the seconds elapsed (at most one a second, and the last); stdout,
+    so that a failing command's stderr stays its one error line."""
     if not enabled:
         yield lambda n: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+    if get_console().is_terminal:  # where Progress draws by default
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, transient=True) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda n: progress.advance(task, n)
+        return
+    start, done, tenth, last = time.perf_counter(), 0, 0, 0.0
+
+    def advance(n: int) -> None:
+        nonlocal done, tenth, last
+        done += n
+        now = time.perf_counter() - start
+        if total > 0 and done * 10 // total > tenth and (done >= total or now - last >= 1.0):
+            tenth, last = min(10, done * 10 // total), now
+            print(f"{description}: {tenth * 10}% ({now:.1f} s)", flush=True)
+
+    yield advance
+
+
+class StepProgress:
+    """`progress(label)` as each step of a job starts; `progress.stop()` before printing something else."""
+
+    def __init__(self, title: str, on_label: Callable[[str], None], stop: Callable[[], None] = lambda: None):
+        self.title, self._on_label, self.stop = title, on_label, stop
+
+    def __call__(self, label: str) -> None:
+        self._on_label(label)
+
+
+@contextlib.contextmanager
+def step_progress(title: str, console: Console) -> Iterator[StepProgress]:
+    """Progress of a job of named steps: a spinner on `console` when it is a terminal; else one plain line per step
+    on stdout with the seconds since the job started (a CI log never sits silent through a long step), then a
+    `done` line. stdout, so that a failing command's stderr stays its one error line."""
+    start = time.perf_counter()
+    if console.is_terminal:
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(title, total=None)
+            yield StepProgress(title, lambda label: progress.update(task, description=f"{title}: {label}"),
+                               progress.stop)
+        return
+
+    def line(label: str) -> None:
+        print(f"{title} [{time.perf_counter() - start:7.1f} s] {label}", flush=True)
+
+    yield StepProgress(title, line)
+    line("done")
 
 
 def save_torchscript(module, path: str | Path) -> None:

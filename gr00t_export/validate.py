@@ -38,10 +38,11 @@ from gr00t_export.embodiments import ModalityConfig, modality_config_from_dict
 from gr00t_export.errors import Gr00tExportError, InputError, ValidationFailure
 from gr00t_export.partition import PRECISIONS, StageSpec
 from gr00t_export.policy import Observation, RawInputs
-from gr00t_export.runner import MANIFEST, SPEC_FILE, StageRunner, read_manifest
+from gr00t_export.runner import MANIFEST, SPEC_FILE, StageRunner, build_denoising_steps, read_manifest
 from gr00t_export.util import atomic_output_dir, check_output_dir, refuse_overlap, sha256_file
 
 REPORT_JSON = "validation_report.json"
+PROGRESS_EVERY = 10  # steps per progress line when not verbose
 REPORT_MD = "validation_report.md"
 VARYING_DIMS = {"batch", "num_images", "seq_len", "height", "width", "state_horizon", "raw_state_dim", "key_dim"}
 ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 2: "uint8", 11: "float64",
@@ -639,13 +640,14 @@ def iter_samples(modality: ModalityConfig, metadata, dataset: Any | None, pairs:
 
 
 def resolve_plot_keys(requested: list[str] | None, suite: Suite, modality: ModalityConfig) -> list[str]:
-    """`--plot_actions` (or the suite's list for this modality config) as full action keys; unknown -> InputError."""
+    """`--plot_actions` (else the suite's list for this modality config, else every action key) as full action keys;
+    unknown -> InputError."""
     if requested:
         wanted = [k for item in requested for k in item.replace(",", " ").split() if k]
     else:
         wanted = suite.plot_actions.get(modality.name, suite.plot_actions.get("default", []))
         wanted = [k for k in wanted if ("action." + k.removeprefix("action.")) in modality.action_keys] or list(
-            modality.action_keys[:2])
+            modality.action_keys)
     keys = []
     for k in wanted:
         full = k if k.startswith("action.") else f"action.{k}"
@@ -689,7 +691,8 @@ def load_reference(model_path: Path, eagle_path: Path | None, manifest: dict, pr
     from gr00t_export.policy import ReferencePolicy, Transforms
     from gr00t_export.preprocess.tokenizer import EagleTokenizer
 
-    ckpt = open_checkpoint(model_path, eagle_path)
+    # the reference integrates as many Euler steps as the build unrolled, so like is compared with like
+    ckpt = open_checkpoint(model_path, eagle_path, build_denoising_steps(manifest))
     modality = modality_config_from_dict(manifest["modality_config"], where="manifest modality_config")
     metadata = read_metadata(ckpt.metadata_path, modality.embodiment_tag)
     tokenizer = EagleTokenizer.from_dir(ckpt.eagle_dir)
@@ -987,14 +990,15 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
              dataset_path: str | Path | None = None, suite: str | Path | None = None, num_steps: int | None = None,
              plot_actions: list[str] | None = None, report: str | Path | None = None, junit: str | Path | None = None,
              output_dir: str | Path | None = None, reporter: Reporter | None = None, threads: int = 0,
-             shown_as: str | Path | None = None) -> ValidationReport:
+             shown_as: str | Path | None = None, verbose: bool = False) -> ValidationReport:
     """Validates an artifact dir; returns the report (`.passed`, `.exit_code`) after writing it.
 
     Usage errors (missing dir, bad suite, unknown plot key, bad dataset, an output inside an input) raise
     InputError before any check. `num_steps=None` takes the suite's (30 in the default suite). `threads` > 0 caps
     onnxruntime's and torch's CPU threads while validating (1 is much faster for the tiny preset on a busy
     machine); 0 keeps the defaults. `shown_as`: the path ARTIFACT_DIR will have once renamed (`build` validates
-    its staging dir before the final rename); reports and console lines name that path.
+    its staging dir before the final rename); reports and console lines name that path. `verbose` prints every
+    step's get_action lines instead of one line per PROGRESS_EVERY steps.
 
     Without --model_path and without --output_dir, a full report already in ARTIFACT_DIR/validation (the one
     `build` writes) is kept: this run's reports go to ARTIFACT_DIR/validation/integrity instead.
@@ -1079,7 +1083,7 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
                 torch.set_num_threads(threads)
             _validate_checks(run, artifact_dir, manifest, manifest_error, modality, suite_obj, steps, plot_keys,
                              Path(model_path) if model_path else None, Path(eagle_path) if eagle_path else None,
-                             dataset, pairs, staging, threads)
+                             dataset, pairs, staging, threads, verbose)
         finally:
             torch.set_num_threads(torch_threads)
             result.wall_time_s = time.perf_counter() - start
@@ -1188,7 +1192,8 @@ def _load_reference_checked(run: _Run, model_path: Path, eagle_path: Path | None
     else:
         run.add(Check("source/fingerprint", 1, "passed", f"checkpoint matches the manifest ({want[:12]}…)" if want
                       else "manifest records no fingerprint; not compared", metrics, limits))
-    run.reporter.line(f"reference twins run in {twin_precision} on cpu")
+    run.reporter.line(f"reference twins run in {twin_precision} on cpu, "
+                      f"{reference.policy.model.cfg.action_head.num_inference_timesteps} denoising steps as the build")
     return reference
 
 
@@ -1208,25 +1213,33 @@ def _compare_stages(exported: _Exported, reference: Reference, sample: Sample, s
 
 
 def _run_steps(run: _Run, exported: _Exported, reference: Reference | None, samples: Iterator[Sample],
-               modality: ModalityConfig, suite: Suite, per_module_steps: int, out_dir: Path) -> _Steps:
-    """One loop over the validation steps: tier 1 feeds, both policies' actions, determinism re-runs."""
+               modality: ModalityConfig, suite: Suite, per_module_steps: int, out_dir: Path, total: int,
+               verbose: bool) -> _Steps:
+    """One loop over the validation steps: tier 1 feeds, both policies' actions, determinism re-runs.
+
+    Prints a line per iteration and side when `verbose` (as NVIDIA's export guide does), else one per
+    PROGRESS_EVERY steps, so a CI log shows progress without 2 x num_steps lines."""
     keys = modality.action_keys
     steps = _Steps(reference={k: [] for k in keys}, exported={k: [] for k in keys}, truth={k: [] for k in keys},
                    comparisons={s.name: [] for s in exported.stages},
                    accuracy_seconds=dict.fromkeys((s.name for s in exported.stages), 0.0))
     python_dir, onnx_dir = out_dir / "plots" / "python", out_dir / "plots" / "onnx"
     order = [s.name for s in exported.stages]
+    start = time.perf_counter()
+    sides = "reference and exported" if reference is not None else "exported"
     for i, sample in enumerate(samples):
         steps.labels.append(sample.label)
         try:
             if reference is not None:
                 if i < per_module_steps:
                     _compare_stages(exported, reference, sample, suite, steps)
-                run.reporter.line(f"computing {python_dir} get_actions for iteration {i}")
+                if verbose:
+                    run.reporter.line(f"computing {python_dir} get_actions for iteration {i}")
                 actions = reference.policy.get_action(sample.obs, seed=sample.seed)
                 for k in keys:
                     steps.reference[k].append(actions[k])
-            run.reporter.line(f"computing {onnx_dir} get_actions for iteration {i}")
+            if verbose:
+                run.reporter.line(f"computing {onnx_dir} get_actions for iteration {i}")
             actions = exported.runner.get_action(sample.obs, seed=sample.seed)
             first = exported.outputs()
             if i == 0:
@@ -1247,6 +1260,8 @@ def _run_steps(run: _Run, exported: _Exported, reference: Reference | None, samp
         except ValidationFailure as err:
             steps.broken = str(err)
             break
+        if not verbose and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == total):
+            run.reporter.line(f"step {i + 1}/{total}: {sides} get_action done ({time.perf_counter() - start:.1f} s)")
     return steps
 
 
@@ -1341,7 +1356,7 @@ def _add_plots(run: _Run, exported: _Exported, reference: Reference | None, step
 def _validate_checks(run: _Run, artifact_dir: Path, manifest: dict | None, manifest_error: str | None,
                      modality: ModalityConfig | None, suite: Suite, num_steps: int, plot_keys: list[str] | None,
                      model_path: Path | None, eagle_path: Path | None, dataset: Any | None,
-                     pairs: list[tuple[int, int]], out_dir: Path, threads: int) -> None:
+                     pairs: list[tuple[int, int]], out_dir: Path, threads: int, verbose: bool = False) -> None:
     """Integrity first (nothing is loaded from a drop that fails it), then the tiers in order."""
     run.reporter.section("integrity")
     if manifest is None or modality is None:
@@ -1363,7 +1378,8 @@ def _validate_checks(run: _Run, artifact_dir: Path, manifest: dict | None, manif
     per_module_steps = min(suite.per_module_steps, num_steps)
     run.phase("integrity_and_loading")
     run.reporter.section("running the steps" + (f" (tier 1 on the first {per_module_steps})" if reference else ""))
-    steps = _run_steps(run, exported, reference, samples, modality, suite, per_module_steps, out_dir)
+    steps = _run_steps(run, exported, reference, samples, modality, suite, per_module_steps, out_dir, len(desc),
+                       verbose)
     run.phase("steps")
     groups = key_groups(modality, suite, exported.action_dims)
     _add_spec_checks(run, exported, steps)

@@ -11,8 +11,6 @@ RELATIVE keys (with `use_relative_action`) the statistics are the per-step `rela
 state of `state_key` (else the key itself) is added. Everything else runs in float64; outputs are float32.
 """
 
-from __future__ import annotations
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -67,7 +67,7 @@ class Transforms:
         if tag not in statistics:
             raise InputError(f"statistics.json has no entry for embodiment {tag!r} (has {', '.join(statistics)}); "
                              "use the checkpoint's statistics.json")
-        self.tag, self.cfg, self.tokenizer = tag, cfg, tokenizer
+        self.tag, self.cfg, self.tokenizer, self.processor = tag, cfg, tokenizer, processor
         self.modalities = processor.embodiment(tag)
         if processor.max_state_dim != cfg.action_head.max_state_dim or \
                 processor.max_action_dim != cfg.action_head.max_action_dim:

@@ -54,6 +54,15 @@ def gr1(files: Path):
     return encoder, ActionDecoder(processor, stats, "gr1", encoder.key_slices)
 
 
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    """transformers' Qwen2 tokenizer on the same real files: the test-only oracle."""
+    transformers = pytest.importorskip("transformers")
+    from conftest import _shared
+
+    return transformers.Qwen2TokenizerFast.from_pretrained(str(_shared("eagle_block2a_2b_v2")))
+
+
 def _frame(golden) -> torch.Tensor:
     return torch.from_numpy(golden[f"obs.video.{VIDEO_KEY}"][0])  # (T=1, 256, 256, 3)
 
@@ -86,11 +95,8 @@ def test_left_padding_and_two_views(tokenizer: N16Tokenizer):
 @pytest.mark.parametrize("instruction", [
     "Pick the pear, please!", "  spaces  and\ttabs\n", "caf\u00e9 na\u00efve \u65e5\u672c", "it's 2 o'clock", "",
 ])
-def test_matches_transformers_tokenizer(tokenizer: N16Tokenizer, instruction: str):
-    transformers = pytest.importorskip("transformers")
-    from conftest import _shared
-
-    hf = transformers.Qwen2TokenizerFast.from_pretrained(str(_shared("eagle_block2a_2b_v2")))
+def test_matches_transformers_tokenizer(tokenizer: N16Tokenizer, hf_tokenizer, instruction: str):
+    hf = hf_tokenizer
     prompt = tokenizer.build_prompt(instruction, [81])
     ids, _ = tokenizer.encode([instruction], [81])
     assert ids[0].tolist() == hf(prompt, add_special_tokens=False)["input_ids"]

@@ -110,10 +110,6 @@ class Gr00tN16Config:
     def unshuffle_factor(self) -> int:
         return round(1 / self.downsample_ratio)
 
-    @property
-    def image_tokens_per_patch_grid_cell(self) -> int:
-        return self.unshuffle_factor**2
-
     def tokens_per_image(self, height: int | None = None, width: int | None = None) -> int:
         """LLM tokens of one image: (H/14/2) * (W/14/2); 81 for 252 x 252."""
         step = self.vision.patch_size * self.unshuffle_factor

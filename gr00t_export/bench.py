@@ -27,7 +27,7 @@ from gr00t_export.errors import InputError
 from gr00t_export.partition import PRECISIONS, partition
 from gr00t_export.policy import Observation, RawInputs, ReferencePolicy
 from gr00t_export.runner import (
-    NP_TYPES,
+    ORT_ELEMENT_TYPES,
     ORT_TYPES,
     ExportedGr00tRunner,
     StageRunner,
@@ -198,7 +198,7 @@ class StaticCudaGraphOnnxRunner:
         self.inputs = {n: torch.as_tensor(feeds[n]).to("cuda", types[n]).contiguous().clone() for n in types}
         self.binding = self.session.io_binding()
         for n, t in self.inputs.items():
-            self.binding.bind_input(n, "cuda", 0, NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+            self.binding.bind_input(n, "cuda", 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
         for n in spec.output_names:
             self.binding.bind_output(n, "cuda")
         self.session.run_with_iobinding(self.binding)  # warm-up run, then the capture run
@@ -207,7 +207,7 @@ class StaticCudaGraphOnnxRunner:
                                                                                         strict=True)}
         self.binding.clear_binding_outputs()
         for n, t in self.outputs.items():
-            self.binding.bind_output(n, "cuda", 0, NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+            self.binding.bind_output(n, "cuda", 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
         self.session.run_with_iobinding(self.binding)
 
     def infer(self, feeds):
@@ -503,7 +503,18 @@ def kernel_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]
 
 
 def write_json(results: list[BackendResult], path: Path, context: dict) -> None:
-    path.write_text(json.dumps({"context": context, "results": [asdict(r) for r in results]}, indent=2))
+    data = {"tool": {"name": "gr00t-export", "command": "bench"}, "context": context,
+            "results": [asdict(r) for r in results]}
+    path.write_text(json.dumps(data, indent=2))
+
+
+def is_bench_json(path: Path) -> bool:
+    """An earlier `bench --json` (which `--json` may replace): a JSON object with context and results."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"context", "results"} <= set(data)
 
 
 def floor_analysis(cfg, seq_len: int, views: int, steps: int, bytes_per_param: int = 2,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,17 +21,18 @@ from gr00t_export.load import load_model, open_checkpoint
 from gr00t_export.metadata import EmbodimentMetadata
 from gr00t_export.partition import PRECISIONS, GraphSpec, Partition, graph_spec_path, partition
 from gr00t_export.policy import Observation, Transforms, resolve_policy_inputs
+from gr00t_export.preprocess.rotation import convert
 from gr00t_export.preprocess.tokenizer import EagleTokenizer
 from gr00t_export.runner import MANIFEST, SPEC_FILE, manifest_seal, ort_providers, read_manifest
-from gr00t_export.util import atomic_output_dir, sha256_file
+from gr00t_export.util import atomic_output_dir, check_output_dir, sha256_file
 
 
 @dataclass
 class BuildOptions:
     model_path: Path
     output: Path
-    embodiment_tag: str = "gr1"
-    modality_config: str | None = None
+    embodiment_tag: str | None = None  # None: the modality config's, or the metadata's only tag
+    modality_config: str | None = None  # None: the built-in data config the metadata's keys match
     eagle_path: Path | None = None
     precision: str = "fp32"
     views: int | None = None
@@ -50,6 +52,26 @@ class BuildResult:
     stages: list[ExportedStage]
     seconds: float
     manifest: dict = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each on_step step, in order
+    staging_dir: Path | None = None  # where the build is while `before_commit` runs (renamed to `output` after)
+
+
+class _StepClock:
+    """Calls `on_step(label)` and records how long each step took (until the next one starts)."""
+
+    def __init__(self, on_step: Callable[[str], None] | None):
+        self.on_step = on_step or (lambda label: None)
+        self.seconds: dict[str, float] = {}
+        self._label: str | None = None
+        self._mark = 0.0
+
+    def __call__(self, label: str | None) -> None:
+        now = time.perf_counter()
+        if self._label is not None:
+            self.seconds[self._label] = self.seconds.get(self._label, 0.0) + now - self._mark
+        self._label, self._mark = label, now
+        if label is not None:
+            self.on_step(label)
 
 
 def example_observation(modality: ModalityConfig, metadata: EmbodimentMetadata, dataset_path: Path | None
@@ -65,11 +87,14 @@ def example_observation(modality: ModalityConfig, metadata: EmbodimentMetadata, 
     obs: Observation = {}
     for key in modality.video_keys:
         w, h = metadata.modalities.get("video", {}).get(ModalityConfig.short(key), {}).get("resolution", [256, 256])
-        obs[key] = rng.integers(0, 256, (modality.state_horizon, h, w, 3), dtype=np.uint8)
+        obs[key] = rng.integers(0, 256, (modality.state_horizon, h, w, 3), dtype=np.uint8)  # each camera its size
     for key in modality.state_keys:
         short = ModalityConfig.short(key)
         stats = metadata.state.get(short)
         mean = stats.mean if stats is not None else np.zeros(metadata.state_dim(short))
+        rotation = metadata.entry("state", short)["rotation_type"]
+        if rotation is not None:  # the mean of rotations is no rotation: take the identity, in its representation
+            mean = convert(np.zeros(3), "axis_angle", rotation)
         obs[key] = np.repeat(mean[None], modality.state_horizon, axis=0)
     if modality.language_key:
         obs[modality.language_key] = np.array(["pick up the object and place it on the plate"])
@@ -84,9 +109,11 @@ def seq_len_profile(tokenizer: EagleTokenizer, views: int, spec: GraphSpec) -> d
     return {"min": int(base), "opt": int(typical), "max": int(base + prof["max_instruction_tokens"])}
 
 
-def resolve_profiles(tokenizer: EagleTokenizer, spec: GraphSpec, max_batch: int) -> dict[str, dict]:
+def resolve_profiles(tokenizer: EagleTokenizer, spec: GraphSpec, max_batch: int, build_views: int | None = None
+                     ) -> dict[str, dict]:
+    """One TensorRT profile per view count of the spec, plus the build's own (`build_views`)."""
     profiles = {}
-    for views in spec.profiles["views"]:
+    for views in sorted({*spec.profiles["views"], *([build_views] if build_views else [])}):
         batch = {"min": 1, "opt": 1, "max": max_batch}
         profiles[f"views_{views}"] = {
             "batch": batch,
@@ -145,10 +172,35 @@ def write_manifest(root: Path, opts: BuildOptions, part: Partition, stages: list
     return manifest
 
 
-def build(opts: BuildOptions, on_step=None) -> BuildResult:
-    """The whole staged export; `on_step(label)` is called as each step starts (for progress display)."""
+def build_inputs(opts: BuildOptions) -> dict[str, Path | None]:
+    """What a build reads: its output may not be, contain or lie inside any of these."""
+    return {"--model_path": opts.model_path, "--eagle_path": opts.eagle_path, "--dataset_path": opts.dataset_path}
+
+
+def check_tokenizer_artifact(root: Path, spec: GraphSpec, tokenizer: EagleTokenizer) -> None:
+    """The written tokenizer stage, reloaded, must give the Python tokenizer's ids on the self-check prompts.
+
+    The export check only compares it with its own eager module on one instruction; this compares it with
+    `EagleTokenizer` (the reference) on instructions chosen to cross every special case of the BPE split.
+    """
+    from gr00t_export.preprocess.tokenizer_script import check_against_python
+
+    rel = spec.stage("eagle2_tokenizer").file
+    try:
+        check_against_python(torch.jit.load(str(root / rel)), tokenizer)
+    except ValidationFailure as err:
+        raise ValidationFailure(f"{rel} failed its self-check: {err}; nothing was written") from None
+
+
+def build(opts: BuildOptions, on_step: Callable[[str], None] | None = None,
+          before_commit: Callable[[BuildResult], None] | None = None) -> BuildResult:
+    """The whole staged export; `on_step(label)` is called as each step starts (for progress display).
+
+    `before_commit(result)` runs on the complete build in `result.staging_dir` before it is renamed onto
+    `opts.output` (validation runs there): if it raises or is interrupted, nothing is left at `opts.output`.
+    """
     start = time.perf_counter()
-    step = on_step or (lambda label: None)
+    step = _StepClock(on_step)
     if opts.precision not in (*PRECISIONS, "fp8"):
         raise InputError(f"unknown --precision {opts.precision!r}; use fp32, fp16, bf16 or fp8")
     if opts.precision == "fp8" and not opts.calib_observations and (opts.dataset_path is None or opts.calib_steps < 1):
@@ -162,6 +214,7 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     export_precision = "fp16" if opts.precision == "fp8" else opts.precision
     if opts.max_batch < 1:
         raise InputError(f"--max_batch must be >= 1, got {opts.max_batch}")
+    check_output_dir(opts.output, opts.force, build_inputs(opts))  # refused before the slow part, not after
     step("load checkpoint")
     ckpt = open_checkpoint(opts.model_path, opts.eagle_path)
     modality, metadata = resolve_policy_inputs(ckpt, opts.embodiment_tag, opts.modality_config)
@@ -180,7 +233,7 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
     init_actions = torch.randn((raw.batch, ah.action_horizon, ah.action_dim),
                                generator=torch.Generator().manual_seed(0))
     fingerprint = ckpt.fingerprint()
-    with atomic_output_dir(opts.output, force=opts.force) as tmp:
+    with atomic_output_dir(opts.output, force=opts.force, inputs=build_inputs(opts)) as tmp:
         stages = export_partition(part, raw, init_actions, tmp, simplify=opts.simplify,
                                   on_stage=lambda name: step(f"export {name}"), device=opts.device,
                                   release_weights=True, onnx_ops=opts.onnx_ops)
@@ -189,6 +242,8 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
             worst = failed[0]
             raise ValidationFailure(f"stage {worst.name} drifts from its PyTorch twin by {worst.max_abs_diff:.3g} "
                                     f"(> {worst.atol:g} for {opts.precision}); nothing was written")
+        step("self-check the tokenizer stage")
+        check_tokenizer_artifact(tmp, part.spec, tokenizer)
         quant = {}
         if opts.precision == "fp8":
             from gr00t_export.calibrate import quantize_build, report_dict
@@ -208,12 +263,17 @@ def build(opts: BuildOptions, on_step=None) -> BuildResult:
                     s.precision = "fp8"
         step("manifest")
         (tmp / SPEC_FILE).write_bytes(graph_spec_path().read_bytes())
+        profiles = resolve_profiles(tokenizer, part.spec, opts.max_batch, views)
         manifest = write_manifest(tmp, opts, part, stages, fingerprint, modality, metadata,
-                                  config_to_dict(ckpt.config), resolve_profiles(tokenizer, part.spec, opts.max_batch),
-                                  quant)
+                                  config_to_dict(ckpt.config), profiles, quant)
         step("emit IGG config")
         from gr00t_export.igg import emit_igg_config
 
         emit_igg_config(tmp)  # adds igg/* to manifest.json, so the YAML is hashed with the rest
         manifest = read_manifest(tmp)
-    return BuildResult(Path(opts.output), stages, time.perf_counter() - start, manifest)
+        step(None)
+        result = BuildResult(Path(opts.output), stages, time.perf_counter() - start, manifest, step.seconds, tmp)
+        if before_commit is not None:
+            before_commit(result)
+    result.staging_dir = None
+    return result

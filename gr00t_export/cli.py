@@ -61,11 +61,20 @@ ModelPath = Annotated[Path | None, typer.Option("--model_path", help="GR00T N1.5
                                                  "safetensors, experiment_cfg/metadata.json).")]
 EaglePath = Annotated[Path | None, typer.Option("--eagle_path", help="Eagle 2.5 config/tokenizer dir "
                                                  "[default: <model_path>/eagle].")]
-EmbodimentTag = Annotated[str, typer.Option("--embodiment_tag", help="Embodiment tag (gr1, oxe_droid, "
-                                             "agibot_genie1, new_embodiment).")]
-ModalityOpt = Annotated[str | None, typer.Option("--modality_config", help="Data config name "
-                                                  "(fourier_gr1_arms_only, fourier_gr1_arms_waist, unitree_g1) "
-                                                  "or a modality YAML file.")]
+EmbodimentTag = Annotated[str | None, typer.Option("--embodiment_tag", help="Embodiment tag (gr1, oxe_droid, "
+                                                    "agibot_genie1, new_embodiment) [default: the data config's, "
+                                                    "or the checkpoint metadata's only one].")]
+ModalityOpt = Annotated[str | None, typer.Option("--modality_config", help="Data config: one of N1.5's twelve "
+                                                  "DATA_CONFIG_MAP names (e.g. so100_dualcam, oxe_droid) or a "
+                                                  "modality YAML file [default: the built-in config whose keys "
+                                                  "match the checkpoint's metadata].")]
+
+
+def note_chosen_config(given: str | None, name: str) -> None:
+    """Say which data config was taken when --modality_config was left out."""
+    if given is None:
+        console.print(f"data config: {name} (the built-in config matching the checkpoint's metadata; pass "
+                      "--modality_config to choose another)", highlight=False, soft_wrap=True)
 
 
 @app.command("make-checkpoint")
@@ -74,7 +83,8 @@ def make_checkpoint_cmd(
     out: Annotated[Path, typer.Argument(help="Output checkpoint dir.")],
     preset: Annotated[str, typer.Option(help="tiny (tests, demo) or n1.5-3b (full size, random weights).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights and tokenizer.")] = 0,
-    embodiment: Annotated[str, typer.Option("--embodiment", help="Embodiment tag of the metadata.")] = "gr1",
+    embodiment: Annotated[str | None, typer.Option("--embodiment", help="Embodiment tag of the metadata "
+                                                   "[default: the data config's].")] = None,
     modality_config: Annotated[str, typer.Option("--modality_config", help="Data config name or YAML file.")
                                ] = "fourier_gr1_arms_only",
     dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="Take normalisation statistics "
@@ -107,17 +117,25 @@ def make_dataset_cmd(
     force: Annotated[bool, typer.Option(help="Replace a non-empty OUT.")] = False,
 ):
     """Write a small synthetic LeRobot v2 dataset (parquet, mp4, meta/*) so the demo needs nothing external."""
+    cfg = write_dataset(out, modality_config, episodes, length, seed, force)
+    console.print(f"[green]wrote[/] {out} ({episodes} episodes x {length} steps, {cfg.name})")
+
+
+def write_dataset(out: Path, modality_config: str, episodes: int = 2, length: int = 48, seed: int = 0,
+                  force: bool = False):
+    """`make_dataset` into `out`, all or nothing, marked as gr00t-export's (so --force may replace it later)."""
     from gr00t_export.data.synthetic import make_dataset
     from gr00t_export.embodiments import load_modality_config
-    from gr00t_export.util import atomic_output_dir
+    from gr00t_export.util import atomic_output_dir, file_input
 
     cfg = load_modality_config(modality_config)
-    with atomic_output_dir(out, force=force) as tmp:
+    inputs = {"--modality_config": file_input(modality_config)}
+    with atomic_output_dir(out, force=force, inputs=inputs, kind="dataset") as tmp:
         make_dataset(tmp / "dataset", cfg, num_episodes=episodes, episode_length=length, seed=seed)
         for item in (tmp / "dataset").iterdir():
             item.rename(tmp / item.name)
         (tmp / "dataset").rmdir()
-    console.print(f"[green]wrote[/] {out} ({episodes} episodes x {length} steps, {cfg.name})")
+    return cfg
 
 
 def load_observation(obs_path: Path | None, dataset_path: Path | None, episode: int, step: int, modality):
@@ -162,7 +180,7 @@ def load_noise(noise_path: Path | None):
 def predict(
     model_path: ModelPath = None,
     eagle_path: EaglePath = None,
-    embodiment_tag: EmbodimentTag = "gr1",
+    embodiment_tag: EmbodimentTag = None,
     modality_config: ModalityOpt = None,
     artifacts: Annotated[Path | None, typer.Option("--artifacts", help="Run an exported artifact dir "
                                                    "instead of the PyTorch reference.")] = None,
@@ -179,9 +197,14 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ):
     """Run one observation through the reference policy (or an exported artifact dir) and print its actions."""
-    import numpy as np
-
     from gr00t_export.errors import InputError
+    from gr00t_export.util import check_output_file
+
+    out_inputs = {"--model_path": model_path, "--eagle_path": eagle_path, "--artifacts": artifacts,
+                  "--dataset_path": dataset_path, "--obs": obs, "--noise": noise}
+    if out is not None:
+        out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # where np.savez has always put it
+        check_output_file(out, out_inputs, ours=_is_actions_file, what="--out")
 
     if artifacts is not None:
         from gr00t_export.runner import ExportedGr00tRunner
@@ -196,7 +219,19 @@ def predict(
         raise InputError("no policy given: pass --model_path CKPT (reference) or --artifacts DIR (exported)")
     observation = load_observation(obs, dataset_path, episode, step, policy.spec.modality)
     actions = policy.get_action(observation, noise=load_noise(noise), seed=seed)
-    table = Table(title="actions", title_justify="left")
+    print_actions(actions, out, out_inputs)
+    if artifacts is None:
+        note_chosen_config(modality_config, policy.spec.modality.name)
+
+
+def print_actions(actions: dict, out: Path | None = None, inputs: dict | None = None, title: str = "actions") -> None:
+    """The actions table of `predict` and `client` (one row per key), and the .npz when --out is given (never onto
+    one of the command's `inputs`)."""
+    import numpy as np
+
+    from gr00t_export.util import atomic_output_file
+
+    table = Table(title=title, title_justify="left")
     for col in ("key", "shape", "mean", "min", "max", "first step"):
         table.add_column(col)
     for key, value in actions.items():
@@ -204,21 +239,52 @@ def predict(
         table.add_row(key, str(value.shape), f"{value.mean():.4f}", f"{value.min():.4f}", f"{value.max():.4f}", first)
     out_console.print(table)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, **actions)
+        with atomic_output_file(out, inputs or {}, ours=_is_actions_file, what="--out") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **actions)
         console.print(f"[green]wrote[/] {out}")
 
 
-def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None, embodiment_tag: str,
-                  modality_config: str | None, backend: str | None, device: str):
-    """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path."""
+def _is_actions_file(path: Path) -> bool:
+    """An earlier `predict --out`: an .npz holding action.<key> arrays only."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return bool(data.files) and all(k.startswith("action.") for k in data.files)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None,
+                  embodiment_tag: str | None,
+                  modality_config: str | None, backend: str | None, device: str, dataset_path: Path | None = None,
+                  episode: int = 0, execution_horizon: int | None = None):
+    """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path, the
+    recorded actions of --dataset_path's episode when there is no model."""
     import importlib.util
     import inspect
 
     from gr00t_export.errors import InputError
 
-    if (artifact_dir is None) == (model_path is None):
-        raise InputError("give exactly one policy: ARTIFACT_DIR (exported) or --model_path CKPT (reference)")
+    if sum(x is not None for x in (artifact_dir, model_path, dataset_path)) != 1:
+        raise InputError("give exactly one policy: ARTIFACT_DIR (exported), --model_path CKPT (reference) or "
+                         "--dataset_path DS (replay of recorded actions)")
+    if dataset_path is not None:
+        if backend is not None:
+            raise InputError(f"--dataset_path replays recorded actions; --backend {backend} applies to ARTIFACT_DIR")
+        from gr00t_export.embodiments import load_modality_config
+        from gr00t_export.metadata import metadata_from_lerobot_stats
+        from gr00t_export.policy import select_data_config
+        from gr00t_export.replay import ReplayPolicy
+
+        if modality_config is None:  # the one built-in config the dataset's modality.json fits, as for checkpoints
+            modality_config = select_data_config(metadata_from_lerobot_stats(dataset_path, None, embodiment_tag))
+            note_chosen_config(None, modality_config)
+        return ReplayPolicy(dataset_path, load_modality_config(modality_config), episode, execution_horizon)
+    if execution_horizon is not None:
+        raise InputError("--execution_horizon applies to the replay (--dataset_path); a model answers every call")
     if backend not in (None, "ort", "trt", "torch"):
         raise InputError(f"unknown --backend {backend!r}; use ort, trt or torch")
     if backend == "trt" and importlib.util.find_spec("tensorrt") is None:
@@ -249,7 +315,7 @@ def serve(
                             ] = None,
     model_path: ModelPath = None,
     eagle_path: EaglePath = None,
-    embodiment_tag: EmbodimentTag = "gr1",
+    embodiment_tag: EmbodimentTag = None,
     modality_config: ModalityOpt = None,
     host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless robots connect over the "
                                            "network (then set --api_token).")] = "127.0.0.1",
@@ -263,30 +329,106 @@ def serve(
                                            "requests (0: never).")] = 0,
     max_message_mb: Annotated[float, typer.Option("--max_message_mb", min=0.001, help="Largest request answered "
                                                   "(MiB); bigger ones get an error reply.")] = 64.0,
+    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="No model: replay this LeRobot "
+                                                      "dataset's recorded actions (to test a robot or simulator "
+                                                      "client).")] = None,
+    episode: Annotated[int, typer.Option(help="Episode replayed from --dataset_path.")] = 0,
+    execution_horizon: Annotated[int | None, typer.Option("--execution_horizon", help="Replay: recorded steps "
+                                                          "each get_action advances [default: the chunk, 16].")
+                                 ] = None,
+    modality_config_protocol: Annotated[str, typer.Option("--modality_config_protocol", help="Dialect of "
+                                                          "get_modality_config, the one request both clients send "
+                                                          "alike: current (Isaac-GR00T's PolicyClient, IsaacLab) "
+                                                          "or n1.5 (RobotInferenceClient).")] = "current",
 ):
-    """Serve a policy over Isaac-GR00T's ZeroMQ protocol (ping, get_action, get_modality_config, kill).
+    """Serve a policy over Isaac-GR00T's ZeroMQ protocol, current and N1.5 dialects (get_action, reset,
+    get_modality_config, ping, kill).
 
-    Clients written for NVIDIA's RobotInferenceServer connect unchanged; stops on kill, Ctrl-C or SIGTERM.
+    Clients written for NVIDIA's run_gr00t_server (PolicyClient, IsaacLab's GR00T tasks) or its N1.5
+    RobotInferenceServer connect unchanged; get_action answers in the dialect of each request. Stops on kill,
+    Ctrl-C or SIGTERM.
 
-    get_action is deterministic: the noise is seeded with 0 unless a request sends "seed" or "noise".
+    get_action is deterministic: the noise is seeded with 0 unless an N1.5 request sends "seed" or "noise".
     """
-    from gr00t_export.serve import PolicyServer
+    from gr00t_export.errors import InputError
+    from gr00t_export.serve import PROTOCOLS, PolicyServer
 
-    policy = _serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device)
+    if modality_config_protocol not in PROTOCOLS:  # before a model is loaded for nothing
+        raise InputError(f"unknown --modality_config_protocol {modality_config_protocol!r}; use current "
+                         "(Isaac-GR00T's PolicyClient, IsaacLab) or n1.5 (RobotInferenceClient)")
+    policy = _serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device,
+                           dataset_path, episode, execution_horizon)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_token:
         console.print(f"[yellow]warning:[/] serving on {host} without --api_token: anyone who reaches this port "
                       "can drive the policy")
     server = PolicyServer(policy, host=host, port=port, api_token=api_token,
                           max_message_bytes=int(max_message_mb * 2**20), log_every=log_every,
-                          log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+                          log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
+                          modality_config_protocol=modality_config_protocol)
+    if model_path is not None:
+        note_chosen_config(modality_config, policy.spec.modality.name)
     server.run()
+
+
+@app.command()
+@cli_errors
+def client(
+    host: Annotated[str, typer.Option(help="Server address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Server port.")] = 5555,
+    protocol: Annotated[str, typer.Option(help="current (Isaac-GR00T's PolicyClient: nested observation, "
+                                          "(action, info) back) or n1.5 (RobotInferenceClient).")] = "current",
+    dataset_path: Annotated[Path | None, typer.Option("--dataset_path", help="Send this LeRobot dataset's step "
+                                                      "(its keys are the server's get_modality_config).")] = None,
+    episode: Annotated[int, typer.Option(help="Episode index in --dataset_path.")] = 0,
+    step: Annotated[int, typer.Option(help="Step index in the episode.")] = 0,
+    obs: Annotated[Path | None, typer.Option("--obs", help="Send this observation .npz instead (video.<k>, "
+                                             "state.<k>, annotation.<k>; batched or not).")] = None,
+    api_token: Annotated[str | None, typer.Option("--api_token", help="The server's api_token.")] = None,
+    timeout_ms: Annotated[int, typer.Option("--timeout_ms", min=1, help="Wait this long for each reply.")] = 15000,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the actions to this .npz.")] = None,
+):
+    """Send one observation to a running policy server (gr00t-export serve or NVIDIA's) and print its actions."""
+    from gr00t_export.errors import InputError
+    from gr00t_export.serve import (
+        CURRENT,
+        N15,
+        Client,
+        PolicyClient,
+        ProtocolError,
+        ServerError,
+        modality_from_reply,
+        to_current_observation,
+    )
+
+    if protocol not in (CURRENT, N15):
+        raise InputError(f"unknown --protocol {protocol!r}; use current or n1.5")
+    with (PolicyClient if protocol == CURRENT else Client)(host, port, api_token, timeout_ms) as conn:
+        try:
+            modality = modality_from_reply(conn.get_modality_config())
+            observation = load_observation(obs, dataset_path, episode, step, modality)
+            if protocol == CURRENT:
+                actions, info = conn.get_action(to_current_observation(observation))
+            else:
+                actions, info = conn.get_action(observation), {}
+        except TimeoutError as err:
+            raise InputError(f"{err}; start one with `gr00t-export serve`") from None
+        except ServerError as err:
+            raise InputError(f"the server answered: {err}") from None
+        except ProtocolError as err:
+            raise InputError(f"{err} (or try the other --protocol)") from None
+    # the current dialect names keys bare; the .npz uses `action.<key>` whatever the dialect, as `predict --out` does
+    actions = {k if k.startswith("action.") else f"action.{k}": v for k, v in actions.items()}
+    print_actions(actions, out, {"--dataset_path": dataset_path, "--obs": obs},
+                  title=f"actions from tcp://{host}:{port} ({protocol})")
+    if info:
+        out_console.print(f"info: {info}", highlight=False)
 
 
 @app.command()
 @cli_errors
 def build(
     model_path: ModelPath = None,
-    embodiment_tag: EmbodimentTag = "gr1",
+    embodiment_tag: EmbodimentTag = None,
     modality_config: ModalityOpt = None,
     eagle_path: EaglePath = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16, bf16, or fp8 (fp16 graphs with calibrated E4M3 "
@@ -320,8 +462,6 @@ def build(
     from gr00t_export.errors import InputError
 
     if demo:
-        from gr00t_export.data.synthetic import make_dataset
-        from gr00t_export.embodiments import load_modality_config
         from gr00t_export.make_checkpoint import make_checkpoint
 
         output = output or Path("out/demo_export")
@@ -333,7 +473,7 @@ def build(
                             force=True, show_progress=False)
         if not (dataset_path / "meta" / "info.json").is_file():
             console.print(f"making the synthetic demo dataset in {dataset_path}")
-            make_dataset(dataset_path, load_modality_config(modality_config or "fourier_gr1_arms_only"))
+            write_dataset(dataset_path, modality_config or "fourier_gr1_arms_only", force=True)
     if model_path is None:
         raise InputError("no checkpoint: pass --model_path CKPT (or --demo for the embedded tiny one)")
     output = output or Path("out") / f"{model_path.name}-{precision}"
@@ -341,10 +481,42 @@ def build(
                         modality_config=modality_config, eagle_path=eagle_path, precision=precision, views=views,
                         max_batch=max_batch, dataset_path=dataset_path, force=force, simplify=simplify,
                         device=device, calib_steps=calib_steps, onnx_ops=onnx_ops)
+    validation: dict = {}
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("build", total=None)
-        result = run_build(opts, on_step=lambda label: progress.update(task, description=label))
+
+        def before_commit(result) -> None:
+            progress.stop()  # the table and validate's lines go to the terminal undisturbed
+            _print_stage_table(result)
+            if validate_build and dataset_path is not None:
+                validation["report"] = _validate_staged_build(result, model_path, eagle_path, dataset_path)
+
+        result = run_build(opts, on_step=lambda label: progress.update(task, description=label),
+                           before_commit=before_commit)
+    note_chosen_config(modality_config, result.manifest["modality_config"]["name"])
+    report = validation.get("report")
+    if report is not None and not report.passed:
+        from gr00t_export.errors import ValidationFailure
+
+        raise ValidationFailure(f"{result.output} was written (for inspection) but failed validation: "
+                                f"{report.summary()}; re-run with --force to replace it")
+
+
+def _validate_staged_build(result, model_path: Path, eagle_path: Path | None, dataset_path: Path):
+    """Validates the complete build in its staging dir, before the final rename: Ctrl-C here leaves nothing."""
+    from gr00t_export.errors import InputError
+    from gr00t_export.validate import validate as run_validate
+
+    try:
+        return run_validate(result.staging_dir, model_path=model_path, eagle_path=eagle_path,
+                            dataset_path=dataset_path, shown_as=result.output)
+    except InputError as err:
+        raise InputError(f"validation of the new build could not start: {err}; nothing was written (build with "
+                         "--no-validate, then run `gr00t-export validate` with the options that fit)") from None
+
+
+def _print_stage_table(result) -> None:
     table = Table(title=f"{result.output} ({result.seconds:.1f} s)", title_justify="left")
     for col in ("stage", "file", "size", "precision", "inputs -> outputs", "check"):
         table.add_column(col)
@@ -356,13 +528,9 @@ def build(
         table.add_row(s.name, s.file, f"{size / 2**20:.1f} MiB", s.precision if s.format == "onnx" else "torchscript",
                       io, check)
     out_console.print(table)
-    if validate_build and dataset_path is not None:
-        from gr00t_export.errors import ValidationFailure
-        from gr00t_export.validate import validate as run_validate
-
-        report = run_validate(result.output, model_path=model_path, eagle_path=eagle_path, dataset_path=dataset_path)
-        if not report.passed:
-            raise ValidationFailure(f"{result.output} was written but failed validation: {report.summary()}")
+    slowest = sorted(result.step_seconds.items(), key=lambda kv: -kv[1])[:3]
+    out_console.print("slowest steps: " + ", ".join(f"{label} {sec:.1f} s" for label, sec in slowest),
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -421,7 +589,7 @@ def bench(
     artifact_dir: Annotated[Path | None, typer.Argument(help="Exported build (for the ort/trt backends).")] = None,
     model_path: ModelPath = None,
     eagle_path: EaglePath = None,
-    embodiment_tag: EmbodimentTag = "gr1",
+    embodiment_tag: EmbodimentTag = None,
     modality_config: ModalityOpt = None,
     backends: Annotated[str, typer.Option(help="Comma-separated: torch, torch-compile, aoti, ort, "
                                               "ort-cudagraph, trt.")
@@ -438,8 +606,13 @@ def bench(
 ):
     """Per-stage and end-to-end latency (median, p90) of each backend on the same observation, with ratios."""
     from gr00t_export.bench import bench as run_bench
-    from gr00t_export.bench import kernel_rows, table_rows, write_json
+    from gr00t_export.bench import is_bench_json, kernel_rows, table_rows, write_json
+    from gr00t_export.util import atomic_output_file, check_output_file
 
+    json_inputs = {"ARTIFACT_DIR": artifact_dir, "--model_path": model_path, "--eagle_path": eagle_path,
+                   "--dataset_path": dataset_path}
+    if json_out is not None:
+        check_output_file(json_out, json_inputs, ours=is_bench_json, what="--json")  # before minutes of timing
     names = [b.strip() for b in backends.split(",") if b.strip()]
     results = run_bench(artifact_dir, model_path, names, dtype, iters, warmup, device, dataset_path, eagle_path,
                         embodiment_tag, modality_config, log=lambda m: console.print(m), profile=profile)
@@ -464,8 +637,9 @@ def bench(
             kernels.add_row(*row)
         out_console.print(kernels)
     if json_out is not None:
-        write_json(results, json_out, {"device": gpu, "dtype": dtype, "iters": iters, "backends": names,
-                                       "artifact_dir": str(artifact_dir), "model_path": str(model_path)})
+        with atomic_output_file(json_out, json_inputs, ours=is_bench_json, what="--json") as tmp:
+            write_json(results, tmp, {"device": gpu, "dtype": dtype, "iters": iters, "backends": names,
+                                      "artifact_dir": str(artifact_dir), "model_path": str(model_path)})
         console.print(f"[green]wrote[/] {json_out}")
 
 
@@ -558,11 +732,19 @@ def pack_cmd(
     precision: Annotated[str | None, typer.Option(help="Engine precision of the plan: fp16 or fp8 "
                                                   "(default: the build's).")] = None,
     dist: Annotated[Path, typer.Option("--dist", help="Output folder of the .tar.gz.")] = Path("dist"),
+    force: Annotated[bool, typer.Option(help="Replace an existing drop of the same name made from another "
+                                        "checkpoint (a drop of the same checkpoint is always replaced).")] = False,
+    allow_unvalidated: Annotated[bool, typer.Option("--allow-unvalidated", help="Pack a build that has not passed "
+                                                    "`validate --model_path` (e.g. built with --no-validate); "
+                                                    "pack.json and README_TARGET.md in the drop say so.")] = False,
 ):
-    """One verified tar.gz for the target: artifacts, manifest, engine build plan and what to run there, in order."""
+    """One verified tar.gz for the target: artifacts, manifest, engine build plan and what to run there, in order.
+
+    Only a build that passed a full validation is packed, unless --allow-unvalidated.
+    """
     from gr00t_export.pack import pack
 
-    out = pack(artifact_dir, target, precision, dist)
+    out = pack(artifact_dir, target, precision, dist, force=force, allow_unvalidated=allow_unvalidated)
     console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 2**20:.1f} MiB); on the {target}: "
                   f"tar -xzf {out.name}, then follow README_TARGET.md", highlight=False, soft_wrap=True)
 

@@ -2,7 +2,7 @@
 
 An engine is specific to the GPU and the TensorRT version that built it, so the x86 host never ships one: it
 writes `engines/build_engines.sh` (the `trtexec` commands, NVIDIA's flags) for the target, and builds through
-the TensorRT Python API only on a machine that will run the engines.
+Polygraphy's TensorRT loaders (and runs through its `TrtRunner`) only on a machine that will run the engines.
 
 Every network is strongly typed (`--stronglyTyped`, `STRONGLY_TYPED`), fp16 graphs included. The precision is
 then the ONNX graph's own: fp16 tensors stay fp16, the ops the exporter keeps in fp32 around explicit Casts
@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,9 +36,11 @@ import onnx
 import torch
 
 from gr00t_export import __version__
+from gr00t_export.compare import compare_outputs
 from gr00t_export.errors import InputError, ValidationFailure
 from gr00t_export.partition import GraphSpec, StageSpec, load_graph_spec
 from gr00t_export.runner import SPEC_FILE, read_manifest, verify_file
+from gr00t_export.util import current_umask
 
 Shape = tuple[int, ...]
 Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
@@ -394,13 +398,14 @@ def render_build_plan(artifact_dir: str | Path, precision: str, target: str = "t
             f"{ENGINE_DIR}/{PLAN_README}": _render_readme(manifest, graphs, profiles, precision, target, workspace_mb)}
 
 
-def _write_atomic(path: Path, data: bytes | memoryview, mode: int = 0o644) -> None:
+def _write_atomic(path: Path, data: bytes | memoryview, executable: bool = False) -> None:
+    """Written beside `path`, then renamed; the mode of an ordinary file under the umask (mkstemp makes 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, mode)
+        os.chmod(tmp, (0o777 if executable else 0o666) & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -412,7 +417,7 @@ def write_build_plan(artifact_dir: str | Path, precision: str, target: str = "th
     """Writes `engines/build_engines.sh` and `engines/README.md` into the artifact dir; returns the script."""
     root = Path(artifact_dir)
     for rel, text in render_build_plan(root, precision, target, workspace_mb).items():
-        _write_atomic(root / rel, text.encode(), 0o755 if rel.endswith(".sh") else 0o644)
+        _write_atomic(root / rel, text.encode(), executable=rel.endswith(".sh"))
     return root / ENGINE_DIR / PLAN_SCRIPT
 
 
@@ -434,41 +439,61 @@ def import_tensorrt(module: str = "tensorrt"):
     raise InputError(NO_TENSORRT)
 
 
-_LOGGERS: dict[str, Any] = {}
+def polygraphy_trt(trt_module: str = "tensorrt"):
+    """(the TensorRT module, Polygraphy's TensorRT backend bound to it); InputError without TensorRT.
+
+    Polygraphy chooses its TensorRT module once per process, when `polygraphy.backend.trt` is first imported:
+    `tensorrt`, or with `config.USE_TENSORRT_RTX` the `tensorrt_rtx` module, which is how TensorRT-RTX's bindings
+    (`tensorrt_rtx_bindings`, as the lent GPU has them) are handed to it."""
+    trt = import_tensorrt(trt_module)
+    from polygraphy import config
+
+    rtx = trt.__name__ != "tensorrt"
+    if "polygraphy.backend.trt" not in sys.modules:
+        config.USE_TENSORRT_RTX = rtx
+    elif config.USE_TENSORRT_RTX != rtx:
+        raise InputError(f"this process already drives {'TensorRT-RTX' if config.USE_TENSORRT_RTX else 'TensorRT'} "
+                         f"through Polygraphy; use {trt.__name__} from a fresh process")
+    if rtx:
+        sys.modules.setdefault("tensorrt_rtx", trt)
+    from polygraphy.backend import trt as backend
+
+    return trt, backend
 
 
-def _logger(trt):
-    """One logger per TensorRT module: TensorRT keeps the first logger a process gives it, so builds switch
-    the logger's sink instead of making new loggers."""
-    if trt.__name__ in _LOGGERS:
-        return _LOGGERS[trt.__name__]
+@contextlib.contextmanager
+def _polygraphy_log(path: Path) -> Iterator[list[str]]:
+    """Polygraphy's messages, TensorRT's verbose builder log among them, into `path` and nowhere else; yields the
+    error lines (the latest 50 explain a failure)."""
+    from polygraphy.logger import G_LOGGER
 
-    class FileLogger(trt.ILogger):
+    class Errors(logging.Handler):
         def __init__(self):
-            trt.ILogger.__init__(self)
-            self.sink = None
-            self.errors: list[str] = []
+            super().__init__(logging.ERROR)
+            self.lines: list[str] = []
 
-        def log(self, severity, msg):
-            level = getattr(severity, "name", str(severity))
-            if self.sink is not None:
-                self.sink.write(f"[{level}] {msg}\n")
-            if int(severity) <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-                del self.errors[:-50]  # the latest 50 are enough to explain a failure
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+            del self.lines[:-50]
 
-        @contextlib.contextmanager
-        def capture(self, path: Path) -> Iterator[list[str]]:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w") as sink:
-                self.sink, self.errors = sink, []
-                try:
-                    yield self.errors
-                finally:
-                    self.sink = None
-
-    _LOGGERS[trt.__name__] = FileLogger()
-    return _LOGGERS[trt.__name__]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    python_logger = logging.getLogger("Polygraphy")
+    errors, sink = Errors(), logging.FileHandler(path, mode="w")
+    saved = G_LOGGER.use_python_logging_system, G_LOGGER.colors, python_logger.propagate, python_logger.level
+    G_LOGGER.use_python_logging_system, G_LOGGER.colors = True, False
+    python_logger.propagate = False
+    python_logger.setLevel(1)
+    python_logger.addHandler(sink)
+    python_logger.addHandler(errors)
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.EXTRA_VERBOSE):  # TensorRT's VERBOSE level arrives as EXTRA_VERBOSE
+            yield errors.lines
+    finally:
+        python_logger.removeHandler(sink)
+        python_logger.removeHandler(errors)
+        sink.close()
+        G_LOGGER.use_python_logging_system, G_LOGGER.colors, python_logger.propagate, level = saved
+        python_logger.setLevel(level)
 
 
 class BuildCheck(NamedTuple):
@@ -477,69 +502,48 @@ class BuildCheck(NamedTuple):
     errors: list[str]
 
 
-def _network_flags(trt) -> tuple[int, bool]:
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return (1 << int(flag), True) if flag is not None else (0, False)
+def _build(trt_module: str, onnx_path: Path, profiles: Mapping[str, Profile], workspace_mb: int, log_path: Path,
+           cache_path: Path | None = None, engine_path: Path | None = None) -> tuple[BuildCheck, int]:
+    """Parse -> profile -> serialise one strongly typed engine with Polygraphy's loaders; (check, engine bytes).
 
+    The log gets the builder's messages; the timing cache is read and merged back when given; the engine is
+    written atomically (never a half-written plan beside the log)."""
+    from polygraphy.exception import PolygraphyException
 
-def _builder(trt, logger):
-    try:
-        builder = trt.Builder(logger)
-    except Exception as err:  # the bindings raise TypeError/RuntimeError when CUDA cannot initialise
-        builder, reason = None, str(err)
-    else:
-        reason = "the builder is None"
-    if builder is None:
-        raise InputError(f"TensorRT cannot create a builder ({reason}): no usable CUDA GPU here; build on the "
-                         f"target with {ENGINE_DIR}/{PLAN_SCRIPT}")
-    return builder
-
-
-def _build(trt, onnx_path: Path, profiles: Mapping[str, Profile], workspace_mb: int, log_path: Path,
-           cache_path: Path | None = None, engine_path: Path | None = None,
-           precision: str = "fp16") -> tuple[BuildCheck, int]:
-    """Parse -> profile -> serialise one engine; (check, engine bytes). The log gets the builder's messages."""
-    logger = _logger(trt)
+    trt, pg = polygraphy_trt(trt_module)
     start = time.perf_counter()
-    with logger.capture(log_path) as errors:
-        builder = _builder(trt, logger)
-        flags, strongly_typed = _network_flags(trt)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):  # resolves external data beside the file
-            parse = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            return BuildCheck(False, time.perf_counter() - start, parse or errors or ["ONNX parse failed"]), 0
+    with _polygraphy_log(log_path) as errors:
+        try:
+            # TensorRT-RTX networks are always strongly typed and have no flag for it
+            typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+            builder, network, parser = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=typed)()
+        except PolygraphyException as err:  # the parser's errors are in the log and in `errors`
+            return BuildCheck(False, time.perf_counter() - start, list(errors) or [str(err)]), 0
+        except Exception as err:  # the bindings raise TypeError/RuntimeError when CUDA cannot initialise
+            raise InputError(f"TensorRT cannot create a builder ({err}): no usable CUDA GPU here; build on the "
+                             f"target with {ENGINE_DIR}/{PLAN_SCRIPT}") from None
         inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
         unknown = sorted(set(profiles) - set(inputs))
-        unset = sorted(n for n, s in inputs.items() if -1 in s and n not in profiles)
+        unset = sorted(n for n, shape in inputs.items() if -1 in shape and n not in profiles)
         if unknown or unset:
             msg = f"profile names inputs the network lacks: {unknown}" if unknown else \
                 f"dynamic inputs without a profile: {unset}"
             return BuildCheck(False, time.perf_counter() - start, [msg]), 0
-        config = builder.create_builder_config()
-        if hasattr(config, "set_memory_pool_limit") and hasattr(trt, "MemoryPoolType"):
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-        if not strongly_typed:  # TensorRT < 9.1 only; TensorRT-RTX has no precision flags at all
-            wanted = {"fp16": "FP16", "bf16": "BF16", "fp8": "FP8"}.get(precision)
-            if wanted and hasattr(trt.BuilderFlag, wanted):
-                config.set_flag(getattr(trt.BuilderFlag, wanted))
-        profile = builder.create_optimization_profile()
+        profile = pg.Profile()
         for name, (lo, opt, hi) in profiles.items():
-            profile.set_shape(name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-        cache = None
-        if cache_path is not None and hasattr(config, "create_timing_cache"):
-            cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-            config.set_timing_cache(cache, False)
-        serialized = builder.build_serialized_network(network, config)
+            profile.add(name, min=lo, opt=opt, max=hi)
+        cache = cache_path if cache_path is not None and cache_path.is_file() else None
+        config = pg.CreateConfig(profiles=[profile], load_timing_cache=str(cache) if cache else None,
+                                 memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20})
+        try:
+            serialized = pg.EngineBytesFromNetwork((builder, network, parser), config,
+                                                   save_timing_cache=str(cache_path) if cache_path else None)()
+        except PolygraphyException as err:
+            return BuildCheck(False, time.perf_counter() - start, list(errors) or [str(err)]), 0
         seconds = time.perf_counter() - start
-        if serialized is None:
-            return BuildCheck(False, seconds, list(errors) or ["build_serialized_network returned None"]), 0
-        if cache is not None:
-            _write_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
-        if engine_path is not None:
-            _write_atomic(engine_path, memoryview(serialized))
-        return BuildCheck(True, seconds, []), int(serialized.nbytes)
+    if engine_path is not None:
+        _write_atomic(engine_path, memoryview(serialized))
+    return BuildCheck(True, seconds, []), int(serialized.nbytes)
 
 
 @dataclass
@@ -574,7 +578,7 @@ def build_engines(artifact_dir: str | Path, precision: str, workspace_mb: int = 
     """
     root = Path(artifact_dir)
     write_build_plan(root, precision, "local", workspace_mb)
-    trt = import_tensorrt(trt_module)
+    trt, _ = polygraphy_trt(trt_module)
     _require_gpu()
     manifest = read_manifest(root)
     graph = load_graph_spec(root / SPEC_FILE)
@@ -584,8 +588,8 @@ def build_engines(artifact_dir: str | Path, precision: str, workspace_mb: int = 
     for stage, g in graphs.items():
         engine, log_rel = f"{ENGINE_DIR}/{stage}.engine", f"{ENGINE_DIR}/{stage}.build.log"
         log(f"building {engine} from {g.onnx} ({g.kind})")
-        check, size = _build(trt, root / g.onnx, profiles[stage], workspace_mb, root / log_rel,
-                             root / TIMING_CACHE, root / engine, precision)
+        check, size = _build(trt_module, root / g.onnx, profiles[stage], workspace_mb, root / log_rel,
+                             root / TIMING_CACHE, root / engine)
         if not check.ok:
             (root / engine).unlink(missing_ok=True)  # never leave an engine from an older build beside the log
         log(f"  {stage}: {'ok' if check.ok else 'FAILED'} in {check.seconds:.1f} s"
@@ -630,71 +634,69 @@ def check_engine_build(onnx_path: str | Path, profiles: Mapping[str, Profile] | 
     if not path.is_file():
         raise InputError(f"ONNX file {path} not found")
     profiles = profiles if profiles is not None else profiles_for_onnx(path)
-    trt = import_tensorrt(trt_module)
+    polygraphy_trt(trt_module)
     log_file = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"gr00t_export_{path.stem}.build.log"
-    check, _ = _build(trt, path, profiles, workspace_mb, log_file)
+    check, _ = _build(trt_module, path, profiles, workspace_mb, log_file)
     return check
 
 
 # --------------------------------------------------------------------------------------------- runtime
 
 
-_TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64,
-                 "INT32": torch.int32, "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool,
-                 "FP8": torch.float8_e4m3fn}
-
-
 class TrtStageRunner:
-    """One engine behind the runner interface, I/O in device-resident torch tensors on the current stream.
-
-    Untested here (no TensorRT on the build host): kept to the plain TensorRT 10 pattern — set every input's
-    shape and address, allocate outputs from `get_tensor_shape`, `execute_async_v3` on torch's current stream,
-    so it orders with the torch stages around it without a synchronise.
-    """
+    """One engine behind the runner interface, run by Polygraphy's `TrtRunner`; device-resident torch tensors in and
+    out. Polygraphy enqueues on its own CUDA stream and synchronises it before returning, so torch's stream is
+    synchronised first (the inputs are complete) and the outputs are copied out of Polygraphy's reused buffers."""
 
     def __init__(self, engine_path: str | Path, spec: StageSpec, device: str | torch.device = "cuda",
                  trt_module: str = "tensorrt"):
-        trt = import_tensorrt(trt_module)
+        from polygraphy.datatype import DataType
+        from polygraphy.exception import PolygraphyException
+
+        _, pg = polygraphy_trt(trt_module)
         self.spec, self.device = spec, torch.device(device)
         if self.device.type != "cuda":
             raise InputError(f"TensorRT engines run on CUDA; use --device cuda, not {self.device}")
-        logger = _logger(trt)
-        logger.errors.clear()
-        self.runtime = trt.Runtime(logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            why = logger.errors[-1].splitlines()[0] if logger.errors else "built by another TensorRT version or GPU?"
-            raise ValidationFailure(f"{engine_path} does not deserialize here ({why}); rebuild it on this machine "
-                                    f"with {ENGINE_DIR}/{PLAN_SCRIPT}")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self.inputs = [n for n in names if is_input[n]]
-        self.dtypes = {n: _TRT_TO_TORCH[self.engine.get_tensor_dtype(n).name] for n in names}
-        missing = (set(spec.input_names) ^ set(self.inputs)) | (set(spec.output_names) - set(names))
+        engine_path = Path(engine_path)
+        log = Path(tempfile.gettempdir()) / f"gr00t_export_{spec.name}.engine.log"
+        with _polygraphy_log(log) as errors:
+            try:
+                self.runner = pg.TrtRunner(pg.EngineFromBytes(engine_path.read_bytes()), name=spec.name)
+                self.runner.activate()
+            except PolygraphyException as err:
+                why = errors[-1].splitlines()[0] if errors else str(err) or "built by another TensorRT or GPU?"
+                raise ValidationFailure(f"{engine_path} does not deserialize here ({why}); rebuild it on this "
+                                        f"machine with {ENGINE_DIR}/{PLAN_SCRIPT}") from None
+        inputs = self.runner.get_input_metadata()
+        self.dtypes = {name: DataType.to_dtype(meta.dtype, "torch") for name, meta in inputs.items()}
+        engine = self.runner.engine
+        outputs = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)} - set(inputs)
+        missing = (set(spec.input_names) ^ set(inputs)) | (set(spec.output_names) - outputs)
         if missing:
+            self.close()
             raise ValidationFailure(f"{engine_path} I/O does not match stage {spec.name} ({sorted(missing)}); "
                                     "rebuild the engines from this build's ONNX")
 
     def infer(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        stream = torch.cuda.current_stream(self.device)
-        held = []  # inputs must live until the enqueue; the caching allocator orders reuse on this stream
-        for name in self.inputs:
-            t = torch.as_tensor(feeds[name]).to(self.device, self.dtypes[name]).contiguous()
-            held.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        outputs = {}
-        for name in self.spec.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise ValidationFailure(f"stage {self.spec.name}: input shapes {[tuple(t.shape) for t in held]} "
-                                        "are outside the engine's profile; rebuild with a wider profile")
-            outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-            self.context.set_tensor_address(name, outputs[name].data_ptr())
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ValidationFailure(f"TensorRT failed to run stage {self.spec.name}")
-        return outputs
+        from polygraphy.exception import PolygraphyException
+
+        inputs = {name: torch.as_tensor(feeds[name]).to(self.device, dtype).contiguous()
+                  for name, dtype in self.dtypes.items()}
+        torch.cuda.current_stream(self.device).synchronize()
+        try:
+            out = self.runner.infer(inputs, check_inputs=True, copy_outputs_to_host=False)
+        except PolygraphyException as err:  # e.g. shapes outside the engine's profile
+            raise ValidationFailure(f"stage {self.spec.name}: TensorRT cannot run inputs "
+                                    f"{[tuple(t.shape) for t in inputs.values()]} ({str(err).splitlines()[0]}); "
+                                    "rebuild the engines with a wider profile") from None
+        return {name: out[name].clone() for name in self.spec.output_names}
+
+    def close(self) -> None:
+        if getattr(self, "runner", None) is not None and self.runner.is_active:
+            self.runner.deactivate()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def require_engines(artifact_dir: str | Path, graph_spec: GraphSpec, device: str, trt_module: str = "tensorrt"
@@ -707,7 +709,7 @@ def require_engines(artifact_dir: str | Path, graph_spec: GraphSpec, device: str
                          f"{ENGINE_DIR}/{PLAN_SCRIPT} (or gr00t-export engines DIR --precision fp16 --target local)")
     if not str(device).startswith("cuda"):
         raise InputError(f"backend trt runs TensorRT engines on CUDA; pass --device cuda, not {device}")
-    import_tensorrt(trt_module)
+    polygraphy_trt(trt_module)
 
 
 def trt_stage_runner(artifact_dir: str | Path, spec: StageSpec, device: str = "cuda",
@@ -727,22 +729,15 @@ def compare_backends(artifact_dir: str | Path, candidate: tuple[str, str] = ("tr
 
     reference_dir: another build to compare against (e.g. fp8 engines vs the fp16 build); default the same dir.
     """
-    import numpy as np
-
     from gr00t_export.build import example_observation
     from gr00t_export.runner import ExportedGr00tRunner
 
     ref = ExportedGr00tRunner(reference_dir or artifact_dir, device=reference[1], backend=reference[0])
     cand = ExportedGr00tRunner(artifact_dir, device=candidate[1], backend=candidate[0])
     obs = example_observation(ref.spec.modality, ref.spec.metadata, None)
-    a, b = ref.get_action(obs, seed=seed), cand.get_action(obs, seed=seed)
-    out = {}
-    for key in a:
-        x, y = a[key].astype(np.float64).ravel(), b[key].astype(np.float64).ravel()
-        denom = np.linalg.norm(x) * np.linalg.norm(y)
-        out[key] = {"max_abs_diff": float(np.abs(x - y).max()),
-                    "cosine": float(x @ y / denom) if denom else float(np.array_equal(x, y))}
-    return out
+    comparisons = compare_outputs(cand.get_action(obs, seed=seed), ref.get_action(obs, seed=seed), check_dtypes=False)
+    return {key: {"max_abs_diff": c.max_abs, "cosine": c.cosine, "max_rel": c.max_rel}
+            for key, c in comparisons.items()}
 
 
 # --------------------------------------------------------------------------------------------- pipeline hook

@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 import torch
 
+from gr00t_export.compare import compare_outputs, worst
 from gr00t_export.errors import ValidationFailure
 from gr00t_export.model.layers import onnxruntime_kernels
 from gr00t_export.optimize import OptimizeReport, consolidate, optimize
@@ -62,16 +63,13 @@ def _info(name: str, value: Any) -> TensorInfo:
     return TensorInfo(name, "string", [len(value)])
 
 
-def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
-    worst = 0.0
-    for key, x in a.items():
-        y = b[key]
-        x, y = torch.as_tensor(x).double().cpu(), torch.as_tensor(y).double().cpu()
-        if x.shape != y.shape:
-            raise ValidationFailure(f"output {key} has shape {tuple(y.shape)}, its twin {tuple(x.shape)}")
-        if x.numel():
-            worst = max(worst, float((x - y).abs().max()))
-    return worst
+def max_abs_diff(got: dict[str, Any], expected: dict[str, Any]) -> float:
+    """Largest |artifact - twin| over a stage's outputs; a missing or mis-shaped output is a ValidationFailure."""
+    comparisons = compare_outputs(got, expected, check_dtypes=False)
+    for c in comparisons.values():
+        if c.problem:
+            raise ValidationFailure(f"output {c.name}: {c.problem}")
+    return worst(comparisons).max_abs if comparisons else 0.0
 
 
 def stage_device(stage: StageSpec, device: str | torch.device) -> torch.device:
@@ -200,7 +198,7 @@ def export_partition(part: Partition, raw: RawInputs, init_actions: torch.Tensor
         results.append(ExportedStage(
             name=stage.name, file=stage.file, format=stage.format, precision=part.precision,
             inputs=[_info(k, v) for k, v in feeds.items()], outputs=[_info(k, v) for k, v in got.items()],
-            max_abs_diff=max_abs_diff(expected, got), atol=atol, optimize=report,
+            max_abs_diff=max_abs_diff(got, expected), atol=atol, optimize=report,
             extra_files=[str(Path(stage.file).with_name(data.name))] if data.exists() else [],
         ))
     return results

@@ -302,6 +302,8 @@ def igg_document(root: Path, yaml_dir: Path, manifest: dict, graph: GraphSpec, f
         for name in order:
             src = sources.get(name, "external")
             port = ins[name]
+            if name.startswith("frames_"):  # one camera each, at its own resolution
+                port["camera"] = modality.video_keys[int(name.rsplit("_", 1)[1])]
             if name == "raw_state":
                 port["kind"] = STATE_KIND
                 axes: list[Any] = [None] * (len(port["shape"]) - 1)
@@ -432,7 +434,7 @@ def emit_igg_config(artifact_dir: str | Path, name: str | None = None, frequency
     if not frequency_hz > 0:
         raise InputError(f"frequency must be > 0 Hz, got {frequency_hz}")
     manifest = read_manifest(root)
-    graph = load_graph_spec(root / SPEC_FILE if (root / SPEC_FILE).is_file() else None)
+    graph = load_graph_spec(root / SPEC_FILE if (root / SPEC_FILE).is_file() else None, views=int(manifest["views"]))
     name = name or default_name(manifest)
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise InputError(f"config name {name!r} must be a plain file name (no folders); pick another --name")

@@ -110,7 +110,9 @@ def describe_drop(artifact_dir: str | Path) -> DropView:
     if not root.is_dir():
         raise InputError(f"artifact dir {root} does not exist; run `gr00t-export build` first")
     manifest = read_manifest(root)
-    graph = load_graph_spec(root / SPEC_FILE if (root / SPEC_FILE).is_file() else None)
+    views = manifest.get("views")
+    graph = load_graph_spec(root / SPEC_FILE if (root / SPEC_FILE).is_file() else None,
+                            views=int(views) if views else None)
     files = {f["path"]: f for f in manifest.get("files", [])}
     seen = {s["name"]: s for s in manifest.get("stages", [])}
     overall, per_stage = validation_status(root)

@@ -23,13 +23,13 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from gr00t_export.config import Gr00tConfig, checkpoint_config_dict, eagle_config_dict, preset
-from gr00t_export.embodiments import ModalityConfig, embodiment_index, key_dims, load_modality_config
+from gr00t_export.embodiments import ModalityConfig, embodiment_index, key_layout, load_modality_config
 from gr00t_export.errors import InputError
 from gr00t_export.load import INDEX_FILE, SINGLE_FILE
 from gr00t_export.metadata import EmbodimentMetadata, KeyStats, metadata_from_lerobot_stats, write_metadata
 from gr00t_export.model import Gr00tN15
 from gr00t_export.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
-from gr00t_export.util import atomic_output_dir, progress_bar
+from gr00t_export.util import atomic_output_dir, file_input, progress_bar
 
 SHARD_BYTES = 2 << 30
 EAGLE_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -121,27 +121,43 @@ def write_weights(out: Path, shapes: dict[str, tuple[int, ...]], seed: int, dtyp
     return total
 
 
-def synthetic_metadata(cfg: ModalityConfig, seed: int) -> EmbodimentMetadata:
-    """Plausible joint statistics (radians-scale ranges) when no dataset is given to measure them."""
+def synthetic_metadata(cfg: ModalityConfig, seed: int, resolutions: dict[str, tuple[int, int]] | None = None
+                       ) -> EmbodimentMetadata:
+    """Plausible statistics when no dataset is given to measure them: radians-scale joint ranges, [-1, 1] for
+    quaternion/6D rotations, [0, 1] for binary keys; `modalities` from the config's public dataset layout.
+    `resolutions` gives a camera's (width, height) (default 256 x 256)."""
     rng = np.random.default_rng(seed)
-    dims = {k: key_dims(cfg, k) for k in (*cfg.state_keys, *cfg.action_keys)}
+    layouts = {k: key_layout(cfg, k) for k in (*cfg.state_keys, *cfg.action_keys)}
 
-    def stats(d: int) -> KeyStats:
+    def stats(key: str) -> KeyStats:
+        layout = layouts[key]
+        d = layout.dim
+        if not layout.continuous:
+            zero, one = np.zeros(d), np.ones(d)
+            return KeyStats(min=zero, max=one, mean=0.5 * one, std=0.5 * one, q01=zero, q99=one)
+        if layout.rotation_type in ("quaternion", "rotation_6d", "matrix"):
+            return KeyStats(min=-np.ones(d), max=np.ones(d), mean=np.zeros(d), std=0.5 * np.ones(d),
+                            q01=-0.98 * np.ones(d), q99=0.98 * np.ones(d))
         center = rng.uniform(-0.5, 0.5, d)
         half = rng.uniform(0.3, 1.5, d)
         return KeyStats(min=center - half, max=center + half, mean=center, std=half / 2,
                         q01=center - 0.95 * half, q99=center + 0.95 * half)
 
-    state = {ModalityConfig.short(k): stats(dims[k]) for k in cfg.state_keys}
-    action = {ModalityConfig.short(k): stats(dims[k]) for k in cfg.action_keys}
-    entry = lambda d: {"absolute": True, "rotation_type": None, "shape": [d], "continuous": True}  # noqa: E731
+    def entry(key: str) -> dict:
+        layout = layouts[key]
+        return {"absolute": layout.absolute, "rotation_type": layout.rotation_type, "shape": [layout.dim],
+                "continuous": layout.continuous}
+
+    resolutions = resolutions or {}
     modalities = {
-        "video": {ModalityConfig.short(k): {"resolution": [256, 256], "channels": 3, "fps": 20.0}
-                  for k in cfg.video_keys},
-        "state": {ModalityConfig.short(k): entry(dims[k]) for k in cfg.state_keys},
-        "action": {ModalityConfig.short(k): entry(dims[k]) for k in cfg.action_keys},
+        "video": {ModalityConfig.short(k): {"resolution": list(resolutions.get(k, (256, 256))), "channels": 3,
+                                            "fps": 20.0} for k in cfg.video_keys},
+        "state": {ModalityConfig.short(k): entry(k) for k in cfg.state_keys},
+        "action": {ModalityConfig.short(k): entry(k) for k in cfg.action_keys},
     }
-    return EmbodimentMetadata(tag=cfg.embodiment_tag, state=state, action=action, modalities=modalities)
+    return EmbodimentMetadata(tag=cfg.embodiment_tag, state={ModalityConfig.short(k): stats(k) for k in cfg.state_keys},
+                              action={ModalityConfig.short(k): stats(k) for k in cfg.action_keys},
+                              modalities=modalities)
 
 
 def _eagle_dir(out: Path, eagle_path: Path | None, seed: int) -> tuple[int, int]:
@@ -159,19 +175,23 @@ def _eagle_dir(out: Path, eagle_path: Path | None, seed: int) -> tuple[int, int]
     return tok.vocab_size, tok.image_token_id
 
 
-def make_checkpoint(out: str | Path, preset_name: str = "tiny", seed: int = 0, embodiment: str = "gr1",
+def make_checkpoint(out: str | Path, preset_name: str = "tiny", seed: int = 0, embodiment: str | None = None,
                     modality_config: str | Path = "fourier_gr1_arms_only", dataset_path: str | Path | None = None,
                     eagle_path: str | Path | None = None, force: bool = False, show_progress: bool = True,
                     shard_bytes: int | None = None) -> Path:
-    """`shard_bytes` overrides the preset's sharding (tiny: one model.safetensors; n1.5-3b: 2 GiB shards)."""
+    """`shard_bytes` overrides the preset's sharding (tiny: one model.safetensors; n1.5-3b: 2 GiB shards);
+    `embodiment` defaults to the data config's tag."""
     cfg = preset(preset_name)
     if shard_bytes is not None and shard_bytes < 1:
         raise InputError(f"shard_bytes={shard_bytes} must be >= 1 (or None for the preset default)")
-    embodiment_index(embodiment)
     modality = load_modality_config(modality_config)
+    embodiment = embodiment or modality.embodiment_tag
+    embodiment_index(embodiment)
     if modality.embodiment_tag != embodiment:
         modality = dataclasses.replace(modality, embodiment_tag=embodiment)
-    with atomic_output_dir(out, force=force) as tmp:
+    inputs = {"--dataset_path": dataset_path, "--eagle_path": eagle_path,
+              "--modality_config": file_input(modality_config)}
+    with atomic_output_dir(out, force=force, inputs=inputs, kind="checkpoint") as tmp:
         eagle = tmp / "eagle"
         eagle.mkdir()
         vocab_size, image_token = _eagle_dir(eagle, Path(eagle_path) if eagle_path else None, seed)

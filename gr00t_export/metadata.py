@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from gr00t_export.embodiments import NORMALIZING_MODES, ModalityConfig
+from gr00t_export.embodiments import DATA_CONFIGS, NORMALIZING_MODES, ModalityConfig
 from gr00t_export.errors import InputError
+from gr00t_export.preprocess.rotation import ROTATION_BOUNDS, ROTATION_TYPES, family, rotation_width
 
 STAT_NAMES: tuple[str, ...] = ("max", "min", "mean", "std", "q01", "q99")
 
@@ -82,6 +83,13 @@ class EmbodimentMetadata:
     def state_dim(self, short: str) -> int:
         return self._dim("state", short)
 
+    def entry(self, modality: str, short: str) -> dict[str, Any]:
+        """`modalities.<modality>.<short>` with N1.5's defaults filled in (absolute, continuous, no rotation)."""
+        self._dim(modality, short)
+        entry = self.modalities[modality][short]
+        return {"absolute": bool(entry.get("absolute", True)), "rotation_type": entry.get("rotation_type"),
+                "shape": list(entry["shape"]), "continuous": bool(entry.get("continuous", True))}
+
     def action_dim(self, short: str) -> int:
         return self._dim("action", short)
 
@@ -106,8 +114,7 @@ def _metadata_file(path: Path) -> Path:
     return path
 
 
-def read_metadata(path: str | Path, tag: str) -> EmbodimentMetadata:
-    """Load the entry for `tag` from metadata.json (or from a checkpoint directory)."""
+def _read_metadata_file(path: str | Path) -> tuple[Path, dict[str, Any]]:
     file = _metadata_file(Path(path))
     if not file.is_file():
         raise InputError(
@@ -119,6 +126,17 @@ def read_metadata(path: str | Path, tag: str) -> EmbodimentMetadata:
         raise InputError(f"cannot parse {file} ({err}); restore the checkpoint's metadata.json") from err
     if not isinstance(data, dict):
         raise InputError(f"{file} is not a mapping of embodiment tags; restore the checkpoint's metadata.json")
+    return file, data
+
+
+def metadata_tags(path: str | Path) -> list[str]:
+    """The embodiment tags metadata.json has entries for, in file order."""
+    return list(_read_metadata_file(path)[1])
+
+
+def read_metadata(path: str | Path, tag: str) -> EmbodimentMetadata:
+    """Load the entry for `tag` from metadata.json (or from a checkpoint directory)."""
+    file, data = _read_metadata_file(path)
     if tag not in data:
         raise InputError(
             f"No metadata found for embodiment tag: {tag} (has: {', '.join(sorted(data)) or 'none'}); "
@@ -139,30 +157,127 @@ def read_metadata(path: str | Path, tag: str) -> EmbodimentMetadata:
     )
 
 
+@dataclass(frozen=True)
+class KeyPlan:
+    """What the pre/post-processing does to one state/action key, settled from the config and the metadata.
+
+    `raw_dim` is the key's width in observations, datasets and returned actions; `model_dim` its width in the
+    model's state/action vector (after a rotation conversion, before sin_cos doubles a state key).
+    """
+
+    key: str
+    raw_dim: int
+    mode: str
+    conversion: tuple[str, str] | None = None  # (dataset rotation_type, target) when the representation changes
+    fixed_bound: float | None = None  # min_max bound of a converted absolute rotation (N1.5's fixed statistics)
+
+    @property
+    def model_dim(self) -> int:
+        return rotation_width(self.conversion[1]) if self.conversion else self.raw_dim
+
+
+def key_plans(metadata: EmbodimentMetadata, cfg: ModalityConfig, modality: str) -> list[KeyPlan]:
+    """One plan per key of `modality` ("state" or "action"), in concat order; InputError on the first key that
+    N1.5's StateActionTransform would refuse, naming the fix.
+
+    N1.5's rules: a target rotation needs the metadata's `rotation_type`, and converts only when the two differ;
+    a converted absolute rotation may only be normalised min_max, with fixed bounds (not statistics); a converted
+    relative rotation may not be normalised; a non-continuous key may only be `binary`; any other normalised key
+    needs statistics of its width.
+    """
+    keys = cfg.state_keys if modality == "state" else cfg.action_keys
+    table = metadata.state if modality == "state" else metadata.action
+    plans = []
+    for key in keys:
+        short = cfg.short(key)
+        entry = metadata.entry(modality, short)
+        dim, mode = int(entry["shape"][0]), cfg.state_mode(key) if modality == "state" else cfg.action_mode(key)
+        where = f"metadata for '{metadata.tag}': {key}"
+        source, target = entry["rotation_type"], cfg.target_rotation(key)
+        if source is not None and source not in ROTATION_TYPES:
+            raise InputError(f"{where} has rotation_type {source!r}; use one of {', '.join(ROTATION_TYPES)} "
+                             "in meta/modality.json")
+        conversion = None
+        if target is not None:
+            if source is None:
+                raise InputError(f"{where} has no rotation_type, but config '{cfg.name}' converts it to {target}; "
+                                 "set its rotation_type in meta/modality.json (e.g. quaternion) and regenerate "
+                                 "the metadata")
+            if dim != rotation_width(source):
+                raise InputError(f"{where} is a {source} of {rotation_width(source)} values but has {dim}; fix its "
+                                 "start/end or rotation_type in meta/modality.json")
+            conversion = (source, target) if source != target else None
+        bound = None
+        if mode in (*NORMALIZING_MODES, "binary"):
+            if conversion is not None:
+                if not entry["absolute"]:
+                    raise InputError(f"{where} is a relative rotation converted to {target}, which N1.5 cannot "
+                                     f"normalise; set its {modality} mode to identity in config '{cfg.name}'")
+                if mode != "min_max" or family(target) not in ROTATION_BOUNDS:
+                    raise InputError(f"{where} is an absolute rotation converted to {target}, which N1.5 normalises "
+                                     "only min_max with fixed bounds; use min_max and a target among "
+                                     f"{', '.join(ROTATION_BOUNDS)} (or mode identity)")
+                bound = ROTATION_BOUNDS[family(target)]
+            elif not entry["continuous"] and mode != "binary":
+                raise InputError(f"{where} is not continuous, so N1.5 allows only the binary mode; set its "
+                                 f"{modality} mode to binary in config '{cfg.name}'")
+            elif mode != "binary":
+                stats = table.get(short)
+                if stats is None:
+                    raise InputError(
+                        f"metadata for '{metadata.tag}' has no statistics for {key} (mode {mode}); "
+                        f"use the data config the checkpoint was trained with (has: {', '.join(sorted(table))})"
+                    )
+                if stats.dim != dim:
+                    raise InputError(f"{where} statistics have {stats.dim} dims but its shape is {dim}; "
+                                     "regenerate metadata.json")
+        elif mode == "sin_cos" and conversion is not None:
+            raise InputError(f"{where} is converted to {target} and cannot also be sin_cos; drop one of them")
+        stats = table.get(short)
+        if stats is not None and stats.dim != dim:
+            raise InputError(f"{where} statistics have {stats.dim} dims but its shape is {dim}; regenerate "
+                             "metadata.json")
+        names = cfg.joint_names.get(key)
+        if names is not None and len(names) != dim:
+            raise InputError(f"{key} has {len(names)} joint_names but {dim} dims in metadata; list one name per dim")
+        plans.append(KeyPlan(key, dim, mode, conversion, bound))
+    return plans
+
+
 def check_against(metadata: EmbodimentMetadata, cfg: ModalityConfig) -> None:
-    """Fail on the first config key the metadata cannot serve: no shape, no needed stats, or dims that differ."""
-    for modality, keys, table in (("state", cfg.state_keys, metadata.state),
-                                  ("action", cfg.action_keys, metadata.action)):
-        for key in keys:
-            short = cfg.short(key)
-            dim = metadata._dim(modality, short)
-            mode = cfg.state_mode(key) if modality == "state" else cfg.action_mode(key)
-            stats = table.get(short)
-            if stats is None and mode in NORMALIZING_MODES:
-                raise InputError(
-                    f"metadata for '{metadata.tag}' has no statistics for {key} (mode {mode}); "
-                    f"use the data config the checkpoint was trained with (has: {', '.join(sorted(table))})"
-                )
-            if stats is not None and stats.dim != dim:
-                raise InputError(
-                    f"metadata for '{metadata.tag}': {key} statistics have {stats.dim} dims but its shape is {dim}; "
-                    "regenerate metadata.json"
-                )
-            names = cfg.joint_names.get(key)
-            if names is not None and len(names) != dim:
-                raise InputError(
-                    f"{key} has {len(names)} joint_names but {dim} dims in metadata; list one name per dim"
-                )
+    """Fail on the first config key the metadata cannot serve (see `key_plans`)."""
+    key_plans(metadata, cfg, "state")
+    key_plans(metadata, cfg, "action")
+
+
+def serves(metadata: EmbodimentMetadata, cfg: ModalityConfig) -> bool:
+    """Whether the metadata has every video, state and action key of `cfg` and passes `check_against`."""
+    videos = metadata.modalities.get("video", {})
+    if any(cfg.short(k) not in videos for k in cfg.video_keys):
+        return False
+    try:
+        check_against(metadata, cfg)
+    except InputError:
+        return False
+    return True
+
+
+def _key_sets(video: object, state: object, action: object) -> tuple[frozenset, frozenset, frozenset]:
+    return frozenset(video), frozenset(state), frozenset(action)  # type: ignore[arg-type]
+
+
+def matching_data_configs(metadata: EmbodimentMetadata) -> list[str]:
+    """Built-in data configs this metadata was made for: those whose video/state/action keys are exactly the
+    metadata's; failing any, those whose keys it serves (a dataset's modality.json may list more keys than the
+    config reads). Either way the config must pass `check_against`."""
+    mods = metadata.modalities
+    have = _key_sets(mods.get("video", {}), mods.get("state", {}), mods.get("action", {}))
+    served = [name for name, cfg in DATA_CONFIGS.items() if serves(metadata, cfg)]
+    exact = [name for name in served if _key_sets(
+        *((ModalityConfig.short(k) for k in keys) for keys in (DATA_CONFIGS[name].video_keys,
+                                                                 DATA_CONFIGS[name].state_keys,
+                                                                 DATA_CONFIGS[name].action_keys))) == have]
+    return exact or served
 
 
 def compute_key_stats(array: np.ndarray) -> KeyStats:
@@ -216,9 +331,10 @@ def _video_entry(info: dict[str, Any], original_key: str, where: str) -> dict[st
 
 
 def metadata_from_lerobot_stats(
-    dataset_dir: str | Path, cfg: ModalityConfig, tag: str | None = None
+    dataset_dir: str | Path, cfg: ModalityConfig | None, tag: str | None = None
 ) -> EmbodimentMetadata:
-    """Metadata for a GR00T-flavoured LeRobot dataset: meta/stats.json sliced by meta/modality.json.
+    """Metadata for a GR00T-flavoured LeRobot dataset: meta/stats.json sliced by meta/modality.json, checked against
+    `cfg` when one is given (without one, `matching_data_configs` can find the configs it serves).
 
     Like GR00T's own loader, every state/action key of modality.json is included, not just the config's.
     """
@@ -227,7 +343,7 @@ def metadata_from_lerobot_stats(
     modality = _read_json(meta / "modality.json")
     stats = _read_json(meta / "stats.json")
     info = _read_json(meta / "info.json")
-    tag = tag or cfg.embodiment_tag
+    tag = tag or (cfg.embodiment_tag if cfg is not None else "new_embodiment")
     where = str(root)
 
     modalities: dict[str, Any] = {"video": {}, "state": {}, "action": {}}
@@ -259,7 +375,9 @@ def metadata_from_lerobot_stats(
                 "absolute": bool(entry.get("absolute", True)),
                 "rotation_type": entry.get("rotation_type"),
                 "shape": [end - start],
-                "continuous": bool(entry.get("continuous", True)),
+                # N1.5's modality.json gives a dtype (default float64); an integer key is not continuous
+                "continuous": bool(entry.get("continuous", str(entry.get("dtype", "float64")).startswith("float"))),
             }
-    check_against(result, cfg)
+    if cfg is not None:
+        check_against(result, cfg)
     return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,12 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from gr00t_export.compare import compare_outputs
+
 TWO_GB = 2**31 - 2**20  # protobuf's limit, with headroom
+EXTERNAL_ABOVE = TWO_GB - (256 << 20)  # weights past this leave the .onnx (graph structure needs room too)
+EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inside the .onnx even then
+PAGE = 4096  # external tensors start on page boundaries, so they can be memory-mapped
 # onnxslim holds several copies of a graph in memory; above this the build skips it (a 3B build must stay
 # under 16 GiB) and leaves graph optimisation to onnxruntime / TensorRT, which do the same folding at load.
 SIMPLIFY_MAX_BYTES = 1 << 30
@@ -33,20 +39,64 @@ class OptimizeReport:
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
     # ByteSize() itself fails above 2 GB, so count the tensors' payloads
-    return sum(len(t.raw_data) for t in model.graph.initializer)
+    return sum(len(t.raw_data) for t in _tensors(model))
 
 
-def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """One `.onnx`, plus one `<name>.onnx_data` when the weights exceed protobuf's 2 GB."""
+def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None = None,
+              source_dir: Path | None = None) -> bool:
+    """The one writer of ONNX graphs with weights: `path`, plus `<name>.onnx_data` when the weights go outside.
+
+    Outside (`external=None`: when the model already keeps tensors outside, or its weights pass
+    `EXTERNAL_ABOVE`) means every tensor of `EXTERNAL_MIN_BYTES` or more, initializers and Constant values, in one
+    file at page-aligned offsets (onnxruntime memory-maps them), written with ordinary file permissions (onnx's
+    own writer makes it owner-only). Tensors already outside are streamed from their files under `source_dir`,
+    one at a time, so a 3B graph is never loaded whole; tensors in memory are moved (their raw data is cleared).
+    Returns whether external data was written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = path.with_name(path.name + "_data")
-    if data.exists():
-        data.unlink()
-    if _has_external(model) or _weight_bytes(model) > TWO_GB - (256 << 20):
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    else:
+    data = _external_file(path)
+    if external is None:
+        external = _has_external(model) or _weight_bytes(model) > EXTERNAL_ABOVE
+    if not external:
+        data.unlink(missing_ok=True)
         onnx.save_model(model, str(path))
+        return False
+    tmp = data.with_name(f".{data.name}.tmp-{os.getpid()}")
+    offset = 0
+    try:
+        with open(tmp, "wb") as out:
+            for tensor in _tensors(model):
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    payload = _read_external(tensor, source_dir)
+                elif len(tensor.raw_data) >= EXTERNAL_MIN_BYTES:
+                    payload = tensor.raw_data
+                else:
+                    continue
+                pad = (-offset) % PAGE
+                out.write(b"\0" * pad)
+                offset += pad
+                out.write(payload)
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for key, value in (("location", data.name), ("offset", offset), ("length", len(payload))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, str(value)
+                offset += len(payload)
+        os.replace(tmp, data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    onnx.save_model(model, str(path))
+    return True
+
+
+def _read_external(tensor: onnx.TensorProto, source_dir: Path | None) -> bytes:
+    info = {e.key: e.value for e in tensor.external_data}
+    if source_dir is None:
+        raise ValueError(f"tensor {tensor.name} is stored in {info.get('location')}; pass source_dir")
+    with open(source_dir / info["location"], "rb") as fh:
+        fh.seek(int(info.get("offset", 0)))
+        return fh.read(int(info["length"])) if "length" in info else fh.read()
 
 
 def share_identical_initializers(model: onnx.ModelProto) -> int:
@@ -185,28 +235,16 @@ def fuse_onnxruntime_norms(path: Path) -> int:
 
 
 def topological_order(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """`nodes` reordered so every input is produced before it is read, otherwise keeping their order."""
-    ready = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
-    producers = {out: i for i, n in enumerate(nodes) for out in n.output}
-    ordered: list[onnx.NodeProto] = []
-    placed = [False] * len(nodes)
-    for start in range(len(nodes)):
-        stack = [start]
-        while stack:
-            i = stack[-1]
-            if placed[i]:
-                stack.pop()
-                continue
-            missing = [producers[x] for x in nodes[i].input
-                       if x not in ready and x in producers and not placed[producers[x]]]
-            if missing:
-                stack.extend(missing)
-                continue
-            placed[i] = True
-            ordered.append(nodes[i])
-            ready.update(nodes[i].output)
-            stack.pop()
-    return ordered
+    """`nodes` reordered by onnx-graphsurgeon so every input is produced before it is read (nodes at one depth keep
+    their order). Only names are read, never weights: external ones stay in their file (a 1 GiB graph sorts in
+    45 MiB of memory)."""
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    skeleton = onnx.helper.make_model(onnx.helper.make_graph(nodes, graph.name, list(graph.input), []))
+    with G_LOGGER.suppress(G_LOGGER.ERROR):
+        ordered = gs.import_onnx(skeleton).toposort()
+        return list(gs.export_onnx(ordered, do_type_check=False).graph.node)
 
 
 def _tensors(model: onnx.ModelProto):
@@ -226,30 +264,7 @@ def _has_external(model: onnx.ModelProto) -> bool:
 def consolidate(src: Path, dst: Path) -> None:
     """Copies a graph whose weights sit in many external files (the exporter's >2 GB output) into `dst` with
     a single `<name>.onnx_data`, streaming tensor by tensor instead of loading the model."""
-    model = onnx.load(str(src), load_external_data=False)
-    if not _has_external(model):
-        save_onnx(onnx.load(str(src)), dst)
-        return
-    data = _external_file(dst)
-    offset = 0
-    with open(data, "wb") as out:
-        for tensor in _tensors(model):
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            info = {e.key: e.value for e in tensor.external_data}
-            with open(src.parent / info["location"], "rb") as fh:
-                fh.seek(int(info.get("offset", 0)))
-                payload = fh.read(int(info["length"])) if "length" in info else fh.read()
-            pad = (-offset) % 4096  # page-aligned tensors, as onnx's own writer does for mmap
-            out.write(b"\0" * pad)
-            offset += pad
-            out.write(payload)
-            del tensor.external_data[:]
-            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(len(payload)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            offset += len(payload)
-    onnx.save_model(model, str(dst))
+    save_onnx(onnx.load(str(src), load_external_data=False), dst, source_dir=src.parent)
 
 
 def check(path: Path) -> None:
@@ -266,15 +281,29 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], output_names: list[str]) 
     return session.run(output_names, {k: v for k, v in feeds.items() if k in names})
 
 
-def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-               for x, y in zip(a, b, strict=True))
+# A rewritten graph may round differently by a few units in the last place of its output type (other kernels,
+# another summation order); that is not drift. Per output: |new - old| <= atol + ULP_SLACK * eps(dtype) * |old|.
+ULP_SLACK = 4
+
+
+def rounding_excess(reference: list[np.ndarray], candidate: list[np.ndarray], atol: float) -> tuple[float, float]:
+    """(max |diff|, worst |diff| / allowed) over all outputs; the candidate matches while the ratio is <= 1."""
+    def rtol(ref: np.ndarray) -> float:
+        return ULP_SLACK * float(np.finfo(ref.dtype).eps) if np.issubdtype(ref.dtype, np.floating) else 0.0
+
+    names = [str(i) for i in range(len(reference))]
+    if len(candidate) != len(reference):
+        raise ValueError(f"{len(candidate)} outputs where {len(reference)} were expected")
+    comparisons = compare_outputs(dict(zip(names, candidate, strict=True)), dict(zip(names, reference, strict=True)),
+                                  atol=atol, rtol={n: rtol(r) for n, r in zip(names, reference, strict=True)})
+    return (max((c.max_abs for c in comparisons.values()), default=0.0),
+            max((c.tolerance_ratio for c in comparisons.values()), default=0.0))
 
 
 def optimize(src: Path, dst: Path, feeds: dict[str, np.ndarray], output_names: list[str], atol: float,
              simplify: bool = True, fuse_norms: bool = False) -> OptimizeReport:
     """With `fuse_norms` (the onnxruntime dialect), residual norms fused in `src` first; then the full checker on
-    `src`, and onnxslim into `dst` if it keeps the outputs within `atol` of `src`'s."""
+    `src`, and onnxslim into `dst` if its outputs stay within `atol` plus rounding (`rounding_excess`) of `src`'s."""
     fused = fuse_onnxruntime_norms(src) if fuse_norms else 0
     return dataclasses.replace(_check_and_simplify(src, dst, feeds, output_names, atol, simplify), fused_norms=fused)
 
@@ -302,9 +331,10 @@ def _check_and_simplify(src: Path, dst: Path, feeds: dict[str, np.ndarray], outp
         del slim
         check(tmp)
         reference = run_onnx(src, feeds, output_names)
-        diff = _max_diff(reference, run_onnx(tmp, feeds, output_names))
-        if diff > atol:
-            raise ValueError(f"simplified graph drifts by {diff:.3g} > {atol:g}")
+        diff, ratio = rounding_excess(reference, run_onnx(tmp, feeds, output_names), atol)
+        if ratio > 1:
+            raise ValueError(f"simplified graph drifts by {diff:.3g}, {ratio:.3g}x its tolerance "
+                             f"(atol {atol:g} + {ULP_SLACK} ulp of the output type)")
         move_onnx(tmp, dst)
         return OptimizeReport(True, before, after, f"onnxslim, max diff {diff:.3g}")
     except Exception as err:  # noqa: BLE001 - any simplifier failure falls back to the checked graph

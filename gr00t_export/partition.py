@@ -8,6 +8,7 @@ twins of the artifacts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,10 +22,11 @@ from gr00t_export.model import Gr00tN15
 from gr00t_export.policy import Transforms
 from gr00t_export.preprocess.state_action import ActionPostprocessor, StatePreprocessor
 from gr00t_export.preprocess.tokenizer_script import ScriptableEagleTokenizer
-from gr00t_export.preprocess.video import VideoPreprocessor
+from gr00t_export.preprocess.video import MultiViewVideo
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SPEC_NAME = "gr00t_n1_5.yaml"
+PER_VIEW_DIMS = ("height", "width")  # a per-camera input's own resolution: height_<i>, width_<i>
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,32 @@ class GraphSpec:
                 return s
         raise KeyError(name)
 
+    def for_views(self, views: int) -> GraphSpec:
+        """The spec with each per-camera input (`frames_*`) spelled out for `views` cameras: frames_0 ..
+        frames_<views-1>, each with its own `height_<i>`/`width_<i>` (cameras may differ in resolution)."""
+        if not 1 <= views <= MAX_VIEWS:
+            raise InputError(f"{views} camera views; the exported video stage takes 1 to {MAX_VIEWS}, so use a "
+                             "modality config with fewer video keys")
+
+        def expand(t: TensorSpec) -> list[TensorSpec]:
+            if not t.name.endswith("_*"):
+                return [t]
+            stem = t.name[:-1]
+            return [dataclasses.replace(t, name=f"{stem}{i}",
+                                        shape=tuple(f"{d}_{i}" if d in PER_VIEW_DIMS else d for d in t.shape))
+                    for i in range(views)]
+
+        stages = tuple(dataclasses.replace(s, inputs=tuple(x for t in s.inputs for x in expand(t)))
+                       for s in self.stages)
+        return dataclasses.replace(self, stages=stages)
+
 
 def graph_spec_path() -> Path:
     return Path(str(resources.files("gr00t_export") / "resources" / "graph_specs" / SPEC_NAME))
 
 
-def load_graph_spec(path: str | Path | None = None) -> GraphSpec:
+def load_graph_spec(path: str | Path | None = None, views: int | None = None) -> GraphSpec:
+    """The spec at `path` (default: the package's); with `views`, per-camera inputs spelled out (`for_views`)."""
     path = Path(path) if path else graph_spec_path()
     try:
         raw = yaml.safe_load(path.read_text())
@@ -98,23 +120,47 @@ def load_graph_spec(path: str | Path | None = None) -> GraphSpec:
             )
             for s in raw["stages"]
         )
-        return GraphSpec(raw["name"], int(raw["opset"]), stages, raw["profiles"], raw.get("precision_policy", {}))
+        spec = GraphSpec(raw["name"], int(raw["opset"]), stages, raw["profiles"], raw.get("precision_policy", {}))
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
         raise InputError(f"graph spec {path} is unreadable or incomplete ({err}); reinstall the package") from None
+    return spec.for_views(views) if views is not None else spec
 
 
 # --- the stage modules --------------------------------------------------------------------------------
 
-class VideoStage(nn.Module):
-    """uint8 frames -> pixel_values in the build precision."""
+class _VideoStage(nn.Module):
+    """One uint8 input per camera, (B, T, H_i, W_i, 3) each at its own resolution -> pixel_values (B*T*V, 3, 224,
+    224) in the build precision. TorchScript has no variadic forward, hence one subclass per view count, whose
+    argument names are the spec's input names."""
 
     def __init__(self, dtype: torch.dtype):
         super().__init__()
-        self.video = VideoPreprocessor()
+        self.video = MultiViewVideo()
         self.dtype = dtype
 
-    def forward(self, frames: Tensor) -> Tensor:
-        return self.video(frames).to(self.dtype)
+
+class VideoStage(_VideoStage):
+    def forward(self, frames_0: Tensor) -> Tensor:
+        return self.video([frames_0]).to(self.dtype)
+
+
+class VideoStage2(_VideoStage):
+    def forward(self, frames_0: Tensor, frames_1: Tensor) -> Tensor:
+        return self.video([frames_0, frames_1]).to(self.dtype)
+
+
+class VideoStage3(_VideoStage):
+    def forward(self, frames_0: Tensor, frames_1: Tensor, frames_2: Tensor) -> Tensor:
+        return self.video([frames_0, frames_1, frames_2]).to(self.dtype)
+
+
+class VideoStage4(_VideoStage):
+    def forward(self, frames_0: Tensor, frames_1: Tensor, frames_2: Tensor, frames_3: Tensor) -> Tensor:
+        return self.video([frames_0, frames_1, frames_2, frames_3]).to(self.dtype)
+
+
+VIDEO_STAGES: dict[int, type[_VideoStage]] = {1: VideoStage, 2: VideoStage2, 3: VideoStage3, 4: VideoStage4}
+MAX_VIEWS = len(VIDEO_STAGES)
 
 
 class StateStage(nn.Module):
@@ -209,11 +255,11 @@ def partition(model: Gr00tN15, transforms: Transforms, precision: str = "fp32", 
     """Splits a loaded model (already in `precision`) and its transforms into the spec's stages."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    spec = spec or load_graph_spec()
-    dtype = PRECISIONS[precision]
     views = len(transforms.modality.video_keys)
+    spec = (spec or load_graph_spec()).for_views(views)
+    dtype = PRECISIONS[precision]
     modules: dict[str, nn.Module] = {
-        "preprocess_video": VideoStage(dtype),
+        "preprocess_video": VIDEO_STAGES[views](dtype),
         "preprocess_state_action": StateStage(transforms.state, transforms.embodiment_id, dtype),
         "eagle2_tokenizer": ScriptableEagleTokenizer(transforms.tokenizer, num_images=views),
         "vit": VisionStage(model),

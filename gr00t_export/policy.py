@@ -13,14 +13,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gr00t_export.embodiments import ModalityConfig, embodiment_index, load_modality_config
+from gr00t_export.embodiments import DATA_CONFIGS, ModalityConfig, embodiment_index, load_modality_config
 from gr00t_export.errors import InputError
 from gr00t_export.load import Checkpoint, load_model, open_checkpoint, torch_dtype
-from gr00t_export.metadata import EmbodimentMetadata, check_against, read_metadata
+from gr00t_export.metadata import (
+    EmbodimentMetadata,
+    check_against,
+    matching_data_configs,
+    metadata_tags,
+    read_metadata,
+)
 from gr00t_export.model import Gr00tN15
 from gr00t_export.preprocess.state_action import ActionPostprocessor, StatePreprocessor
 from gr00t_export.preprocess.tokenizer import EagleTokenizer
-from gr00t_export.preprocess.video import VideoPreprocessor
+from gr00t_export.preprocess.video import MultiViewVideo
 
 Observation = dict[str, np.ndarray]
 
@@ -40,11 +46,20 @@ class ModelInputs:
 class RawInputs:
     """An observation after checks, before any transform: what the preprocessing stages consume."""
 
-    frames: np.ndarray  # (B*T*V, H, W, 3) uint8, time-major then view
+    frames: list[np.ndarray]  # per camera in video-key order: (B, T, H_i, W_i, 3) uint8, each its own size
     raw_state: np.ndarray  # (B, T, D_raw) float64, keys concatenated in modality order
     instructions: list[str]  # B strings
     batch: int
     batched: bool  # False: the caller passed one unbatched observation
+
+    @property
+    def images_per_sample(self) -> int:
+        """Image blocks in each prompt: time steps x camera views."""
+        return sum(f.shape[1] for f in self.frames)
+
+    def external(self) -> dict[str, np.ndarray]:
+        """The graph's external inputs by name (frames_<i>, raw_state), as the spec's stages take them."""
+        return {**{f"frames_{i}": f for i, f in enumerate(self.frames)}, "raw_state": self.raw_state}
 
 
 @dataclass
@@ -101,18 +116,20 @@ class ObservationReader:
     def __init__(self, modality: ModalityConfig, state_dims: list[int]):
         self.modality, self.state_dims = modality, state_dims
 
-    def frames(self, obs: Observation) -> np.ndarray:
-        """(B, T, H, W, C) per view -> (B*T*V, H, W, C) uint8, time-major then view as Eagle orders them."""
+    def frames(self, obs: Observation) -> list[np.ndarray]:
+        """One (B, T, H, W, 3) uint8 array per camera; cameras may differ in resolution, not in B or T."""
         views = []
         for key in self.modality.video_keys:
             v = np.asarray(obs[key])
             if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] != 3:
                 raise InputError(f"{key} must be uint8 (T, H, W, 3) frames, got {v.dtype} {v.shape[1:]}")
-            views.append(v)
-        if len({v.shape for v in views}) != 1:
-            raise InputError(f"camera views differ in shape ({[v.shape[1:] for v in views]}); resize them to one size")
-        stacked = np.stack(views, axis=2)  # (B, T, V, H, W, C)
-        return np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[3:]))
+            if min(v.shape[2:4]) < 2:
+                raise InputError(f"{key} frames are {v.shape[2]}x{v.shape[3]} pixels; send real camera images")
+            views.append(np.ascontiguousarray(v))
+        if len({v.shape[:2] for v in views}) != 1:
+            raise InputError(f"camera views differ in batch or time steps ({[v.shape[:2] for v in views]}); send "
+                             "the same number of frames for every camera")
+        return views
 
     def raw_state(self, obs: Observation) -> np.ndarray:
         parts = []
@@ -142,7 +159,7 @@ class Transforms:
                  max_state_dim: int):
         check_against(metadata, modality)
         self.modality, self.metadata, self.tokenizer = modality, metadata, tokenizer
-        self.video = VideoPreprocessor()
+        self.video = MultiViewVideo()
         self.state = StatePreprocessor(modality, metadata, max_state_dim=max_state_dim)
         self.reader = ObservationReader(modality, [metadata.state_dim(ModalityConfig.short(k))
                                                    for k in modality.state_keys])
@@ -151,9 +168,9 @@ class Transforms:
     def __call__(self, obs: Observation) -> ModelInputs:
         raw = self.reader(obs)
         with torch.no_grad():
-            pixel_values = self.video(torch.from_numpy(raw.frames))
+            pixel_values = self.video([torch.from_numpy(f) for f in raw.frames])
             state, _ = self.state(torch.from_numpy(raw.raw_state))
-        ids, mask = self.tokenizer.encode(raw.instructions, raw.frames.shape[0] // raw.batch)
+        ids, mask = self.tokenizer.encode(raw.instructions, raw.images_per_sample)
         return ModelInputs(
             pixel_values=pixel_values,
             input_ids=torch.from_numpy(ids),
@@ -163,21 +180,46 @@ class Transforms:
         )
 
 
-def resolve_policy_inputs(ckpt: Checkpoint, embodiment_tag: str, modality_config: str | Path | None
+def resolve_policy_inputs(ckpt: Checkpoint, embodiment_tag: str | None, modality_config: str | Path | None
                           ) -> tuple[ModalityConfig, EmbodimentMetadata]:
+    """The modality config and metadata entry a policy runs with.
+
+    No tag: the config's when its entry exists, else the metadata's only one. No config: the one built-in data
+    config whose keys the metadata's entry matches (`matching_data_configs`; the CLI says which it took); none
+    or several is an InputError naming the candidates.
+    """
+    modality = load_modality_config(modality_config) if modality_config is not None else None
+    if embodiment_tag is None:
+        tags = metadata_tags(ckpt.metadata_path)
+        if modality is not None and modality.embodiment_tag in tags:
+            embodiment_tag = modality.embodiment_tag
+        elif len(tags) == 1:
+            embodiment_tag = tags[0]
+        else:
+            raise InputError(f"the checkpoint's metadata has entries for {', '.join(tags) or 'no'} embodiment tags; "
+                             "pass --embodiment_tag with the one to export")
     embodiment_index(embodiment_tag)
-    modality = load_modality_config(modality_config or default_modality(embodiment_tag))
+    metadata = read_metadata(ckpt.metadata_path, embodiment_tag)
+    if modality is None:
+        modality = DATA_CONFIGS[select_data_config(metadata)]
     if modality.embodiment_tag != embodiment_tag:
         modality = dataclasses.replace(modality, embodiment_tag=embodiment_tag)
-    metadata = read_metadata(ckpt.metadata_path, embodiment_tag)
     return modality, metadata
 
 
-def default_modality(embodiment_tag: str) -> str:
-    defaults = {"gr1": "fourier_gr1_arms_only", "new_embodiment": "unitree_g1"}
-    if embodiment_tag not in defaults:
-        raise InputError(f"no default modality config for {embodiment_tag!r}; pass --modality_config NAME|FILE")
-    return defaults[embodiment_tag]
+def select_data_config(metadata: EmbodimentMetadata) -> str:
+    """The built-in data config for a checkpoint run without --modality_config, or an InputError listing the
+    candidates."""
+    candidates = matching_data_configs(metadata)
+    if len(candidates) == 1:
+        return candidates[0]
+    keys = "; ".join(f"{m}: {', '.join(sorted(metadata.modalities.get(m, {}))) or 'none'}"
+                     for m in ("video", "state", "action"))
+    if candidates:
+        raise InputError(f"the checkpoint's '{metadata.tag}' metadata fits several data configs "
+                         f"({', '.join(candidates)}); pass --modality_config with the one it was trained with")
+    raise InputError(f"no built-in data config matches the checkpoint's '{metadata.tag}' metadata ({keys}); "
+                     "pass --modality_config with a YAML that describes it (schema: gr00t_export/embodiments.py)")
 
 
 class ReferencePolicy:
@@ -189,7 +231,7 @@ class ReferencePolicy:
 
     @classmethod
     def from_checkpoint(cls, model_path: str | Path, eagle_path: str | Path | None = None,
-                        embodiment_tag: str = "gr1", modality_config: str | Path | None = None,
+                        embodiment_tag: str | None = None, modality_config: str | Path | None = None,
                         dtype: str = "fp32", device: str = "cpu") -> ReferencePolicy:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")

@@ -41,16 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from gr00t_export.compare import compare_outputs
 from gr00t_export.errors import InputError, ValidationFailure
+from gr00t_export.optimize import save_onnx
 
 E4M3_MAX = 448.0
 _FP16_MAX = 65504.0
 _MIN_OPSET = 19
-_TWO_GB = 2**31
 _CHUNK = 1 << 22  # elements per encode step
 _FLOAT_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 _WEIGHT_CHAIN_OPS = {"Transpose", "Cast", "Identity", "Reshape"}
@@ -62,40 +64,15 @@ ExcludeSpec = Callable[[onnx.NodeProto], bool] | str | Sequence[str] | None
 
 
 def _e4m3_codes(v: np.ndarray) -> np.ndarray:
-    """float32 -> float8e4m3fn bit patterns (uint8): round half to even, saturate at +-448 (inf too), NaN -> 0x7F.
+    """float32 -> float8e4m3fn bit patterns (uint8): round half to even, saturate at +-448 (inf too), NaN -> NaN.
 
-    Works on the float32 bits: dropping 20 of the 23 mantissa bits with a half-to-even bias rounds normal values
-    (a carry moves into the exponent by itself), then the exponent is rebiased from 127 to 7. Below 2^-6 the E4M3
-    grid is the fixed step 2^-9. In-place uint32 passes: weights of 100M+ elements go through here."""
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    bits = v.view(np.uint32)
-    mag = bits & np.uint32(0x7FFFFFFF)
-    code = mag >> 20
-    code &= np.uint32(1)
-    code += mag
-    code += np.uint32(0x7FFFF)
-    code >>= 20
-    code -= np.uint32(120 << 3)  # wraps for values below 2^-6: those are redone below
-    np.minimum(code, np.uint32(0x7E), out=code)
-    small = np.flatnonzero(mag < np.uint32(0x3C800000))  # |v| < 2^-6
-    if small.size:
-        code.flat[small] = np.rint(mag.flat[small].view(np.float32) * np.float32(512.0)).astype(np.uint32)
-    nan = np.flatnonzero(mag > np.uint32(0x7F800000))
-    if nan.size:
-        code.flat[nan] = 0x7F
-    code |= (bits >> 24) & np.uint32(0x80)
-    return code.astype(np.uint8)
+    ml_dtypes' cast rounds half to even but turns values past the format's range into NaN (E4M3FN has no inf), so
+    the values are clipped first: QuantizeLinear's saturate=1, which onnxruntime and TensorRT compute."""
+    clipped = np.clip(np.asarray(v, dtype=np.float32), -E4M3_MAX, E4M3_MAX)
+    return clipped.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
 
 
-def _e4m3_table() -> np.ndarray:
-    code = np.arange(256)
-    exp_field, man_field = (code >> 3) & 15, code & 7
-    mag = np.where(exp_field == 0, man_field * 2.0**-9, (1 + man_field / 8) * 2.0 ** (exp_field - 7))
-    mag = np.where((exp_field == 15) & (man_field == 7), np.nan, mag)
-    return np.where(code >> 7, -mag, mag).astype(np.float32)
-
-
-E4M3_VALUES = _e4m3_table()  # code -> float32 value
+E4M3_VALUES = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)  # code -> value
 
 
 def _round_e4m3(v: np.ndarray) -> np.ndarray:
@@ -214,23 +191,8 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
     return any(init.data_location == TensorProto.EXTERNAL for init in model.graph.initializer)
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope names that If/Loop/Scan bodies of `node` read: they count as uses of those tensors."""
-    used: set[str] = set()
-    for attr in node.attribute:
-        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-        for g in graphs:
-            defined = {i.name for i in g.input} | {i.name for i in g.initializer}
-            for sub in g.node:
-                defined.update(sub.output)
-            for sub in g.node:
-                used.update(n for n in list(sub.input) + list(_subgraph_inputs(sub)) if n and n not in defined)
-            used.update(o.name for o in g.output if o.name not in defined)
-    return used
-
-
 class _Graph:
-    """Name-indexed view of a GraphProto (producers, initializers, names in use) with node insertion anchors."""
+    """Name-indexed view of a GraphProto (producers, initializers, names in use) collecting the nodes to add."""
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
@@ -245,8 +207,7 @@ class _Graph:
         self.graph_outputs = {o.name for o in self.graph.output}
         self.names: set[str] = set(self.inits) | set(self.producer) | self.graph_inputs
         self.names.update(n.name for n in self.graph.node)
-        self.prologue: list[onnx.NodeProto] = []  # nodes needing only initializers
-        self.after: dict[int, list[onnx.NodeProto]] = {}  # id(node) -> nodes to emit right after it
+        self.new_nodes: list[onnx.NodeProto] = []
         self.new_inits: list[TensorProto] = []
 
     def unique(self, base: str) -> str:
@@ -272,39 +233,22 @@ class _Graph:
         self.new_inits.append(t)
         return name
 
-    def emit_after(self, tensor: str, nodes: list[onnx.NodeProto]) -> None:
-        """Place `nodes` right after the producer of `tensor` (or first, for inputs/initializers): keeps topo order."""
-        prod = self.producer.get(tensor)
-        if prod is None:
-            self.prologue.extend(nodes)
-        else:
-            self.after.setdefault(id(prod), []).extend(nodes)
+    def emit(self, nodes: list[onnx.NodeProto]) -> None:
+        self.new_nodes.extend(nodes)
 
-    def finish(self) -> None:
-        """Splice new nodes in, then drop nodes and initializers that nothing reads any more."""
-        nodes: list[onnx.NodeProto] = list(self.prologue)
-        for node in self.graph.node:
-            nodes.append(node)
-            nodes.extend(self.after.get(id(node), []))
-        inits = [t for t in self.graph.initializer] + self.new_inits
-        # Dead-code elimination, backwards: a node lives if any output is read or is a graph output.
-        used = set(self.graph_outputs)
-        live: list[onnx.NodeProto] = []
-        for node in reversed(nodes):
-            if any(o in used for o in node.output if o):
-                live.append(node)
-                used.update(i for i in node.input if i)
-                used.update(_subgraph_inputs(node))
-        live.reverse()
-        del self.graph.node[:]
-        self.graph.node.extend(live)
-        kept = [t for t in inits if t.name in used or t.name in self.graph_inputs]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(kept)
-        existing = set(used) | {o for n in live for o in n.output}
-        value_info = [v for v in self.graph.value_info if v.name in existing]
-        del self.graph.value_info[:]
-        self.graph.value_info.extend(value_info)
+    def finish(self) -> onnx.ModelProto:
+        """The rewritten model: new nodes and initializers added, then onnx-graphsurgeon drops the nodes and
+        initializers nothing reads any more (reads inside If/Loop bodies count) and sorts the nodes topologically."""
+        import onnx_graphsurgeon as gs
+        from onnx_graphsurgeon.logger import G_LOGGER
+
+        self.graph.node.extend(self.new_nodes)
+        self.graph.initializer.extend(self.new_inits)
+        self.new_nodes, self.new_inits = [], []
+        with G_LOGGER.suppress(G_LOGGER.ERROR):
+            graph = gs.import_onnx(self.model)
+            graph.cleanup().toposort()
+            return gs.export_onnx(graph, do_type_check=False)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -656,14 +600,15 @@ def quantize_fp8(
             node.output[0] = g.unique(f"{mm_out}_fp32")
             cast = helper.make_node("Cast", [node.output[0]], [mm_out], name=g.unique(f"{node.name}_Cast_out"),
                                     to=_FLOAT_TYPES[dtype])
-            g.after.setdefault(id(node), []).append(cast)
+            g.emit([cast])
         report.quantized[node.name] = cand.kind
 
-    g.finish()
+    model = g.finish()
+    del g  # the source graph's weights, unless the caller's skeleton holds them
     if model.ir_version < 9:
         model.ir_version = 9  # float8 types exist from IR 9
 
-    _save(model, out_path, external_data, src_external, report)
+    _save(model, out_path, external_data, src_external, report, model_path.parent)
     if verify:
         report.output_cosine, report.ort_session = _verify(
             out_path, first_feed, first_out, [o.name for o in model.graph.output], strict=layout == "portable"
@@ -726,7 +671,7 @@ def _activation_qdq(
                          name=g.unique(f"{t}_DequantizeLinear")),
     ]
     result = dq_out if dq_dtype == out_dtype else cast(dq_out, out_dtype, f"fp8_dq_{out_dtype}")
-    g.emit_after(t, nodes)
+    g.emit(nodes)
     cache[key] = result
     return result
 
@@ -777,7 +722,7 @@ def _rewire_weight(
         attrs = {"axis": axis} if axis_key is not None else {}
         nodes = [helper.make_node("DequantizeLinear", [w_name, scale_name, zp], [result],
                                   name=g.unique(f"{base}_DequantizeLinear"), **attrs)]
-        g.prologue.extend(nodes)
+        g.emit(nodes)
         cache[key] = cache[digest] = result
         report.weight_amax[cand.weight_src] = float(np.max(amax))
     node.input[1] = cache[key]
@@ -800,29 +745,19 @@ def _rewire_gathered(g: _Graph, cand: _Candidate, dtype: np.dtype, cache: dict, 
         scale_name = g.add_init(f"{src}_fp8_scale", scale16.astype(dtype))
         zp = g.add_fp8_init(f"{src}_fp8_zero_point", np.zeros(scale16.shape, np.uint8))
         dq_out = g.unique(f"{src}_fp8_dq")
-        g.prologue.append(helper.make_node("DequantizeLinear", [w_name, scale_name, zp], [dq_out],
-                                           name=g.unique(f"{src}_DequantizeLinear"), axis=0))
+        g.emit([helper.make_node("DequantizeLinear", [w_name, scale_name, zp], [dq_out],
+                                 name=g.unique(f"{src}_DequantizeLinear"), axis=0)])
         cache[key] = dq_out
         report.weight_amax[src] = float(np.max(amax))
     gather.input[0] = cache[key]
 
 
-def _save(model: onnx.ModelProto, out_path: Path, external: bool | None, src_external: bool, report: QuantReport):
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    data_name = f"{out_path.stem}.onnx_data"
-    data_path = out_path.parent / data_name
-    if data_path.exists():
-        data_path.unlink()  # onnx appends to an existing data file
-    if external is None:
-        weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-        external = src_external or weight_bytes > _TWO_GB - (64 << 20)
-    if external:
-        onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(out_path))
+def _save(model: onnx.ModelProto, out_path: Path, external: bool | None, src_external: bool, report: QuantReport,
+          source_dir: Path) -> None:
+    data_path = out_path.with_name(out_path.name + "_data")
+    report.external_data = save_onnx(model, out_path, True if external is None and src_external else external,
+                                     source_dir)
     onnx.checker.check_model(str(out_path))
-    report.external_data = bool(external)
     report.size_after = out_path.stat().st_size + (data_path.stat().st_size if data_path.exists() else 0)
 
 
@@ -846,10 +781,7 @@ def _verify(
     except Exception as err:  # onnxruntime raises its own exception types
         raise ValidationFailure(f"FP8 graph {out_path} does not run in an onnxruntime {how}: {err}; report this "
                                 "graph (a pattern the quantiser does not fence off)") from err
-    cos = {}
-    for name, a, b in zip(names, got, reference, strict=True):
-        if np.issubdtype(np.asarray(a).dtype, np.floating):
-            a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-            denom = np.linalg.norm(a64) * np.linalg.norm(b64)
-            cos[name] = float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64))
-    return cos, how
+    floats = [i for i, a in enumerate(got) if np.issubdtype(np.asarray(a).dtype, np.floating)]
+    comparisons = compare_outputs({names[i]: got[i] for i in floats}, {names[i]: reference[i] for i in floats},
+                                  check_dtypes=False)
+    return {name: c.cosine for name, c in comparisons.items()}, how

@@ -29,8 +29,12 @@ ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "
              "tensor(int64)": torch.int64, "tensor(uint8)": torch.uint8, "tensor(double)": torch.float64}
 
 
-NP_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.uint8: np.uint8,
-             torch.float64: np.float64}
+# IOBinding's element type per torch dtype: a numpy type where numpy has one, else the ONNX TensorProto number
+# (onnxruntime >= 1.20 binds those too; numpy has no bfloat16)
+ORT_ELEMENT_TYPES: dict[torch.dtype, Any] = {
+    torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.uint8: np.uint8,
+    torch.float64: np.float64, torch.int32: np.int32, torch.int8: np.int8, torch.bool: np.bool_,
+    torch.bfloat16: 16}  # onnx.TensorProto.BFLOAT16
 
 
 class StageRunner(Protocol):
@@ -93,37 +97,44 @@ class OnnxStageRunner:
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_types = {i.name: ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        # numpy cannot carry bfloat16: such graphs run through IOBinding on torch tensors on the CPU as well
+        bf16 = "tensor(bfloat16)" in {v.type for v in (*self.session.get_inputs(), *self.session.get_outputs())}
+        self.bound_device = "cuda" if self.on_cuda else "cpu" if bf16 else None
         self._out_shapes: dict[tuple, list[tuple[tuple[int, ...], torch.dtype]]] = {}
 
-    def _infer_cuda(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    def _bind_inputs(self, inputs: Mapping[str, torch.Tensor]):
         binding = self.session.io_binding()
-        inputs = {}
-        for name, dtype in self.input_types.items():
-            t = torch.as_tensor(feeds[name]).to("cuda", dtype).contiguous()
-            inputs[name] = t
-            binding.bind_input(name, "cuda", 0, NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        for name, t in inputs.items():
+            binding.bind_input(name, self.bound_device, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        return binding
+
+    def _infer_bound(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Inputs and outputs as torch tensors on `bound_device`, bound in place (no host round trip on CUDA)."""
+        device = self.bound_device
+        inputs = {name: torch.as_tensor(feeds[name]).to(device, dtype).contiguous()
+                  for name, dtype in self.input_types.items()}
+        binding = self._bind_inputs(inputs)
         key = tuple(tuple(t.shape) for t in inputs.values())
         if key not in self._out_shapes:  # first call at these shapes: let ORT allocate, remember shapes
             for name in self.spec.output_names:
-                binding.bind_output(name, "cuda")
+                binding.bind_output(name, device)
             self.session.run_with_iobinding(binding)
             outs = binding.get_outputs()
             self._out_shapes[key] = [(tuple(o.shape()), ORT_TYPES[o.data_type()]) for o in outs]
-            binding = self.session.io_binding()
-            for name, t in inputs.items():
-                binding.bind_input(name, "cuda", 0, NP_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+            binding = self._bind_inputs(inputs)
         outputs = {}
         for name, (shape, dtype) in zip(self.spec.output_names, self._out_shapes[key], strict=True):
-            out = torch.empty(shape, dtype=dtype, device="cuda")
-            binding.bind_output(name, "cuda", 0, NP_TYPES[dtype], shape, out.data_ptr())
+            out = torch.empty(shape, dtype=dtype, device=device)
+            binding.bind_output(name, device, 0, ORT_ELEMENT_TYPES[dtype], shape, out.data_ptr())
             outputs[name] = out
-        torch.cuda.current_stream().synchronize()  # torch wrote the inputs on its stream; ORT reads on its own
+        if device == "cuda":
+            torch.cuda.current_stream().synchronize()  # torch wrote the inputs on its stream; ORT reads on its own
         self.session.run_with_iobinding(binding)
         return outputs
 
     def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        if self.on_cuda:
-            return self._infer_cuda(feeds)
+        if self.bound_device is not None:
+            return self._infer_bound(feeds)
         arrays = {}
         for name, dtype in self.input_types.items():
             t = feeds[name]
@@ -157,7 +168,7 @@ def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInp
 
     With `trace`, records each stage's feeds (so a stage can be re-run alone on real inputs).
     """
-    external = {"frames": torch.from_numpy(raw.frames), "raw_state": torch.from_numpy(raw.raw_state),
+    external = {**{k: torch.from_numpy(v) for k, v in raw.external().items()},
                 "instructions": raw.instructions, "init_actions": init_actions}
     produced: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
@@ -240,7 +251,7 @@ class ExportedGr00tRunner:
         files = {f["path"]: f for f in self.manifest["files"]}
         if SPEC_FILE in files:
             verify_file(self.dir, files[SPEC_FILE])
-        self.graph = load_graph_spec(self.dir / SPEC_FILE)
+        self.graph = load_graph_spec(self.dir / SPEC_FILE, views=int(self.manifest["views"]))
         self.spec = policy_spec_from_manifest(self.manifest)
         self.device, self.backend = device, backend
         if backend == "trt":

@@ -33,12 +33,13 @@ import torch
 import yaml
 
 from gr00t_export import __version__
+from gr00t_export.compare import compare_outputs
 from gr00t_export.embodiments import ModalityConfig, modality_config_from_dict
 from gr00t_export.errors import Gr00tExportError, InputError, ValidationFailure
 from gr00t_export.partition import PRECISIONS, StageSpec
 from gr00t_export.policy import Observation, RawInputs
 from gr00t_export.runner import MANIFEST, SPEC_FILE, StageRunner, read_manifest
-from gr00t_export.util import sha256_file
+from gr00t_export.util import atomic_output_dir, check_output_dir, refuse_overlap, sha256_file
 
 REPORT_JSON = "validation_report.json"
 REPORT_MD = "validation_report.md"
@@ -254,6 +255,7 @@ class ValidationReport:
     wall_time_s: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    manifest_sha256: str | None = None  # the seal of the manifest validated: ties the report to one build
 
     @property
     def passed(self) -> bool:
@@ -285,6 +287,7 @@ class ValidationReport:
             "passed": self.passed,
             "exit_code": self.exit_code,
             "mode": self.mode,
+            "manifest_sha256": self.manifest_sha256,
             "precision": self.precision,
             "inputs": self.inputs,
             "summary": counts | {"checks": len(self.checks), "failures": [f"{c.name}: {c.message}"
@@ -369,38 +372,27 @@ class TensorComparison:
     min_abs: float
     problem: str | None = None  # shape/dtype mismatch, NaN
     cosine: float = 1.0
+    max_rel: float = 0.0  # |artifact - twin| / |twin|
+    mean_rel: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def compare_tensors(name: str, got: Any, want: Any, tol: Tolerance) -> TensorComparison:
-    """Artifact output vs twin output: shape and dtype first, then exact, then allclose(rtol, atol)."""
-    if isinstance(want, list | tuple):
-        same = list(got) == list(want)
-        return TensorComparison(name, same, same, 0.0 if same else math.inf, 0.0 if same else math.inf,
-                                0.0, None if same else "strings differ")
-    if _shape(got) != _shape(want):
-        return TensorComparison(name, False, False, math.inf, math.inf, math.inf,
-                                f"shape {_shape(got)} but its twin has {_shape(want)}")
-    if _dtype_name(got) != _dtype_name(want):
-        return TensorComparison(name, False, False, math.inf, math.inf, math.inf,
-                                f"dtype {_dtype_name(got)} but its twin has {_dtype_name(want)}")
-    a, b = got.detach().double().cpu(), want.detach().double().cpu()
-    if a.numel() == 0:
-        return TensorComparison(name, True, True, 0.0, 0.0, 0.0)
-    diff = (a - b).abs()
-    if not torch.isfinite(a).all():
-        return TensorComparison(name, False, False, math.inf, math.inf, math.inf, "artifact output has NaN/inf")
-    exact = bool(torch.equal(got, want))
-    integer = not want.is_floating_point()
-    na, nb = float(a.norm()), float(b.norm())
-    cosine = 1.0 if max(na, nb) < 1e-12 else float((a.flatten() @ b.flatten()) / max(na * nb, 1e-300))
-    close = bool(torch.allclose(a, b, rtol=tol.rtol, atol=tol.atol, equal_nan=False)) or (
-        tol.cosine_min is not None and cosine >= tol.cosine_min)
-    within = exact or (not integer and not tol.exact and close)
-    return TensorComparison(name, exact, within, float(diff.max()), float(diff.mean()), float(diff.min()),
-                            cosine=cosine)
+    """Artifact output vs twin output: shape and dtype first, then exact, then allclose(rtol, atol) or cosine."""
+    c = compare_outputs({name: got}, {name: want}, atol=tol.atol, rtol=tol.rtol)[name]
+    integer = _array_kind(want) not in "fc"
+    within = c.exact or (c.problem is None and not integer and not tol.exact and (
+        c.passed or (tol.cosine_min is not None and c.cosine >= tol.cosine_min)))
+    return TensorComparison(name, c.exact, within, c.max_abs, c.mean_abs, c.min_abs, c.problem, c.cosine,
+                            c.max_rel, c.mean_rel)
+
+
+def _array_kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return "f" if value.is_floating_point() else "i"
+    return np.asarray(value).dtype.kind
 
 
 def merge_comparisons(items: list[TensorComparison]) -> TensorComparison:
@@ -410,7 +402,8 @@ def merge_comparisons(items: list[TensorComparison]) -> TensorComparison:
     return TensorComparison(first.name, all(c.exact for c in items), all(c.within for c in items),
                             max(c.max_abs for c in items), float(np.mean([c.mean_abs for c in items])),
                             min(c.min_abs for c in items), problems[0] if problems else None,
-                            min(c.cosine for c in items))
+                            min(c.cosine for c in items), max(c.max_rel for c in items),
+                            float(np.mean([c.mean_rel for c in items])))
 
 
 def timing_stats(times_ms: list[float]) -> dict[str, float]:
@@ -784,19 +777,35 @@ def determinism_issue(first: dict[str, dict[str, Any]], second: dict[str, dict[s
     return None
 
 
+def joint_spans(modality: ModalityConfig, metadata, key: str) -> np.ndarray:
+    """What `joint_range_frac` divides a joint's error by: the statistics' range of a key normalised from them; 2
+    (the span of the model's normalised space) for a key the model emits un-normalised (identity mode, or a
+    rotation converted back from its target), so it is held to the same model-space error; 1 for binary."""
+    from gr00t_export.metadata import key_plans
+
+    plan = next(p for p in key_plans(metadata, modality, "action") if p.key == key)
+    stats = metadata.action.get(ModalityConfig.short(key))
+    if plan.mode == "binary":
+        return np.ones(plan.raw_dim)
+    if plan.mode == "identity" or plan.conversion is not None or stats is None:
+        return np.full(plan.raw_dim, 2.0)
+    return np.asarray(stats.max - stats.min, dtype=np.float64)
+
+
 def consistency_check(key: str, ref: np.ndarray, exp: np.ndarray, joint_names: tuple[str, ...],
                       joint_range: np.ndarray, limits: dict[str, float | None], precision: str) -> Check:
     """Reference vs exported actions of one key over all steps: (N, H, J) each."""
-    diff = np.abs(ref.astype(np.float64) - exp.astype(np.float64))
-    per_joint_max = diff.reshape(-1, diff.shape[-1]).max(axis=0)
-    per_joint_mean = diff.reshape(-1, diff.shape[-1]).mean(axis=0)
+    joints = range(ref.shape[-1])
+    per_joint = compare_outputs({str(j): exp[..., j] for j in joints}, {str(j): ref[..., j] for j in joints},
+                                check_dtypes=False)
+    whole = compare_outputs({key: exp}, {key: ref}, check_dtypes=False)[key]
+    per_joint_max = np.array([per_joint[str(j)].max_abs for j in joints])
+    per_joint_mean = np.array([per_joint[str(j)].mean_abs for j in joints])
     span = np.where(joint_range > 1e-12, joint_range, 1.0)
     frac = per_joint_max / span
-    a, b = ref.ravel().astype(np.float64), exp.ravel().astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    cosine = 1.0 if na < 1e-12 and nb < 1e-12 else float(a @ b / max(na * nb, 1e-300))
+    cosine = whole.cosine
     metrics = {
-        "max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "cosine": cosine,
+        "max_abs": whole.max_abs, "mean_abs": whole.mean_abs, "cosine": cosine, "max_rel": whole.max_rel,
         "worst_joint_range_frac": float(frac.max()),
         "reference_mean": float(ref.mean()), "exported_mean": float(exp.mean()),
         "reference_std": float(ref.std()), "exported_std": float(exp.std()),
@@ -946,16 +955,49 @@ def _precision_float(precision: str, suite: Suite) -> str:
     return FLOAT_DTYPES.get(precision) or FLOAT_DTYPES.get(suite.reference_precision(precision), "float32")
 
 
+def _relocation(*moves: tuple[Path, Path | None]) -> Callable[[Any], Any]:
+    """Rewrites paths under each `src` to the same paths under its `dst` in strings, paths, lists and dicts."""
+    pairs = [(str(src.resolve()), str(Path(dst).expanduser().resolve())) for src, dst in moves if dst is not None]
+
+    def relocate(value: Any) -> Any:
+        if isinstance(value, Path):
+            return Path(relocate(str(value)))
+        if isinstance(value, str):
+            for old, new in pairs:
+                value = value.replace(old, new)
+            return value
+        if isinstance(value, list | tuple):
+            return type(value)(relocate(v) for v in value)
+        if isinstance(value, dict):
+            return {k: relocate(v) for k, v in value.items()}
+        return value
+
+    return relocate
+
+
+def fuller_report_kept(artifact_dir: Path) -> bool:
+    """True when ARTIFACT_DIR/validation holds a full report (made with --model_path, e.g. by `build`)."""
+    try:
+        return json.loads((artifact_dir / "validation" / REPORT_JSON).read_text()).get("mode") == "full"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eagle_path: str | Path | None = None,
              dataset_path: str | Path | None = None, suite: str | Path | None = None, num_steps: int | None = None,
              plot_actions: list[str] | None = None, report: str | Path | None = None, junit: str | Path | None = None,
-             output_dir: str | Path | None = None, reporter: Reporter | None = None, threads: int = 0
-             ) -> ValidationReport:
+             output_dir: str | Path | None = None, reporter: Reporter | None = None, threads: int = 0,
+             shown_as: str | Path | None = None) -> ValidationReport:
     """Validates an artifact dir; returns the report (`.passed`, `.exit_code`) after writing it.
 
-    Usage errors (missing dir, bad suite, unknown plot key, bad dataset) raise InputError before any check.
-    `num_steps=None` takes the suite's (30 in the default suite). `threads` > 0 caps onnxruntime's and torch's
-    CPU threads while validating (1 is much faster for the tiny preset on a busy machine); 0 keeps the defaults.
+    Usage errors (missing dir, bad suite, unknown plot key, bad dataset, an output inside an input) raise
+    InputError before any check. `num_steps=None` takes the suite's (30 in the default suite). `threads` > 0 caps
+    onnxruntime's and torch's CPU threads while validating (1 is much faster for the tiny preset on a busy
+    machine); 0 keeps the defaults. `shown_as`: the path ARTIFACT_DIR will have once renamed (`build` validates
+    its staging dir before the final rename); reports and console lines name that path.
+
+    Without --model_path and without --output_dir, a full report already in ARTIFACT_DIR/validation (the one
+    `build` writes) is kept: this run's reports go to ARTIFACT_DIR/validation/integrity instead.
     """
     start = time.perf_counter()
     reporter = reporter or Reporter()
@@ -969,8 +1011,23 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
     for label, p in (("--model_path", model_path), ("--dataset_path", dataset_path), ("--eagle_path", eagle_path)):
         if p is not None and not Path(p).exists():
             raise InputError(f"{label} {p} does not exist; pass an existing path")
+    read = {"--model_path": model_path, "--eagle_path": eagle_path, "--dataset_path": dataset_path, "--suite": suite}
+    refuse_overlap(artifact_dir / "validation" if output_dir is None else output_dir, read, "--output_dir")
+    for label, target_file in (("--report", report), ("--junit", junit)):
+        if target_file is None:
+            continue
+        refuse_overlap(target_file, read, label)
+        where = Path(target_file).expanduser().resolve()
+        if artifact_dir.resolve() in where.parents and (artifact_dir / "validation").resolve() not in where.parents:
+            raise InputError(f"{label} {target_file} would be written among the artifacts of {artifact_dir}; "
+                             "choose a path outside it or inside its validation/ dir (nothing was changed)")
     out_dir = Path(output_dir) if output_dir is not None else artifact_dir / "validation"
-    for target in (out_dir, *(Path(f).parent for f in (report, junit) if f is not None)):
+    if output_dir is None and model_path is None and fuller_report_kept(artifact_dir):
+        out_dir = artifact_dir / "validation" / "integrity"
+        reporter.line(f"keeping the full report in {artifact_dir / 'validation'}; this integrity-only run writes "
+                      f"to {out_dir}")
+    check_output_dir(out_dir, force=True, kind="validation")  # never replaces a dir of someone else's
+    for target in (out_dir.parent, *(Path(f).parent for f in (report, junit) if f is not None)):
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -993,6 +1050,7 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
         if dataset_path is not None:
             dataset, pairs = open_dataset(Path(dataset_path), modality, steps, suite_obj.stride)
     precision = manifest.get("precision") if manifest else None
+    seal = manifest.get("manifest_sha256") if manifest else None
     full = model_path is not None
     if full and precision is not None:
         suite_obj.thresholds(precision)
@@ -1003,33 +1061,49 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
               else None, "dataset_path": str(dataset_path) if dataset_path else None, "suite": str(suite_obj.path),
               "num_steps": steps, "seed": suite_obj.seed, "plot_actions": plot_keys, "threads": threads}
     result = ValidationReport(artifact_dir=artifact_dir.resolve(), output_dir=out_dir.resolve(),
-                              mode="full" if full else "integrity-only", precision=precision, inputs=inputs)
-    run = _Run(result, reporter)
-    reporter.line(f"validating {artifact_dir} ({precision or 'unknown precision'}) with suite {suite_obj.path}")
-    if not full:
-        reporter.line("no --model_path: checking integrity, spec conformance and determinism only "
-                      "(per-module accuracy, reference consistency and python plots need --model_path)")
-    torch_threads = torch.get_num_threads()
-    try:
-        if threads > 0:
-            torch.set_num_threads(threads)
-        _validate_checks(run, artifact_dir, manifest, manifest_error, modality, suite_obj, steps, plot_keys,
-                         Path(model_path) if model_path else None, Path(eagle_path) if eagle_path else None,
-                         dataset, pairs, out_dir, threads)
-    finally:
-        torch.set_num_threads(torch_threads)
-        result.wall_time_s = time.perf_counter() - start
-    json_path = Path(report) if report is not None else out_dir / REPORT_JSON
-    result.files = {"json": str(json_path), "markdown": str(out_dir / REPORT_MD)}
-    if junit is not None:
-        result.files["junit"] = str(junit)
-    write_markdown(result, out_dir / REPORT_MD)
-    write_json(result, json_path)
-    if junit is not None:
-        write_junit(result, Path(junit))
-    reporter.line("")
-    reporter.line(f"validation {'PASSED' if result.passed else 'FAILED'}: {result.summary()}")
-    reporter.line(f"report: {json_path} ({result.wall_time_s:.1f} s)")
+                              mode="full" if full else "integrity-only", precision=precision, inputs=inputs,
+                              manifest_sha256=seal)
+    # reports and plots are written into a staging dir that replaces `out_dir` whole at the end (an interrupted
+    # run leaves the previous report as it was); the report names the final paths
+    with atomic_output_dir(out_dir, force=True, kind="validation") as staging:
+        relocate = _relocation((staging, out_dir), (artifact_dir, Path(shown_as) if shown_as is not None else None))
+        shown = Reporter(lambda line: reporter.emit(relocate(line)))
+        run = _Run(result, shown)
+        shown.line(f"validating {artifact_dir} ({precision or 'unknown precision'}) with suite {suite_obj.path}")
+        if not full:
+            shown.line("no --model_path: checking integrity, spec conformance and determinism only "
+                       "(per-module accuracy, reference consistency and python plots need --model_path)")
+        torch_threads = torch.get_num_threads()
+        try:
+            if threads > 0:
+                torch.set_num_threads(threads)
+            _validate_checks(run, artifact_dir, manifest, manifest_error, modality, suite_obj, steps, plot_keys,
+                             Path(model_path) if model_path else None, Path(eagle_path) if eagle_path else None,
+                             dataset, pairs, staging, threads)
+        finally:
+            torch.set_num_threads(torch_threads)
+            result.wall_time_s = time.perf_counter() - start
+
+        def staged(path: Path) -> Path:
+            """Where a report file is written now: inside `out_dir` means inside the staging dir."""
+            where = path.expanduser().resolve()
+            return staging / where.relative_to(out_dir.resolve()) if out_dir.resolve() in where.parents else path
+
+        json_path = Path(report) if report is not None else out_dir / REPORT_JSON
+        result.files = {"json": str(json_path), "markdown": str(out_dir / REPORT_MD)}
+        if junit is not None:
+            result.files["junit"] = str(junit)
+        result.artifact_dir, result.output_dir = relocate(result.artifact_dir), relocate(result.output_dir)
+        result.files, result.plots = relocate(result.files), relocate(result.plots)
+        for check in result.checks:
+            check.message, check.metrics = relocate(check.message), relocate(check.metrics)
+        write_markdown(result, staging / REPORT_MD)
+        write_json(result, staged(json_path))
+        if junit is not None:
+            write_junit(result, staged(Path(junit)))
+    shown.line("")
+    shown.line(f"validation {'PASSED' if result.passed else 'FAILED'}: {result.summary()}")
+    shown.line(f"report: {json_path} ({result.wall_time_s:.1f} s)")
     return result
 
 
@@ -1231,13 +1305,12 @@ def _add_tier2_checks(run: _Run, exported: _Exported, reference: Reference | Non
             run.skip(f"consistency/{g.key}", 2, f"{why}")
         return
     limits = suite.thresholds(exported.precision)
-    stats = exported.runner.spec.metadata.action
+    spec = exported.runner.spec
     before = len(run.report.failures)
     for g in groups:
-        short = ModalityConfig.short(g.key)
-        span = (stats[short].max - stats[short].min) if short in stats else np.ones(len(g.joints))
+        span = joint_spans(spec.modality, spec.metadata, g.key)
         run.add(consistency_check(g.key, np.stack(steps.reference[g.key][:done]), np.stack(steps.exported[g.key]),
-                                  g.joints, np.asarray(span, dtype=np.float64), limits, exported.precision))
+                                  g.joints, span, limits, exported.precision))
     if len(run.report.failures) == before and steps.nondeterministic is None:
         run.reporter.line(f"network consistency test passed over {done} runs")
 

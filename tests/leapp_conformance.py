@@ -2,7 +2,7 @@
 
 usage: python tests/leapp_conformance.py CONFIG.yaml INPUTS.npz OUTPUTS.npz
 
-INPUTS holds the graph's raw external values by `source` name (frames, raw_state, init_actions) and the
+INPUTS holds the graph's raw external values by `source` name (frames_<i>, raw_state, init_actions) and the
 instruction strings. The host-side `pre_graph` tokenizer named in the YAML turns the strings into tensors;
 every external input of the YAML is then fed by its `source:`. Each tensor passed is a private copy:
 InferenceManager keeps references to what it is given and `reset()` zeroes them in place. Two ticks are run

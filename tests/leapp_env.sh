@@ -22,6 +22,6 @@ parent_site=$("$parent_py" -c "import sysconfig; print(sysconfig.get_paths()['pu
 site_dir=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 # addsitedir (not a bare path line) so the parent's own .pth files (editable installs) are honoured too.
 echo "import site; site.addsitedir('$parent_site')" > "$site_dir/_parent_site.pth"
-"$py" -m pip install -q --disable-pip-version-check "leapp==0.7.2" >&2
+"$py" -m pip install -q --disable-pip-version-check -c constraints.txt "leapp==0.7.2" >&2
 "$py" -c "import leapp" >&2
 echo "$PWD/$py"

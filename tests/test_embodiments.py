@@ -10,22 +10,28 @@ import pytest
 from gr00t_export.embodiments import (
     DATA_CONFIGS,
     EMBODIMENT_TAG_TO_INDEX,
+    KeyLayout,
     ModalityConfig,
     embodiment_index,
+    key_dims,
+    key_layout,
     load_modality_config,
     modality_config_from_dict,
     modality_config_to_dict,
     save_modality_config,
 )
 from gr00t_export.errors import InputError
+from gr00t_export.make_checkpoint import synthetic_metadata
 from gr00t_export.metadata import (
     EmbodimentMetadata,
     check_against,
     compute_key_stats,
+    matching_data_configs,
     metadata_from_lerobot_stats,
     read_metadata,
     write_metadata,
 )
+from gr00t_export.policy import select_data_config
 
 
 def test_n15_tag_table_and_lookup():
@@ -53,6 +59,124 @@ def test_builtin_configs_match_n15_data_config():
     assert [g1.short(k) for k in g1.state_keys] == ["left_arm", "right_arm", "left_hand", "right_hand"]
     assert set(g1.state_modes.values()) == {"min_max"} == set(g1.action_modes.values())
     assert g1.language_key == "annotation.human.task_description"
+
+
+# NVIDIA's DATA_CONFIG_MAP @ n1.5-release (gr00t/experiment/data_config.py): name -> (tag, video, state, action,
+# language, state modes, action modes, state target rotations, action target rotations), keys short, modes
+# listed for normalised keys only ("*" = every key of that modality)
+GR1 = ("left_arm", "right_arm", "left_hand", "right_hand")
+PANDA = "annotation.human.action.task_description"
+N15_DATA_CONFIG_MAP = {
+    "fourier_gr1_arms_waist": ("gr1", ("ego_view",), (*GR1, "waist"), (*GR1, "waist"), "annotation.human.coarse_action",
+                               {"*": "sin_cos"}, {"*": "min_max"}, {}, {}),
+    "fourier_gr1_arms_only": ("gr1", ("ego_view",), GR1, GR1, PANDA, {"*": "sin_cos"}, {"*": "min_max"}, {}, {}),
+    "fourier_gr1_full_upper_body": ("gr1", ("front_view",), (*GR1, "waist", "neck"), (*GR1, "waist", "neck"), PANDA,
+                                    {"*": "min_max"}, {"*": "min_max"}, {}, {}),
+    "bimanual_panda_gripper": (
+        "new_embodiment", ("right_wrist_view", "left_wrist_view", "front_view"),
+        ("right_arm_eef_pos", "right_arm_eef_quat", "right_gripper_qpos", "left_arm_eef_pos", "left_arm_eef_quat",
+         "left_gripper_qpos"),
+        ("right_arm_eef_pos", "right_arm_eef_rot", "right_gripper_close", "left_arm_eef_pos", "left_arm_eef_rot",
+         "left_gripper_close"), PANDA,
+        {"right_arm_eef_pos": "min_max", "right_gripper_qpos": "min_max", "left_arm_eef_pos": "min_max",
+         "left_gripper_qpos": "min_max"},
+        {"right_gripper_close": "binary", "left_gripper_close": "binary"},
+        {"right_arm_eef_quat": "rotation_6d", "left_arm_eef_quat": "rotation_6d"}, {}),
+    "bimanual_panda_hand": (
+        "new_embodiment", ("right_wrist_view", "left_wrist_view", "ego_view"),
+        ("right_arm_eef_pos", "right_arm_eef_quat", "right_hand", "left_arm_eef_pos", "left_arm_eef_quat", "left_hand"),
+        ("right_arm_eef_pos", "right_arm_eef_rot", "right_hand", "left_arm_eef_pos", "left_arm_eef_rot", "left_hand"),
+        PANDA, {"right_arm_eef_pos": "min_max", "right_hand": "min_max", "left_arm_eef_pos": "min_max",
+                "left_hand": "min_max"}, {"right_hand": "min_max", "left_hand": "min_max"},
+        {"right_arm_eef_quat": "rotation_6d", "left_arm_eef_quat": "rotation_6d"}, {}),
+    "single_panda_gripper": (
+        "new_embodiment", ("left_view", "right_view", "wrist_view"),
+        ("end_effector_position_relative", "end_effector_rotation_relative", "gripper_qpos", "base_position",
+         "base_rotation"),
+        ("end_effector_position", "end_effector_rotation", "gripper_close", "base_motion", "control_mode"), PANDA,
+        {"*": "min_max"}, {"end_effector_position": "min_max", "end_effector_rotation": "min_max",
+                           "gripper_close": "binary", "base_motion": "min_max", "control_mode": "binary"},
+        {"end_effector_rotation_relative": "rotation_6d", "base_rotation": "rotation_6d"}, {}),
+    "so100": ("new_embodiment", ("webcam",), ("single_arm", "gripper"), ("single_arm", "gripper"),
+              "annotation.human.task_description", {"*": "min_max"}, {"*": "min_max"}, {}, {}),
+    "so100_dualcam": ("new_embodiment", ("front", "wrist"), ("single_arm", "gripper"), ("single_arm", "gripper"),
+                      "annotation.human.task_description", {"*": "min_max"}, {"*": "min_max"}, {}, {}),
+    "unitree_g1": ("new_embodiment", ("rs_view",), GR1, GR1, "annotation.human.task_description",
+                   {"*": "min_max"}, {"*": "min_max"}, {}, {}),
+    "unitree_g1_full_body": ("new_embodiment", ("rs_view",), ("left_leg", "right_leg", "waist", *GR1), GR1,
+                             "annotation.human.task_description", {"*": "min_max"}, {"*": "min_max"}, {}, {}),
+    "oxe_droid": ("oxe_droid", ("exterior_image_1", "exterior_image_2", "wrist_image"),
+                  ("eef_position", "eef_rotation", "gripper_position"),
+                  ("eef_position_delta", "eef_rotation_delta", "gripper_position"),
+                  "annotation.language.language_instruction",
+                  {"eef_position": "min_max", "gripper_position": "min_max"}, {"gripper_position": "binary"},
+                  {"eef_rotation": "rotation_6d"}, {"eef_rotation_delta": "axis_angle"}),
+    "agibot_genie1": ("agibot_genie1", ("top_head", "hand_left", "hand_right"),
+                      ("left_arm_joint_position", "right_arm_joint_position", "left_effector_position",
+                       "right_effector_position", "head_position", "waist_position"),
+                      ("left_arm_joint_position", "right_arm_joint_position", "left_effector_position",
+                       "right_effector_position", "head_position", "waist_position", "robot_velocity"),
+                      "annotation.language.action_text", {"*": "min_max"}, {"*": "min_max"}, {}, {}),
+}
+
+
+def test_all_twelve_n15_data_configs_in_nvidia_order():
+    assert list(DATA_CONFIGS) == list(N15_DATA_CONFIG_MAP)
+    for name, (tag, video, state, action, language, smodes, amodes, srot, arot) in N15_DATA_CONFIG_MAP.items():
+        cfg = DATA_CONFIGS[name]
+        assert cfg.name == name and cfg.embodiment_tag == tag, name
+        assert cfg.video_keys == tuple(f"video.{k}" for k in video), name
+        assert cfg.state_keys == tuple(f"state.{k}" for k in state), name
+        assert cfg.action_keys == tuple(f"action.{k}" for k in action), name
+        assert cfg.language_key == language, name
+        assert cfg.observation_indices == (0,) and cfg.action_indices == tuple(range(16)), name
+        for modality, keys, given in (("state", state, smodes), ("action", action, amodes)):
+            want = {f"{modality}.{k}": given.get("*", given.get(k, "identity")) for k in keys}
+            assert (cfg.state_modes if modality == "state" else cfg.action_modes) == want, (name, modality)
+        assert cfg.state_target_rotations == {f"state.{k}": v for k, v in srot.items()}, name
+        assert cfg.action_target_rotations == {f"action.{k}": v for k, v in arot.items()}, name
+
+
+def test_public_dataset_layouts_give_every_key_its_width():
+    widths = {name: (sum(key_dims(cfg, k) for k in cfg.state_keys), sum(key_dims(cfg, k) for k in cfg.action_keys))
+              for name, cfg in DATA_CONFIGS.items()}
+    assert widths == {"fourier_gr1_arms_waist": (29, 29), "fourier_gr1_arms_only": (26, 26),
+                      "fourier_gr1_full_upper_body": (32, 32), "bimanual_panda_gripper": (18, 14),
+                      "bimanual_panda_hand": (26, 24), "single_panda_gripper": (16, 12), "so100": (6, 6),
+                      "so100_dualcam": (6, 6), "unitree_g1": (28, 28), "unitree_g1_full_body": (43, 28),
+                      "oxe_droid": (7, 7), "agibot_genie1": (20, 22)}
+    assert key_layout(DATA_CONFIGS["so100"], "state.single_arm") == KeyLayout(5)
+    assert key_layout(DATA_CONFIGS["single_panda_gripper"], "state.base_rotation") == KeyLayout(4, "quaternion")
+    assert key_layout(DATA_CONFIGS["oxe_droid"], "action.eef_rotation_delta") == KeyLayout(3, "euler_angles_rpy",
+                                                                                          False)
+    assert not key_layout(DATA_CONFIGS["single_panda_gripper"], "action.control_mode").continuous
+    # custom configs: a converted key is a quaternion, joint_names win over a guessed width
+    custom = modality_config_from_dict({"embodiment_tag": "new_embodiment", "state_keys": ["q", "arm"],
+                                        "action_keys": ["arm", "grip"], "action_modes": {"grip": "binary"},
+                                        "state_target_rotations": {"q": "rotation_6d"},
+                                        "joint_names": {"state.arm": ["a", "b"]}})
+    assert key_layout(custom, "state.q") == KeyLayout(4, "quaternion")
+    assert key_layout(custom, "state.arm").dim == 2 and key_layout(custom, "action.arm").dim == 7
+    assert key_layout(custom, "action.grip") == KeyLayout(1, continuous=False)
+
+
+def test_data_config_chosen_from_metadata_keys():
+    for name, cfg in DATA_CONFIGS.items():
+        assert matching_data_configs(synthetic_metadata(cfg, 0)) == [name], name
+    # a dataset whose modality.json lists more keys than any one config (PickNPlace): every config it serves
+    arms = DATA_CONFIGS["fourier_gr1_arms_waist"]
+    superset = synthetic_metadata(replace(arms, state_keys=(*arms.state_keys, "state.neck", "state.left_leg")), 0)
+    assert matching_data_configs(superset) == ["fourier_gr1_arms_waist", "fourier_gr1_arms_only"]
+    several = r"fits several data configs \(fourier_gr1_arms_waist, fourier_gr1_arms_only\); pass --modality_config"
+    with pytest.raises(InputError, match=several) as err:
+        select_data_config(superset)
+    assert "\n" not in str(err.value)
+    unknown = synthetic_metadata(modality_config_from_dict({"embodiment_tag": "new_embodiment",
+                                                            "video_keys": ["cam"], "state_keys": ["x"],
+                                                            "action_keys": ["y"]}), 0)
+    with pytest.raises(InputError, match=r"no built-in data config matches .*video: cam; state: x; action: y"):
+        select_data_config(unknown)
+    assert select_data_config(synthetic_metadata(DATA_CONFIGS["so100_dualcam"], 1)) == "so100_dualcam"
 
 
 def test_load_builtin_by_name():

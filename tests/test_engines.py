@@ -170,8 +170,9 @@ def test_profile_made_for_fewer_views_is_refused(built: Path):
     manifest["profiles"]["views_2"]["num_images"] = {p: 2 * v for p, v in one_view["batch"].items()}
     with pytest.raises(ValidationFailure, match="image tokens"):
         engine_profiles(manifest, spec, views=2)
-    with pytest.raises(InputError, match="no TensorRT profile for 3 view"):
-        engine_profiles(manifest, spec, views=3)
+    assert manifest["profiles"]["views_3"]["num_images"]["opt"] == 3  # 3 cameras (panda, DROID, Genie-1)
+    with pytest.raises(InputError, match="no TensorRT profile for 4 view"):
+        engine_profiles(manifest, spec, views=4)
 
 
 def test_plan_precision_must_match_the_graphs(built: Path, tmp_path: Path):
@@ -258,11 +259,13 @@ def test_plan_runs_from_its_own_dir_with_a_stub_trtexec(built: Path, tmp_path: P
         fh.write(b"\0")
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 1 and "differ from manifest.json" in proc.stderr
-    # no trtexec anywhere: a clear message, exit 2
-    env = {**os.environ, "TRTEXEC": "", "PATH": "/usr/bin:/bin"}
+    # TRTEXEC names no executable (a trtexec on PATH or in JetPack's folder is then never looked for): a clear
+    # message, exit 2, and nothing built
+    (root / "engines" / "vit.engine").unlink()
+    env = {**os.environ, "TRTEXEC": str(tmp_path / "no_such_dir" / "trtexec")}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
-    if not shutil.which("trtexec", path="/usr/bin:/bin") and not Path("/usr/src/tensorrt/bin/trtexec").exists():
-        assert proc.returncode == 2 and "trtexec not found" in proc.stderr
+    assert proc.returncode == 2 and "trtexec not found" in proc.stderr and "TRTEXEC=" in proc.stderr, proc.stderr
+    assert not (root / "engines" / "vit.engine").exists()
 
 
 # ------------------------------------------------------------------------------ the TensorRT builder
@@ -279,6 +282,32 @@ def test_build_engines_without_tensorrt_is_a_clear_input_error(built: Path, tmp_
     outcome = engines_step(root, "fp16", log=lambda m: None)
     assert outcome.plan == root / "engines" / "build_engines.sh"
     assert engines_step(root, "none").plan is None
+
+
+def test_polygraphy_log_goes_to_the_file_only(tmp_path: Path, capsys):
+    """The builder log (Polygraphy's logger, which TensorRT's messages go through) lands in the build log, errors are
+    collected for the report, and nothing reaches the console; the logger is restored afterwards."""
+    from polygraphy.logger import G_LOGGER
+
+    from gr00t_export.engines import _polygraphy_log
+
+    log = tmp_path / "engines" / "vit.build.log"
+    before = (G_LOGGER.use_python_logging_system, G_LOGGER.colors)
+    with _polygraphy_log(log) as errors:
+        G_LOGGER.extra_verbose("[TRT] tactic 0x1 took 1.0 ms")  # TensorRT's VERBOSE level
+        G_LOGGER.error("In node 3 (MatMul): unsupported type")
+    assert "tactic 0x1" in log.read_text() and "unsupported type" in log.read_text()
+    assert errors == [e for e in errors if "unsupported type" in e] and len(errors) == 1
+    assert capsys.readouterr() == ("", "")
+    assert (G_LOGGER.use_python_logging_system, G_LOGGER.colors) == before
+
+
+def test_polygraphy_backend_needs_tensorrt():
+    from gr00t_export.engines import polygraphy_trt
+
+    with pytest.raises(InputError) as err:
+        polygraphy_trt("tensorrt_not_installed_here")
+    assert str(err.value) == NO_TENSORRT
 
 
 @pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT and a GPU are present: nothing is missing to report")
@@ -323,6 +352,34 @@ def test_check_engine_build(built: Path):
     assert ok and seconds > 0 and errors == []
 
 
+@requires_trt
+def test_build_reports_profile_errors_and_the_runner_matches_onnxruntime(built: Path, tmp_path: Path):
+    from gr00t_export.engines import TrtStageRunner, _build, profiles_for_onnx
+    from gr00t_export.runner import OnnxStageRunner
+
+    vit = built / "eagle2" / "vit.onnx"
+    profiles = profiles_for_onnx(vit)
+    check, _ = _build("tensorrt", vit, {"no_such_input": next(iter(profiles.values()))}, 1024, tmp_path / "bad.log")
+    assert not check.ok and "profile names inputs the network lacks" in check.errors[0]
+    engine = tmp_path / "vit.engine"
+    check, size = _build("tensorrt", vit, profiles, 1024, tmp_path / "vit.log", tmp_path / "timing.cache", engine)
+    assert check.ok and engine.stat().st_size == size and (tmp_path / "timing.cache").is_file()
+    assert "Building engine" in (tmp_path / "vit.log").read_text()  # Polygraphy's builder log, in the file
+    spec = load_graph_spec(built / "graph_spec.yaml").stage("vit")
+    lo = profiles[spec.input_names[0]][0]
+    feeds = {spec.input_names[0]: torch.randn(lo).half()}
+    want = OnnxStageRunner(vit, spec, ["CPUExecutionProvider"]).infer(feeds)
+    runner = TrtStageRunner(engine, spec)
+    got = runner.infer({k: v.cuda() for k, v in feeds.items()})
+    for name in spec.output_names:
+        x, y = got[name].float().cpu(), torch.as_tensor(want[name]).float()
+        assert torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0) > 0.999
+    with pytest.raises(ValidationFailure, match="wider profile"):
+        hi = profiles[spec.input_names[0]][2]
+        runner.infer({spec.input_names[0]: torch.randn(hi[0] + 1, *hi[1:]).half().cuda()})
+    runner.close()
+
+
 # ------------------------------------------------------------------------------ pack
 
 
@@ -334,7 +391,9 @@ def test_pack_holds_every_file_and_runs_the_same(built: Path, tmp_path: Path):
     (root / "igg" / "notes.txt").write_text("not in the manifest, packed with igg/\n")
     (root / "engines").mkdir(exist_ok=True)
     (root / "engines" / "vit.engine").write_bytes(b"built for another GPU")
-    out = pack(root, "thor", "fp16", tmp_path / "dist")
+    with pytest.raises(InputError, match="has not passed a full validation"):  # no validation_report.json
+        pack(root, "thor", "fp16", tmp_path / "dist")
+    out = pack(root, "thor", "fp16", tmp_path / "dist", allow_unvalidated=True)
     assert out == tmp_path / "dist" / "tiny_ckpt-gr1-fp16-thor.tar.gz"
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # nothing temporary left
     manifest = json.loads((root / "manifest.json").read_text())
@@ -343,7 +402,8 @@ def test_pack_holds_every_file_and_runs_the_same(built: Path, tmp_path: Path):
         tar.extractall(tmp_path / "unpacked", filter="data")
     prefix = "tiny_ckpt-gr1-fp16-thor/"
     want = {f["path"] for f in manifest["files"]} | {"manifest.json", "engines/build_engines.sh", "engines/README.md",
-                                                     "README_TARGET.md", "validation/report.json", "igg/notes.txt"}
+                                                     "README_TARGET.md", "validation/report.json", "igg/notes.txt",
+                                                     "pack.json"}
     assert {n.removeprefix(prefix) for n in names if not n.endswith("/")} == want
     drop = tmp_path / "unpacked" / prefix
     assert os.access(drop / "engines" / "build_engines.sh", os.X_OK)

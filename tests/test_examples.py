@@ -27,11 +27,14 @@ def check_drop(out: Path, plotted: list[str]) -> None:
     configs = sorted((out / "igg").glob("*.yaml"))
     assert configs and all(check_igg_config(c) == [] for c in configs)
     report = out / "validation" / "validation_report.json"
-    if report.is_file():  # written when this version has gr00t_export.validate
-        data = json.loads(report.read_text())
-        assert data["passed"] and data["inputs"]["plot_actions"] == plotted
-        sidecar = json.loads(next((out / "igg").glob("*_timings.json")).read_text())
-        assert sidecar["source"] == "validation_report"
+    assert report.is_file(), "the example did not validate its export"
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["mode"] == "full" and data["inputs"]["plot_actions"] == plotted
+    assert data["manifest_sha256"] == json.loads((out / "manifest.json").read_text())["manifest_sha256"]
+    assert all(Path(p).is_file() for p in data["plots"]) and any(Path(p).name.startswith("compare_") for p in
+                                                                  data["plots"])
+    sidecar = json.loads(next((out / "igg").glob("*_timings.json")).read_text())
+    assert sidecar["source"] == "validation_report"
 
 
 def test_general_example_exports_the_demo_checkpoint(tmp_path):

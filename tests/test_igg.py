@@ -74,6 +74,9 @@ def test_ports_carry_profile_shapes_semantics_and_sources(drop):
     assert llm_in["input_ids"]["shape"] == [1, opt] and llm_in["input_ids"]["symbolic_shape"] == ["batch", "seq_len"]
     assert llm_in["input_ids"]["source"] == "eagle2_tokenizer/input_ids"
     assert llm_in["vit_embeds"]["source"] == "vit/vit_embeds"
+    frames = models["preprocess_video"]["inputs"]
+    assert [(p["name"], p["shape"], p["source"], p["camera"]) for p in frames] == [
+        ("frames_0", [1, 1, 256, 256, 3], "frames_0", "video.ego_view")]
     raw_state = models["preprocess_state_action"]["inputs"][0]
     assert raw_state["kind"] == "state/joint/position" and raw_state["source"] == "raw_state"
     assert raw_state["element_names"][:2] == [None, None] and raw_state["element_names"][2][0] == "left_arm_0"
@@ -158,12 +161,12 @@ def test_check_fails_on_a_removed_edge_a_cycle_and_bad_yaml(copy):
     doc = load_igg_config(path)
     doc["pipeline"]["data_flow"]["vit/vit_embeds"] = ["llm/vit_embeds"]
     doc["models"] = dict(reversed(list(doc["models"].items())))  # right edges, wrong execution order
-    doc["pipeline"]["data_flow"]["postprocess/action.left_arm"] = ["preprocess_video/frames"]
+    doc["pipeline"]["data_flow"]["postprocess/action.left_arm"] = ["preprocess_video/frames_0"]
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     problems = check_igg_config(path)
     assert any("points backwards" in p for p in problems), problems
     assert any("cycle" in p for p in problems), problems
-    assert any("preprocess_video/frames is fed more than once" in p for p in problems), problems
+    assert any("preprocess_video/frames_0 is fed more than once" in p for p in problems), problems
 
     path.write_text("models: [unclosed")
     assert "not valid YAML" in check_igg_config(path)[0]
@@ -199,7 +202,7 @@ def test_leapp_inference_manager_reproduces_the_reference_policy(drop, tmp_path)
     from gr00t_export.runner import ExportedGr00tRunner
 
     raw = ExportedGr00tRunner(root).reader(obs)
-    np.savez(tmp_path / "in.npz", frames=raw.frames, raw_state=raw.raw_state,
+    np.savez(tmp_path / "in.npz", **raw.external(),
              init_actions=policy.spec.noise(raw.batch, None, 7).numpy(), instructions=np.array(raw.instructions))
     python = leapp_python()
     run = subprocess.run([python, str(REPO / "tests" / "leapp_conformance.py"), str(root / "igg" / f"{NAME}.yaml"),

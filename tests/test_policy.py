@@ -59,7 +59,8 @@ def real_ckpt(tmp_path_factory, pick_n_place: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def real_policy(real_ckpt: Path) -> ReferencePolicy:
-    return ReferencePolicy.from_checkpoint(real_ckpt)
+    # PickNPlace's metadata serves arms_only and arms_waist alike, so the config is named
+    return ReferencePolicy.from_checkpoint(real_ckpt, modality_config=ARMS_ONLY)
 
 
 @pytest.fixture(scope="module")

@@ -134,6 +134,49 @@ def test_fp8_encoding_matches_ml_dtypes_on_a_float32_sweep():
     np.testing.assert_array_equal(fp8_roundtrip(x, 1.0), ref)
 
 
+def _hand_written_e4m3_codes(v: np.ndarray) -> np.ndarray:
+    """The encoder quantize.py had before it used ml_dtypes, kept as the oracle: float32 bit arithmetic, round half to
+    even, saturation at +-448 (inf too), NaN -> 0x7F with the sign bit."""
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    bits = v.view(np.uint32)
+    mag = bits & np.uint32(0x7FFFFFFF)
+    code = mag >> 20
+    code &= np.uint32(1)
+    code += mag
+    code += np.uint32(0x7FFFF)
+    code >>= 20
+    code -= np.uint32(120 << 3)
+    np.minimum(code, np.uint32(0x7E), out=code)
+    small = np.flatnonzero(mag < np.uint32(0x3C800000))
+    if small.size:
+        code.flat[small] = np.rint(mag.flat[small].view(np.float32) * np.float32(512.0)).astype(np.uint32)
+    nan = np.flatnonzero(mag > np.uint32(0x7F800000))
+    if nan.size:
+        code.flat[nan] = 0x7F
+    code |= (bits >> 24) & np.uint32(0x80)
+    return code.astype(np.uint8)
+
+
+def test_fp8_codes_are_bit_identical_to_the_hand_written_encoder():
+    """>= 4M float32 inputs: a stride through every bit pattern (both signs, every binade, float32 subnormals, NaN
+    payloads), every tie and near-tie of the E4M3 grid, and the specials."""
+    from gr00t_export.quantize import _e4m3_codes
+
+    sweep = np.arange(0, 2**32, 1021, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    grid = np.unique(np.abs(E4M3_VALUES[np.isfinite(E4M3_VALUES)]))
+    ties = ((grid[:-1].astype(np.float64) + grid[1:]) / 2).astype(np.float32)  # exact in float32
+    near = np.concatenate([ties, np.nextafter(ties, np.float32(0)), np.nextafter(ties, np.float32(np.inf)),
+                           grid, np.nextafter(grid, np.float32(0)), np.nextafter(grid, np.float32(np.inf))])
+    specials = np.array([np.inf, np.nan, 448.0, 449.0, 463.99997, 464.0, 465.0, 1e38, 2.0**-9, 2.0**-10,
+                         1.5 * 2.0**-10, 2.0**-6, np.finfo(np.float32).tiny, np.finfo(np.float32).smallest_subnormal],
+                        np.float32)
+    x = np.concatenate([sweep, near, specials])
+    x = np.concatenate([x, -x, np.uint32([0x7FC00001, 0xFFC00000, 0x7F800001, 0x80000000]).view(np.float32)])
+    assert x.size >= 4_000_000 and np.isnan(x).any() and np.isinf(x).any()
+    assert (np.abs(x[np.isfinite(x)]) < np.finfo(np.float32).tiny).sum() > 1000  # float32 subnormals included
+    np.testing.assert_array_equal(_e4m3_codes(x), _hand_written_e4m3_codes(x))
+
+
 @pytest.mark.parametrize(
     "tag,layout,granularity",
     [("fp32", "portable", "channel"), ("fp16", "portable", "tensor"), ("fp16", "tensorrt", "channel"),

@@ -325,7 +325,9 @@ CASE_NUMBER = {"config.json": "2", "safetensors truncated": "3", "safetensors": 
 def test_broken_checkpoint(case: str, ckpt: Path, tmp_path: Path):
     bad, out = _corrupt(ckpt, tmp_path, case), tmp_path / "out"
     before = snapshot(tmp_path)
-    res = cli("build", "--model_path", bad, "--output", out, *BUILD_FLAGS)
+    # asked for explicitly: left out, the tag would be the metadata's only one (new_embodiment)
+    tag = ("--embodiment_tag", "gr1") if case == "metadata without the tag" else ()
+    res = cli("build", "--model_path", bad, *tag, "--output", out, *BUILD_FLAGS)
     line = one_line(res, 2, *CORRUPTIONS[case])
     left = nothing_partial(out)
     assert snapshot(tmp_path) == before, "a failed build touched its inputs"

@@ -73,7 +73,8 @@ def serving(policy, **kwargs):
 
 @pytest.fixture(scope="module")
 def server(env):
-    with serving(env.policy, max_message_bytes=MAX_BYTES) as (srv, thread):
+    # An N1.5 client's get_modality_config is byte-identical to a current one's: this server answers it in N1.5.
+    with serving(env.policy, max_message_bytes=MAX_BYTES, modality_config_protocol="n1.5") as (srv, thread):
         yield SimpleNamespace(port=srv.port, server=srv, thread=thread)
 
 

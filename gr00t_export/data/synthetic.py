@@ -1,15 +1,16 @@
 """Small synthetic LeRobot v2 datasets, so the reader and every later stage can be tested anywhere.
 
-Trajectories are seeded sinusoids per joint; each video frame draws a planar arm whose joint angles
-are the first state values and a gripper blob whose colour follows the hands, so frames change with
-the state and an encoder sees real content. The same seed gives the same parquet contents and the
-same decoded frames (x264 runs single-threaded: its bitstream depends on the thread count).
+Trajectories are seeded sinusoids per joint; rotation keys hold a smooth rotation in the layout's
+representation (meta/modality.json `rotation_type`), binary keys 0/1. Each video frame draws a planar arm
+whose joint angles are the first state values and a gripper blob whose colour follows the hands, so frames
+change with the state and an encoder sees real content; cameras may differ in resolution. The same seed gives
+the same parquet contents and the same decoded frames (x264 runs single-threaded: its bitstream depends on
+the thread count).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from fractions import Fraction
@@ -21,8 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gr00t_export.embodiments import ModalityConfig, key_dims
+from gr00t_export.embodiments import KeyLayout, ModalityConfig, key_layout
 from gr00t_export.errors import InputError
+from gr00t_export.preprocess.rotation import convert
+from gr00t_export.util import ordinary_permissions
 
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
@@ -45,10 +48,24 @@ def _layout(cfg: ModalityConfig, keys: tuple[str, ...]) -> dict[str, tuple[int, 
     out: dict[str, tuple[int, int]] = {}
     start = 0
     for key in keys:
-        end = start + key_dims(cfg, key)
+        end = start + key_layout(cfg, key).dim
         out[key.split(".", 1)[1]] = (start, end)
         start = end
     return out
+
+
+def _trajectory(rng: np.random.Generator, layout: KeyLayout, times: np.ndarray) -> np.ndarray:
+    """(len(times), dim) values of one key: joints, a rotation in its representation, or a 0/1 switch."""
+    if not layout.continuous:
+        period = rng.uniform(0.5, 1.5)
+        phase = rng.uniform(0.0, period)
+        return np.repeat((((times + phase) % period) < period / 2).astype(np.float64)[:, None], layout.dim, 1)
+    if layout.rotation_type is not None:
+        # a smooth rotation vector (big for absolute poses, small for per-step deltas), then its representation
+        scale = 1.0 if layout.absolute else 0.1
+        rotvec = scale * _sinusoids(rng, 3, times)
+        return convert(rotvec, "axis_angle", layout.rotation_type)
+    return _sinusoids(rng, layout.dim, times)
 
 
 def _sinusoids(rng: np.random.Generator, dims: int, times: np.ndarray) -> np.ndarray:
@@ -60,19 +77,20 @@ def _sinusoids(rng: np.random.Generator, dims: int, times: np.ndarray) -> np.nda
     return offset + amp * np.sin(2 * np.pi * freq * times[:, None] + phase)
 
 
-def render_frame(state: np.ndarray, image_size: int, view: int = 0) -> np.ndarray:
-    """(S, S, 3) uint8 picture of the state: a 3-link planar arm plus a gripper blob.
+def render_frame(state: np.ndarray, image_size: int | tuple[int, int], view: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 picture of the state (`image_size` S or (H, W)): a 3-link planar arm plus a gripper blob.
 
     The first three state values are the link angles; the mean of the rest sets the blob colour, so
     consecutive frames differ the way the trajectory does. ``view`` shifts the palette per camera.
     """
-    s = image_size
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    s = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base_colour = np.array([40 + 50 * view, 70, 110 - 30 * view], dtype=np.float32) % 256
     img = base_colour + (yy[..., None] / s) * np.array([60, 60, 40], dtype=np.float32)
     checker = ((xx // max(s // 16, 1) + yy // max(s // 16, 1)) % 2)[..., None]
     img = img + 12 * checker
-    img[int(0.8 * s) :, :] = np.array([120, 95, 70], dtype=np.float32)  # table top
+    img[int(0.8 * height) :, :] = np.array([120, 95, 70], dtype=np.float32)  # table top
 
     angles = np.zeros(3)
     angles[: min(3, len(state))] = state[:3]
@@ -80,14 +98,14 @@ def render_frame(state: np.ndarray, image_size: int, view: int = 0) -> np.ndarra
     grip = float(np.clip(0.5 + 0.5 * np.tanh(rest.mean()), 0.0, 1.0)) if len(rest) else 0.5
 
     def disc(cx: float, cy: float, r: float, colour: tuple[float, float, float]) -> None:
-        y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, s)
-        x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, s)
+        y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, height)
+        x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, width)
         if y0 >= y1 or x0 >= x1:
             return
         mask = (xx[y0:y1, x0:x1] - cx) ** 2 + (yy[y0:y1, x0:x1] - cy) ** 2 <= r * r
         img[y0:y1, x0:x1][mask] = colour
 
-    x, y, heading = 0.5 * s, 0.85 * s, -np.pi / 2
+    x, y, heading = 0.5 * width, 0.85 * height, -np.pi / 2
     link = 0.22 * s
     for i, angle in enumerate(angles):
         heading += float(angle)
@@ -148,8 +166,11 @@ def make_dataset(
     image_size: int = 256,
     fps: float = 20,
     seed: int = 0,
+    image_sizes: dict[str, tuple[int, int]] | None = None,
 ) -> Path:
     """Write a LeRobot v2 dataset serving every key of ``cfg`` to ``out_dir`` and return its path.
+
+    Cameras are ``image_size`` squares unless ``image_sizes`` gives a video key its own (height, width).
 
     Built in a temp folder beside ``out_dir`` and renamed at the end, so a crash never leaves a
     half-written dataset that looks complete.
@@ -157,18 +178,21 @@ def make_dataset(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise InputError(f"{out_dir} already exists; remove it or pick another output folder")
-    if num_episodes < 1 or episode_length < 2 or image_size < 16 or fps <= 0:
+    sizes = {key: tuple((image_sizes or {}).get(key, (image_size, image_size))) for key in cfg.video_keys}
+    if num_episodes < 1 or episode_length < 2 or min((min(hw) for hw in sizes.values()), default=16) < 16 or fps <= 0:
         raise InputError(
-            f"num_episodes={num_episodes}, episode_length={episode_length}, image_size={image_size}, "
-            f"fps={fps} are out of range; use num_episodes>=1, episode_length>=2, image_size>=16, fps>0"
+            f"num_episodes={num_episodes}, episode_length={episode_length}, image sizes {sorted(set(sizes.values()))}, "
+            f"fps={fps} are out of range; use num_episodes>=1, episode_length>=2, images >= 16 px, fps>0"
         )
     codec = video_codec()
+    layouts = {key: key_layout(cfg, key) for key in (*cfg.state_keys, *cfg.action_keys)}
     state_layout = _layout(cfg, cfg.state_keys)
     action_layout = _layout(cfg, cfg.action_keys)
     state_dim = max((end for _, end in state_layout.values()), default=0)
     action_dim = max((end for _, end in action_layout.values()), default=0)
     lang_col = cfg.language_key
     views = [key.split(".", 1)[1] for key in cfg.video_keys]
+    view_sizes = [sizes[key] for key in cfg.video_keys]
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -181,18 +205,21 @@ def make_dataset(
         for episode in range(num_episodes):
             rng = np.random.default_rng([seed, episode])
             times = np.arange(episode_length + 1, dtype=np.float64) / fps
-            # One trajectory per short key, shared by state.<k> and action.<k>; action(t) = state(t + 1).
-            traj: dict[str, np.ndarray] = {}
+            # One trajectory per short key and layout, shared by state.<k> and action.<k> when they are laid out
+            # alike; action(t) = state(t + 1).
+            traj: dict[tuple[str, KeyLayout], np.ndarray] = {}
             for key in (*cfg.state_keys, *cfg.action_keys):
-                short = key.split(".", 1)[1]
-                if short not in traj:
-                    traj[short] = _sinusoids(rng, key_dims(cfg, key), times)
+                ident = (key.split(".", 1)[1], layouts[key])
+                if ident not in traj:
+                    traj[ident] = _trajectory(rng, layouts[key], times)
             state = np.zeros((episode_length, state_dim))
-            for short, (start, end) in state_layout.items():
-                state[:, start:end] = traj[short][:-1]
+            for key in cfg.state_keys:
+                start, end = state_layout[key.split(".", 1)[1]]
+                state[:, start:end] = traj[(key.split(".", 1)[1], layouts[key])][:-1]
             action = np.zeros((episode_length, action_dim))
-            for short, (start, end) in action_layout.items():
-                action[:, start:end] = traj[short][1:]
+            for key in cfg.action_keys:
+                start, end = action_layout[key.split(".", 1)[1]]
+                action[:, start:end] = traj[(key.split(".", 1)[1], layouts[key])][1:]
 
             task = TASKS[(seed + episode) % len(TASKS)]
             if task not in task_texts:
@@ -225,7 +252,7 @@ def make_dataset(
             # The camera sees the state: render from the concatenated state vector.
             picture_source = state if state_dim else action
             for view_index, view in enumerate(views):
-                frames = np.stack([render_frame(row, image_size, view_index) for row in picture_source])
+                frames = np.stack([render_frame(row, view_sizes[view_index], view_index) for row in picture_source])
                 video_file = tmp / VIDEO_PATH.format(
                     episode_chunk=episode // CHUNKS_SIZE,
                     episode_index=episode,
@@ -245,7 +272,7 @@ def make_dataset(
         features: dict[str, Any] = {
             f"observation.images.{view}": {
                 "dtype": "video",
-                "shape": [image_size, image_size, 3],
+                "shape": [*view_sizes[views.index(view)], 3],
                 "names": ["height", "width", "channel"],
                 "video_info": {
                     "video.fps": float(fps),
@@ -281,9 +308,20 @@ def make_dataset(
             "video_path": VIDEO_PATH,
             "features": features,
         }
+        def entry(key: str, start: int, end: int) -> dict[str, Any]:
+            """modality.json fields as N1.5 reads them: rotation_type, absolute (default true), dtype."""
+            layout, out = layouts[key], {"start": start, "end": end}
+            if layout.rotation_type is not None:
+                out["rotation_type"] = layout.rotation_type
+            if not layout.absolute:
+                out["absolute"] = False
+            if not layout.continuous:
+                out |= {"dtype": "int64", "range": [0, 1]}
+            return out
+
         modality: dict[str, Any] = {
-            "state": {short: {"start": a, "end": b} for short, (a, b) in state_layout.items()},
-            "action": {short: {"start": a, "end": b} for short, (a, b) in action_layout.items()},
+            "state": {k.split(".", 1)[1]: entry(k, *state_layout[k.split(".", 1)[1]]) for k in cfg.state_keys},
+            "action": {k.split(".", 1)[1]: entry(k, *action_layout[k.split(".", 1)[1]]) for k in cfg.action_keys},
             "video": {view: {"original_key": f"observation.images.{view}"} for view in views},
             "annotation": {lang_col.split(".", 1)[1]: {}} if lang_col is not None else {},
         }
@@ -294,7 +332,7 @@ def make_dataset(
         _write_jsonl(tmp / "meta" / "episodes.jsonl", episodes_meta)
         tasks_rows = [{"task_index": i, "task": t} for i, t in enumerate(task_texts)]
         _write_jsonl(tmp / "meta" / "tasks.jsonl", tasks_rows)
-        os.chmod(tmp, 0o755)
+        ordinary_permissions(tmp)  # mkdtemp made it 0700; every file and dir as the umask says
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

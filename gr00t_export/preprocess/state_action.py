@@ -9,6 +9,13 @@ Formulas follow GR00T N1.5 `Normalizer` exactly, including its quirks:
 The reference inverse has no degenerate special case: a min==max (q01==q99, std==0) dim comes back
 as min (q01, mean), the constant the data had; we do the same.
 
+Rotations (N1.5 `StateActionTransform` with `target_rotations`): a key whose dataset representation differs
+from the config's target is converted first (state: float64, `preprocess/rotation.py`) and then normalised;
+actions are un-normalised and then converted back (float32, as the reference's `unapply`). See
+`metadata.key_plans` for which modes each key may take. The model's state/action vector lays a converted key
+out at its target width; N1.5's ConcatTransform slices actions by the metadata width instead, which only
+differs when a conversion changes the width (e.g. quaternion -> axis_angle), where N1.5 mis-slices.
+
 The reference builds its statistics with `torch.tensor(list)`, i.e. float32, and only then casts to the
 data's dtype; the buffers here hold float32-rounded statistics for the same reason.
 """
@@ -22,7 +29,8 @@ from torch import Tensor, nn
 
 from gr00t_export.embodiments import MODES, ModalityConfig
 from gr00t_export.errors import InputError
-from gr00t_export.metadata import EmbodimentMetadata, KeyStats, check_against
+from gr00t_export.metadata import EmbodimentMetadata, KeyPlan, KeyStats, key_plans
+from gr00t_export.preprocess.rotation import RotationConversion
 
 
 def _bounds(stats: KeyStats, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -85,16 +93,52 @@ def _stats_for(meta_table: dict[str, KeyStats], key: str, short: str, mode: str,
     return stats
 
 
+class _Slice(nn.Module):
+    """One key's columns, unchanged."""
+
+    def __init__(self, start: int, end: int):
+        super().__init__()
+        self.start, self.end = start, end
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[..., self.start : self.end]
+
+
+class _Rotate(nn.Module):
+    """One key's columns converted to another rotation representation (`back`: target -> dataset's)."""
+
+    def __init__(self, start: int, end: int, conversion: tuple[str, str], back: bool):
+        super().__init__()
+        self.start, self.end, self.back = start, end, back
+        self.rotation = RotationConversion(*conversion)
+
+    def forward(self, x: Tensor) -> Tensor:
+        part = x[..., self.start : self.end]
+        return self.rotation.inverse(part) if self.back else self.rotation(part)
+
+
+def _segments(plans: list[KeyPlan], back: bool) -> tuple[nn.ModuleList, bool]:
+    """Per key, in order: its slice of the input (dataset widths, or model widths when `back`), converted or not."""
+    parts, offset = [], 0
+    for plan in plans:
+        width = plan.model_dim if back else plan.raw_dim
+        parts.append(_Rotate(offset, offset + width, plan.conversion, back) if plan.conversion
+                     else _Slice(offset, offset + width))
+        offset += width
+    return nn.ModuleList(parts), any(p.conversion for p in plans)
+
+
 class StatePreprocessor(nn.Module):
     """Raw concatenated state (..., T, D_raw) -> model state (..., T, max_state_dim) float32 plus mask.
 
     Every per-key mode is resolved at construction into per-column buffers, so forward is a fixed
-    sequence of tensor ops (gather, affine, masked selects, pad) that scripts and exports cleanly.
+    sequence of tensor ops (rotation conversions, gather, affine, masked selects, pad) that scripts and
+    runs on any device.
     """
 
     def __init__(self, cfg: ModalityConfig, metadata: EmbodimentMetadata, max_state_dim: int = 64):
         super().__init__()
-        check_against(metadata, cfg)
+        plans = key_plans(metadata, cfg, "state")
         src: list[int] = []
         sub: list[float] = []
         div: list[float] = []
@@ -112,13 +156,14 @@ class StatePreprocessor(nn.Module):
             for name, col in flags.items():
                 col.extend(on.get(name, [False] * len(cols)))
 
-        offset = 0
-        for key in cfg.state_keys:
+        raw_offset = offset = 0  # offset: columns of the converted vector the gather reads
+        for plan in plans:
+            key, mode = plan.key, plan.mode
             short = cfg.short(key)
-            d = metadata.state_dim(short)
-            mode = cfg.state_mode(key)
+            slices.append((key, raw_offset, raw_offset + plan.raw_dim))
+            raw_offset += plan.raw_dim
+            d = plan.model_dim
             cols = list(range(offset, offset + d))
-            slices.append((key, offset, offset + d))
             offset += d
             zeros, ones, no, yes = np.zeros(d), np.ones(d), [False] * d, [True] * d
             if mode in ("identity", "binary"):
@@ -127,8 +172,11 @@ class StatePreprocessor(nn.Module):
                 push(cols, zeros, ones, 1.0, 0.0, sin=yes)
                 push(cols, zeros, ones, 1.0, 0.0, cos=yes)
             else:
-                stats = _stats_for(metadata.state, key, short, mode, metadata.tag)
-                lo, hi = (_f32(v) for v in _bounds(stats, mode))
+                if plan.fixed_bound is not None:  # a converted absolute rotation: min_max over fixed bounds
+                    lo, hi = np.full(d, -plan.fixed_bound), np.full(d, plan.fixed_bound)
+                else:
+                    stats = _stats_for(metadata.state, key, short, mode, metadata.tag)
+                    lo, hi = (_f32(v) for v in _bounds(stats, mode))
                 if mode == "mean_std":
                     ok = hi != 0
                     push(cols, lo, np.where(ok, hi, 1.0), 1.0, 0.0, **{"pass": (~ok).tolist()})
@@ -139,7 +187,10 @@ class StatePreprocessor(nn.Module):
                     push(cols, lo, np.where(ok, hi - lo, 1.0), 2.0, -1.0, **on)
 
         self.key_slices = slices
-        self.raw_dim: int = offset
+        self.plans = plans
+        self.segments, self.rotates = _segments(plans, back=False)
+        self.raw_dim: int = raw_offset
+        self.converted_dim: int = offset
         self.out_dim: int = len(src)
         self.max_state_dim: int = max_state_dim
         self.keep: int = min(self.out_dim, max_state_dim)
@@ -158,7 +209,10 @@ class StatePreprocessor(nn.Module):
 
     def forward(self, state: Tensor) -> tuple[Tensor, Tensor]:
         torch._assert(state.shape[-1] == self.raw_dim, "state's last dim must equal the summed raw key dims")
-        x = torch.index_select(state.to(torch.float64), -1, self.src_index)
+        x = state.to(torch.float64)
+        if self.rotates:
+            x = torch.cat([segment(x) for segment in self.segments], dim=-1)
+        x = torch.index_select(x, -1, self.src_index)
         y = ((x - self.sub) / self.div) * self.mul + self.add
         y = torch.where(self.zero_mask, torch.zeros_like(y), y)
         y = torch.where(self.pass_mask, x, y)
@@ -187,12 +241,14 @@ class StatePreprocessor(nn.Module):
 class ActionPostprocessor(nn.Module):
     """Model output (..., H, max_action_dim) -> un-normalised actions (..., H, D_action) float32.
 
-    Computed in float32 like the reference policy, which calls `.float()` on action_pred before unapply.
+    Computed in float32 like the reference policy, which calls `.float()` on action_pred before unapply; a key
+    predicted in a target rotation is converted back to the dataset's representation, so `D_action` is the sum of
+    the metadata widths.
     """
 
     def __init__(self, cfg: ModalityConfig, metadata: EmbodimentMetadata, max_action_dim: int = 32):
         super().__init__()
-        check_against(metadata, cfg)
+        plans = key_plans(metadata, cfg, "action")
         plus: list[float] = []
         over: list[float] = []
         hi: list[float] = []
@@ -200,12 +256,12 @@ class ActionPostprocessor(nn.Module):
         shift: list[float] = []
         binary: list[bool] = []
         slices: list[tuple[str, int, int]] = []
-        offset = 0
-        for key in cfg.action_keys:
+        offset = raw_offset = 0
+        for plan in plans:
+            key, mode, d = plan.key, plan.mode, plan.model_dim
             short = cfg.short(key)
-            d = metadata.action_dim(short)
-            mode = cfg.action_mode(key)
-            slices.append((key, offset, offset + d))
+            slices.append((key, raw_offset, raw_offset + plan.raw_dim))
+            raw_offset += plan.raw_dim
             offset += d
             binary.extend([mode == "binary"] * d)
             if mode in ("identity", "binary"):
@@ -216,8 +272,11 @@ class ActionPostprocessor(nn.Module):
                 lo += [0.0] * d
                 shift += [0.0] * d
                 continue
-            stats = _stats_for(metadata.action, key, short, mode, metadata.tag)
-            a, b = (_f32(v) for v in _bounds(stats, mode))
+            if plan.fixed_bound is not None:
+                a, b = np.full(d, -plan.fixed_bound), np.full(d, plan.fixed_bound)
+            else:
+                stats = _stats_for(metadata.action, key, short, mode, metadata.tag)
+                a, b = (_f32(v) for v in _bounds(stats, mode))
             if mode == "mean_std":  # x * std + mean
                 plus += [0.0] * d
                 over += [1.0] * d
@@ -236,7 +295,10 @@ class ActionPostprocessor(nn.Module):
                 "drop action keys or use a model with a larger max_action_dim"
             )
         self.key_slices = slices
-        self.action_dim: int = offset
+        self.plans = plans
+        self.segments, self.rotates = _segments(plans, back=True)
+        self.action_dim: int = offset  # model space
+        self.out_dim: int = raw_offset
         f32 = torch.float32
         self.register_buffer("plus", torch.tensor(plus, dtype=f32))
         self.register_buffer("over", torch.tensor(over, dtype=f32))
@@ -249,7 +311,10 @@ class ActionPostprocessor(nn.Module):
         torch._assert(action_pred.shape[-1] >= self.action_dim, "action_pred has fewer dims than the action keys")
         x = action_pred[..., : self.action_dim].to(torch.float32)
         y = ((x + self.plus) / self.over) * (self.hi - self.lo) + self.shift
-        return torch.where(self.binary_mask, (x > 0.5).to(torch.float32), y)
+        y = torch.where(self.binary_mask, (x > 0.5).to(torch.float32), y)
+        if self.rotates:
+            y = torch.cat([segment(y) for segment in self.segments], dim=-1)
+        return y
 
     def split(self, actions: Tensor) -> dict[str, Tensor]:
         """{"action.<key>": (..., H, d)} from forward's output (plain Python, not scripted)."""

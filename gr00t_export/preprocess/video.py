@@ -71,6 +71,24 @@ class VideoPreprocessor(nn.Module):
         return (x.to(torch.float32) - 127.5) / 127.5
 
 
+class MultiViewVideo(nn.Module):
+    """One (B, T, H_i, W_i, 3) uint8 tensor per camera -> (B*T*V, 3, S, S), ordered sample, then time, then view
+    as Eagle lays the image blocks out. Each camera is cropped and resized at its own resolution, so cameras need
+    not share one (Isaac-GR00T #541)."""
+
+    def __init__(self, image_size: int = 224, crop_scale: float = 0.95) -> None:
+        super().__init__()
+        self.video = VideoPreprocessor(image_size, crop_scale)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        per_view: list[torch.Tensor] = []
+        for frames in views:
+            if frames.dim() != 5:
+                raise ValueError("each camera's frames must be (B, T, H, W, 3); add the batch and time axes")
+            per_view.append(self.video(frames.reshape(-1, frames.size(2), frames.size(3), frames.size(4))))
+        return torch.stack(per_view, dim=1).flatten(0, 1)
+
+
 _EAGER_CACHE: dict[tuple[int, float], VideoPreprocessor] = {}
 
 

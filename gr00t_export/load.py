@@ -134,8 +134,13 @@ def open_checkpoint(model_path: str | Path, eagle_path: str | Path | None = None
     return Checkpoint(path=path, eagle_dir=eagle_dir, config=cfg, weight_map=find_weights(path))
 
 
-def check_keys(model: torch.nn.Module, ckpt: Checkpoint) -> LoadReport:
-    """Strict comparison of checkpoint headers with the model; one error naming every offender."""
+def check_keys(model: torch.nn.Module, ckpt: Checkpoint,
+               unused_prefixes: tuple[str, ...] = UNUSED_KEY_PREFIXES) -> LoadReport:
+    """Strict comparison of checkpoint headers with the model; one error naming every offender.
+
+    `ckpt` needs `path`, `weight_files` and `weight_map`; keys starting with `unused_prefixes` are known-unused
+    (reported, skipped) rather than unexpected.
+    """
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     found: dict[str, list[int]] = {}
     stored_in: dict[str, Path] = {}
@@ -153,7 +158,7 @@ def check_keys(model: torch.nn.Module, ckpt: Checkpoint) -> LoadReport:
     report = LoadReport(num_parameters=sum(int(torch.Size(s).numel()) for s in expected.values()))
     unexpected = []
     for key in sorted(set(found) - set(expected)):
-        (report.ignored_unused if key.startswith(UNUSED_KEY_PREFIXES) else unexpected).append(key)
+        (report.ignored_unused if key.startswith(unused_prefixes) else unexpected).append(key)
     missing = sorted(set(expected) - set(found))
     misshaped = [f"{k} {found[k]} != {expected[k]}" for k in sorted(set(found) & set(expected))
                  if found[k] != expected[k]]
@@ -175,13 +180,20 @@ def load_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: str
     with torch.device("meta"):
         model = Gr00tN15(ckpt.config)
     report = check_keys(model, ckpt)
+    return assign_weights(model, ckpt.weight_map, dtype, device), report
+
+
+def assign_weights(model: torch.nn.Module, weight_map: dict[str, Path], dtype: torch.dtype,
+                   device: str | torch.device) -> torch.nn.Module:
+    """Reads every tensor of `model` (built on the meta device, keys already checked) from its shard and assigns
+    it in place: no second copy of the weights. Returns the model in eval mode without gradients."""
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[str]] = {}
     for key in model.state_dict():
-        by_file.setdefault(ckpt.weight_map[key], []).append(key)
+        by_file.setdefault(weight_map[key], []).append(key)
     for shard, keys in by_file.items():
         with safe_open(str(shard), framework="pt", device="cpu") as f:
             for key in keys:
                 state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False), report
+    return model.eval().requires_grad_(False)

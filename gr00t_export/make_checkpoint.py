@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,15 @@ def _plan_shards(shapes: dict[str, tuple[int, ...]], itemsize: int, limit: int) 
 
 def _write_weights(out: Path, cfg: Gr00tConfig, seed: int, dtype: torch.dtype, shard_bytes: int | None,
                    show_progress: bool) -> int:
-    shapes = weight_shapes(cfg)
+    return write_weights(out, weight_shapes(cfg), seed, dtype, shard_bytes, show_progress)
+
+
+def write_weights(out: Path, shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype,
+                  shard_bytes: int | None, show_progress: bool,
+                  init: Callable[[str, tuple[int, ...], int], torch.Tensor] | None = None) -> int:
+    """Seeded tensors of `shapes` (`init`, default `init_tensor`) as model.safetensors, or as shards of at most
+    `shard_bytes` with model.safetensors.index.json; returns the parameter count."""
+    init = init or init_tensor
     itemsize = torch.tensor([], dtype=dtype).element_size()
     shards = _plan_shards(shapes, itemsize, shard_bytes) if shard_bytes else [list(shapes)]
     total = sum(int(np.prod(s)) for s in shapes.values())
@@ -95,7 +104,7 @@ def _write_weights(out: Path, cfg: Gr00tConfig, seed: int, dtype: torch.dtype, s
                 f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             tensors = {}
             for name in names:
-                tensors[name] = init_tensor(name, shapes[name], seed).to(dtype)
+                tensors[name] = init(name, shapes[name], seed).to(dtype)
                 advance(int(np.prod(shapes[name])))
             try:
                 save_file(tensors, str(out / fname), metadata={"format": "pt"})

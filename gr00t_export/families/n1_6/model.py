@@ -1,0 +1,229 @@
+"""GR00T N1.6 in plain PyTorch, under the checkpoint's state-dict names.
+
+`backbone.model.*` is Eagle-Block2A-2B-v2: SigLIP2-style tower -> pixel unshuffle 2 x 2 -> `mlp1` (LayerNorm,
+Linear, GELU, Linear) -> scattered into the `<IMG_CONTEXT>` positions of the token embeddings -> Qwen3 cut to
+`select_layer` layers + its final norm. `action_head.*` is the flow-matching head: `vlln`, category-specific
+state/action encoders and decoder, a position embedding on the action tokens, and the AlternateVLDiT whose
+cross-attention blocks alternate between the non-image and the image tokens of the prompt.
+
+The Euler sampler takes its initial noise as an input and uses one timestep for the whole batch, so the
+timestep embedding and every AdaLN scale/shift derived from it fold to constants at export (as in N1.5).
+Qwen3 layers, the DiT blocks, the timestep encoder and the category-specific layers are N1.5's modules.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gr00t_export.families.n1_6.config import ActionHeadConfig, AlternateVLDiTConfig, Gr00tN16Config
+from gr00t_export.families.n1_6.vision import POOLING_HEAD_PREFIX, Siglip2VisionModel
+from gr00t_export.model.action_head import CategorySpecificMLP, MultiEmbodimentActionEncoder
+from gr00t_export.model.dit import Attention, TimestepEncoder, TransformerBlock
+from gr00t_export.model.language import Qwen3ForCausalLM
+from gr00t_export.model.layers import attention
+
+VISION_PREFIX = "backbone.model.vision_model.vision_model."
+# Keys a real checkpoint carries that N1.6 never reads: the vision pooling head and the tied lm_head.
+UNUSED_KEY_PREFIXES = (VISION_PREFIX + POOLING_HEAD_PREFIX, "backbone.model.language_model.lm_head.")
+
+
+# --- backbone --------------------------------------------------------------------------------------
+
+def pixel_unshuffle_tokens(vit_embeds: Tensor, grid_h: int, grid_w: int, factor: int) -> Tensor:
+    """(N, h*w, C) row-major patch tokens -> (N, h/f * w/f, C*f*f): channel c*f*f + dy*f + dx, tokens row-major."""
+    n, _, channels = vit_embeds.shape
+    grid = vit_embeds.transpose(1, 2).reshape(n, channels, grid_h, grid_w)
+    return F.pixel_unshuffle(grid, factor).flatten(2).transpose(1, 2)
+
+
+def scatter_image_tokens(embeds: Tensor, input_ids: Tensor, image_token_index: int, image_tokens: Tensor) -> Tensor:
+    """Token embeddings (B, L, D) with the k-th `<IMG_CONTEXT>` position replaced by row k of `image_tokens` (M, D).
+
+    A gather (row = running count of image tokens), so it exports without masked assignment.
+    """
+    flat = embeds.reshape(-1, embeds.shape[-1])
+    is_image = (input_ids == image_token_index).reshape(-1)
+    source_row = (torch.cumsum(is_image.long(), 0) - 1).clamp(min=0)
+    scattered = image_tokens.to(embeds.dtype)[source_row]
+    return torch.where(is_image[:, None], scattered, flat).reshape(embeds.shape)
+
+
+class Eagle3VLModel(nn.Module):
+    """`backbone.model`: vision tower, connector, LLM."""
+
+    def __init__(self, cfg: Gr00tN16Config):
+        super().__init__()
+        self.cfg = cfg
+        self.image_token_index = cfg.image_token_index
+        self.unshuffle = cfg.unshuffle_factor
+        self.patch_size = cfg.vision.patch_size
+        self.vision_model = Siglip2VisionModel(cfg.vision)
+        merged = cfg.vision.hidden_size * self.unshuffle**2
+        llm = cfg.text.hidden_size
+        # nn.GELU() is the erf GELU, as in NVIDIA's connector
+        self.mlp1 = nn.Sequential(nn.LayerNorm(merged, eps=1e-5), nn.Linear(merged, llm), nn.GELU(),
+                                  nn.Linear(llm, llm))
+        self.language_model = Qwen3ForCausalLM(cfg.text, cfg.select_layer)
+
+    def image_tokens(self, pixel_values: Tensor) -> Tensor:
+        """(N, 3, H, W) in [-1, 1] -> (N, H/28 * W/28, llm_hidden): each image attends only to itself."""
+        grid_h, grid_w = pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size
+        vit_embeds = self.vision_model(pixel_values)
+        return self.mlp1(pixel_unshuffle_tokens(vit_embeds, grid_h, grid_w, self.unshuffle))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, image_tokens: Tensor) -> Tensor:
+        """input_ids/attention_mask (B, L), image_tokens (M, llm_hidden) in prompt order -> features (B, L, llm)."""
+        embeds = self.language_model.model.embed_tokens(input_ids)
+        embeds = scatter_image_tokens(embeds, input_ids, self.image_token_index, image_tokens)
+        return self.language_model.model(embeds, attention_mask)
+
+
+class EagleBackbone(nn.Module):
+    def __init__(self, cfg: Gr00tN16Config):
+        super().__init__()
+        self.model = Eagle3VLModel(cfg)
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        # pixel_values (N_images, 3, H, W) in (batch, time, view) order -> backbone_features (B, L, llm_hidden)
+        image_tokens = self.model.image_tokens(pixel_values).flatten(0, 1)
+        return self.model(input_ids, attention_mask, image_tokens)
+
+
+# --- action head -----------------------------------------------------------------------------------
+
+def key_bias(keep: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, L) bool, True = attend -> additive (B, 1, 1, L): 0 where kept, the dtype's lowest value elsewhere."""
+    neg = torch.finfo(dtype).min
+    return torch.zeros((), dtype=dtype, device=keep.device).masked_fill(~keep, neg)[:, None, None, :]
+
+
+def cross_attention_biases(image_mask: Tensor, attention_mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The two key masks of AlternateVLDiT as additive biases: (non-image tokens, image tokens), both padding-free."""
+    valid = attention_mask.bool()
+    image = image_mask.bool()
+    return key_bias(valid & ~image, dtype), key_bias(valid & image, dtype)
+
+
+class MaskedAttention(Attention):
+    """N1.5's biased diffusers-style attention, with an additive key mask."""
+
+    def forward(self, x: Tensor, context: Tensor, bias: Tensor) -> Tensor:
+        return self.to_out[0](attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, bias))
+
+
+class MaskedCrossAttentionBlock(TransformerBlock):
+    """An AdaLN block whose cross-attention sees only the keys its mask keeps."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, kv_dim: int):
+        super().__init__(dim, heads, head_dim, kv_dim, ada_norm=True)
+        self.attn1 = MaskedAttention(dim, heads, head_dim, kv_dim)
+
+    def forward(self, x: Tensor, context: Tensor, temb: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        x = x + self.attn1(self.norm1(x, temb), context, bias)
+        return x + self.ff(self.norm3(x))
+
+
+class AlternateVLDiT(nn.Module):
+    """`action_head.model`: even blocks cross-attend (idx % 4 == 0: non-image tokens, else image tokens), odd
+    blocks self-attend over the state + action tokens; AdaLN output layer."""
+
+    def __init__(self, cfg: AlternateVLDiTConfig):
+        super().__init__()
+        d = cfg.inner_dim
+        self.dim = d
+        self.cross = [cfg.is_cross_attention(i) for i in range(cfg.num_layers)]
+        self.text = [cfg.attends_text(i) for i in range(cfg.num_layers)]
+        self.timestep_encoder = TimestepEncoder(d)
+        self.transformer_blocks = nn.ModuleList(
+            MaskedCrossAttentionBlock(d, cfg.num_attention_heads, cfg.attention_head_dim, cfg.cross_attention_dim)
+            if self.cross[i] else
+            TransformerBlock(d, cfg.num_attention_heads, cfg.attention_head_dim, None, ada_norm=True)
+            for i in range(cfg.num_layers)
+        )
+        self.proj_out_1 = nn.Linear(d, 2 * d)
+        self.proj_out_2 = nn.Linear(d, cfg.output_dim)
+
+    def forward(self, sa_embs: Tensor, vl_embs: Tensor, timesteps: Tensor, text_bias: Tensor,
+                image_bias: Tensor) -> Tensor:
+        # sa_embs (B, 1 + 50, inner), vl_embs (B, L, backbone), timesteps (1,): one timestep for the whole batch;
+        # text_bias / image_bias (B, 1, 1, L) additive key masks -> (B, 1 + 50, output_dim)
+        temb = self.timestep_encoder(timesteps)
+        x = sa_embs
+        for i, block in enumerate(self.transformer_blocks):
+            if self.cross[i]:
+                x = block(x, vl_embs, temb, text_bias if self.text[i] else image_bias)
+            else:
+                x = block(x, None, temb)
+        shift, scale = self.proj_out_1(F.silu(temb[0])).chunk(2)  # (shift, scale) here, unlike AdaLayerNorm
+        return self.proj_out_2(F.layer_norm(x, (self.dim,), 1 + scale, shift, 1e-6))
+
+
+class Gr00tN16ActionHead(nn.Module):
+    def __init__(self, cfg: ActionHeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.max_num_embodiments
+        self.model = AlternateVLDiT(cfg.diffusion_model)
+        self.state_encoder = CategorySpecificMLP(n, cfg.max_state_dim, cfg.hidden_size, cfg.input_embedding_dim)
+        self.action_encoder = MultiEmbodimentActionEncoder(cfg.max_action_dim, cfg.input_embedding_dim, n)
+        self.action_decoder = CategorySpecificMLP(n, cfg.hidden_size, cfg.hidden_size, cfg.max_action_dim)
+        self.vlln = nn.LayerNorm(cfg.backbone_embedding_dim) if cfg.use_vlln else nn.Identity()
+        if cfg.add_pos_embed:
+            self.position_embedding = nn.Embedding(cfg.max_seq_len, cfg.input_embedding_dim)
+
+    def velocity(self, vl_embs: Tensor, text_bias: Tensor, image_bias: Tensor, state_features: Tensor,
+                 actions: Tensor, timesteps: Tensor, embodiment_id: Tensor) -> Tensor:
+        """One DiT evaluation: noisy actions (B, 50, action_dim) at `timesteps` (1,) -> velocity (B, 50, action_dim)."""
+        action_features = self.action_encoder(actions, timesteps, embodiment_id)
+        if self.cfg.add_pos_embed:
+            action_features = action_features + self.position_embedding.weight[: actions.shape[1]].unsqueeze(0)
+        sa_embs = torch.cat([state_features, action_features], dim=1)
+        out = self.model(sa_embs, vl_embs, timesteps, text_bias, image_bias)
+        return self.action_decoder(out, embodiment_id)[:, -actions.shape[1]:]
+
+    def get_action(self, backbone_features: Tensor, attention_mask: Tensor, image_mask: Tensor, state: Tensor,
+                   embodiment_id: Tensor, init_actions: Tensor) -> Tensor:
+        """Euler integration from the given noise -> normalised action_pred (B, 50, action_dim).
+
+        backbone_features (B, L, 2048); attention_mask (B, L) 0/1; image_mask (B, L) bool (input_ids ==
+        <IMG_CONTEXT>); state (B, 1, 128); embodiment_id (B,) int64; init_actions (B, 50, 128).
+        """
+        vl_embs = self.vlln(backbone_features)
+        text_bias, image_bias = cross_attention_biases(image_mask, attention_mask, vl_embs.dtype)
+        state_features = self.state_encoder(state.to(vl_embs.dtype), embodiment_id)
+        actions = init_actions.to(vl_embs.dtype)
+        dt = 1.0 / self.cfg.num_inference_timesteps
+        for t in self.cfg.timestep_buckets():
+            # one timestep for the whole batch, independent of the inputs: the exporter folds its embedding and
+            # every AdaLN modulation derived from it into constants
+            timesteps = torch.full((1,), t, dtype=torch.long, device=actions.device)
+            actions = actions + dt * self.velocity(vl_embs, text_bias, image_bias, state_features, actions,
+                                                   timesteps, embodiment_id)
+        return actions
+
+
+class Gr00tN16(nn.Module):
+    def __init__(self, cfg: Gr00tN16Config):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.backbone = EagleBackbone(cfg)
+        self.action_head = Gr00tN16ActionHead(cfg.action_head)
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, state: Tensor,
+                embodiment_id: Tensor, init_actions: Tensor) -> Tensor:
+        """Model-space inputs -> normalised action_pred (B, 50, 128)."""
+        features = self.backbone(pixel_values, input_ids, attention_mask)
+        image_mask = input_ids == self.cfg.image_token_index
+        return self.action_head.get_action(features, attention_mask, image_mask, state, embodiment_id, init_actions)
+
+
+def unused_key_shapes(cfg: Gr00tN16Config) -> dict[str, tuple[int, ...]]:
+    """The known-unused tensors of a real checkpoint: vision pooling head and the tied lm_head."""
+    from gr00t_export.families.n1_6.vision import pooling_head_shapes
+
+    shapes = {VISION_PREFIX + POOLING_HEAD_PREFIX + k: v for k, v in pooling_head_shapes(cfg.vision).items()}
+    shapes["backbone.model.language_model.lm_head.weight"] = (cfg.text.vocab_size, cfg.text.hidden_size)
+    return shapes

@@ -13,7 +13,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_quantize import _hand_written_e4m3_codes  # noqa: E402
 
-from gr00t_export.quantize import _e4m3_codes  # noqa: E402
+from gr00t_export.pipeline.quantize import _e4m3_codes  # noqa: E402
 
 rng = np.random.default_rng(0)
 CASES = {"N(0, 50)": (rng.standard_normal(1 << 22) * 50).astype(np.float32),

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gr00t_export.bench import BackendResult, KernelProfile, Timing, bench
+from gr00t_export.tools.bench import BackendResult, KernelProfile, Timing, bench
 
 
 def log(msg: str) -> None:
@@ -87,7 +87,7 @@ def main() -> None:
         results_path.write_text(json.dumps(report, indent=2, default=str))
 
     if "make" in steps and not (ckpt / "config.json").exists():
-        from gr00t_export.make_checkpoint import make_checkpoint
+        from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
         t = time.perf_counter()
         make_checkpoint(ckpt, args.preset, 0, eagle_path=args.eagle_path, force=True, show_progress=False)
@@ -97,7 +97,7 @@ def main() -> None:
     for step, out, ops in (("build", b16, "standard"), ("build_ort", b16o, "onnxruntime")):
         if step not in steps or (out / "manifest.json").exists():
             continue
-        from gr00t_export.build import BuildOptions, build
+        from gr00t_export.pipeline.build import BuildOptions, build
 
         t = time.perf_counter()
         res = build(BuildOptions(model_path=ckpt, output=out, precision="fp16", device=dev, simplify=False,
@@ -109,7 +109,7 @@ def main() -> None:
         log(f"fp16 build ({ops} ops) in {report[f'build_fp16{suffix}_s']:.1f} s")
         save()
     if "fp8" in steps and not (b8 / "manifest.json").exists():
-        from gr00t_export.build import BuildOptions, build
+        from gr00t_export.pipeline.build import BuildOptions, build
 
         t = time.perf_counter()
         calib = unstack(args.calib)
@@ -126,8 +126,8 @@ def main() -> None:
             log(f"{stage}: fp16 {s16:.0f} MiB, fp8 {s8:.0f} MiB ({s8 / s16 if s16 else float('nan'):.3f}x)")
         save()
     if "fp8" in steps and args.eval is not None:
-        from gr00t_export.policy import ReferencePolicy
-        from gr00t_export.runner import ExportedGr00tRunner
+        from gr00t_export.families.n1_5.policy import ReferencePolicy
+        from gr00t_export.runtime.runner import ExportedGr00tRunner
 
         ref = ReferencePolicy.from_checkpoint(ckpt, dtype="fp32", device=dev)
         drift: dict[str, list[float]] = {}
@@ -148,8 +148,8 @@ def main() -> None:
         torch.cuda.empty_cache()
         save()
     if "trt" in steps:
-        from gr00t_export.engines import check_engine_build, import_tensorrt
         from gr00t_export.errors import InputError
+        from gr00t_export.pipeline.engines import check_engine_build, import_tensorrt
 
         try:
             import_tensorrt("tensorrt,tensorrt_rtx_bindings")
@@ -180,9 +180,9 @@ def main() -> None:
         log(f"aoti compile: {failed.note if failed else 'ok'} in {report['aoti_compile_s']:.1f} s")
         save()
     if "parity" in steps:
-        from gr00t_export.build import example_observation
-        from gr00t_export.policy import ReferencePolicy
-        from gr00t_export.runner import ExportedGr00tRunner
+        from gr00t_export.families.n1_5.policy import ReferencePolicy
+        from gr00t_export.pipeline.build import example_observation
+        from gr00t_export.runtime.runner import ExportedGr00tRunner
 
         ref = ReferencePolicy.from_checkpoint(ckpt, dtype="fp32", device=dev)
         o = obs or example_observation(ref.spec.modality, ref.spec.metadata, None)
@@ -200,9 +200,9 @@ def main() -> None:
         torch.cuda.empty_cache()
         save()
     if "bench" in steps:
-        from gr00t_export.bench import floor_analysis, fusion_report, kernel_rows, table_rows
-        from gr00t_export.load import open_checkpoint
-        from gr00t_export.partition import load_graph_spec
+        from gr00t_export.families.n1_5.checkpoint import open_checkpoint
+        from gr00t_export.spec import load_graph_spec
+        from gr00t_export.tools.bench import floor_analysis, fusion_report, kernel_rows, table_rows
 
         backends = [b for b in args.backends.split(",") if dev.startswith("cuda") or b != "ort-cudagraph"]
         run = dict(iters=args.iters, warmup=args.warmup, device=dev, log=log, observation=obs, profile=True)

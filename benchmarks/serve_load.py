@@ -31,8 +31,8 @@ from rich.table import Table
 
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.data.synthetic import make_dataset
-from gr00t_export.make_checkpoint import make_checkpoint
-from gr00t_export.policy import ReferencePolicy
+from gr00t_export.families.n1_5.policy import ReferencePolicy
+from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.serve import CURRENT, N15, Client, PolicyClient, PolicyServer, current_actions, to_current_observation
 
 POOL = 8  # distinct observations; request i sends observation i % POOL

@@ -129,7 +129,7 @@ def make_checkpoint_cmd(
     """Generate a checkpoint with random weights in the exact GR00T N1.5 layout."""
     import time
 
-    from gr00t_export.make_checkpoint import make_checkpoint
+    from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
     start = time.perf_counter()
     path = make_checkpoint(out, preset, seed, embodiment, modality_config, dataset_path, eagle_path, force)
@@ -158,7 +158,7 @@ def write_dataset(out: Path, modality_config: str, episodes: int = 2, length: in
                   force: bool = False):
     """`make_dataset` into `out`, all or nothing, marked as gr00t-export's (so --force may replace it later)."""
     from gr00t_export.data.synthetic import make_dataset
-    from gr00t_export.embodiments import load_modality_config
+    from gr00t_export.families.n1_5.embodiments import load_modality_config
     from gr00t_export.util import atomic_output_dir, file_input
 
     cfg = load_modality_config(modality_config)
@@ -244,12 +244,12 @@ def predict(
         check_output_file(out, out_inputs, ours=_is_actions_file, what="--out")
 
     if artifacts is not None:
-        from gr00t_export.runner import ExportedGr00tRunner, check_denoising_steps
+        from gr00t_export.runtime.runner import ExportedGr00tRunner, check_denoising_steps
 
         check_denoising_steps(artifacts, denoising_steps)
         policy = ExportedGr00tRunner(artifacts, device=device)
     elif model_path is not None:
-        from gr00t_export.policy import ReferencePolicy
+        from gr00t_export.families.n1_5.policy import ReferencePolicy
 
         policy = ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config,
                                                  dtype, device, denoising_steps)
@@ -312,10 +312,10 @@ def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path
     if dataset_path is not None:
         if backend is not None:
             raise InputError(f"--dataset_path replays recorded actions; --backend {backend} applies to ARTIFACT_DIR")
-        from gr00t_export.embodiments import load_modality_config
-        from gr00t_export.metadata import metadata_from_lerobot_stats
-        from gr00t_export.policy import select_data_config
-        from gr00t_export.replay import ReplayPolicy
+        from gr00t_export.families.n1_5.embodiments import load_modality_config
+        from gr00t_export.families.n1_5.metadata import metadata_from_lerobot_stats
+        from gr00t_export.families.n1_5.policy import select_data_config
+        from gr00t_export.serve.replay import ReplayPolicy
 
         if modality_config is None:  # the one built-in config the dataset's modality.json fits, as for checkpoints
             modality_config = select_data_config(metadata_from_lerobot_stats(dataset_path, None, embodiment_tag))
@@ -331,11 +331,11 @@ def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path
     if model_path is not None:
         if backend not in (None, "torch"):
             raise InputError(f"--model_path runs the PyTorch reference; --backend {backend} applies to ARTIFACT_DIR")
-        from gr00t_export.policy import ReferencePolicy
+        from gr00t_export.families.n1_5.policy import ReferencePolicy
 
         return ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config, "fp32", device,
                                                denoising_steps)
-    from gr00t_export.runner import ExportedGr00tRunner, check_denoising_steps
+    from gr00t_export.runtime.runner import ExportedGr00tRunner, check_denoising_steps
 
     check_denoising_steps(artifact_dir, denoising_steps)
     return ExportedGr00tRunner(artifact_dir, device=device, backend=backend or "ort")
@@ -496,15 +496,15 @@ def build(
                        ] = False,
 ):
     """Export a checkpoint into the deployable stages (TorchScript + ONNX), each checked against PyTorch."""
-    from gr00t_export.build import BuildOptions
-    from gr00t_export.build import build as run_build
     from gr00t_export.errors import InputError
-    from gr00t_export.load import require_denoising_steps
+    from gr00t_export.families.n1_5.checkpoint import require_denoising_steps
+    from gr00t_export.pipeline.build import BuildOptions
+    from gr00t_export.pipeline.build import build as run_build
     from gr00t_export.util import step_progress
 
     require_denoising_steps(denoising_steps)  # a usage error before any work, --demo's included
     if demo:
-        from gr00t_export.make_checkpoint import make_checkpoint
+        from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
         output = output or Path("out/demo_export")
         root = output.resolve().parent / "demo_inputs"
@@ -546,7 +546,7 @@ def _validate_staged_build(result, model_path: Path, eagle_path: Path | None, da
                            verbose: bool):
     """Validates the complete build in its staging dir, before the final rename: Ctrl-C here leaves nothing."""
     from gr00t_export.errors import InputError
-    from gr00t_export.validate import validate as run_validate
+    from gr00t_export.pipeline.validate import validate as run_validate
 
     try:
         return run_validate(result.staging_dir, model_path=model_path, eagle_path=eagle_path,
@@ -587,7 +587,7 @@ def inspect(
     (external data included, never loaded). A .pt file: TorchScript forward schema, parameters and buffers.
     """
     from gr00t_export.errors import InputError
-    from gr00t_export.inspect import describe_drop, human_size, render_graph_png
+    from gr00t_export.tools.inspect import describe_drop, human_size, render_graph_png
 
     if not artifact_dir.is_dir() and artifact_dir.exists():
         if png is not None:
@@ -636,7 +636,7 @@ def inspect(
 
 
 def _inspect_file(path: Path) -> None:
-    from gr00t_export.inspect import OnnxFileView, describe_file, human_size
+    from gr00t_export.tools.inspect import OnnxFileView, describe_file, human_size
 
     view = describe_file(path)
     if isinstance(view, OnnxFileView):
@@ -709,8 +709,8 @@ def bench(
     """Per-stage and end-to-end latency (median, p90) of each backend on the same observation, with ratios."""
     import torch
 
-    from gr00t_export.bench import bench as run_bench
-    from gr00t_export.bench import is_bench_json, kernel_rows, table_rows, write_json
+    from gr00t_export.tools.bench import bench as run_bench
+    from gr00t_export.tools.bench import is_bench_json, kernel_rows, table_rows, write_json
     from gr00t_export.util import atomic_output_file, check_output_file
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -782,7 +782,7 @@ def validate(
     Exit code 0: every check passed; 1: a check failed (reports are still written); 2: bad usage or input.
     """
     from gr00t_export.errors import InputError, ValidationFailure
-    from gr00t_export.validate import validate as run_validate
+    from gr00t_export.pipeline.validate import validate as run_validate
 
     extra = list(ctx.args)
     if extra and not plot_actions:
@@ -806,8 +806,8 @@ def engines_cmd(
     workspace: Annotated[int, typer.Option(help="TensorRT builder workspace in MiB.")] = 4096,
 ):
     """TensorRT engines for the ONNX stages: the trtexec plan for the target, and the engines when built here."""
-    from gr00t_export.engines import build_engines, write_build_plan
     from gr00t_export.errors import InputError, ValidationFailure
+    from gr00t_export.pipeline.engines import build_engines, write_build_plan
 
     if target not in ("local", "thor"):
         raise InputError(f"unknown --target {target!r}; use local or thor")
@@ -851,7 +851,7 @@ def pack_cmd(
 
     Only a build that passed a full validation is packed, unless --allow-unvalidated.
     """
-    from gr00t_export.pack import pack
+    from gr00t_export.tools.pack import pack
 
     out = pack(artifact_dir, target, precision, dist, force=force, allow_unvalidated=allow_unvalidated)
     console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 2**20:.1f} MiB); on the {target}: "

@@ -35,7 +35,7 @@ def golden_vectors():
 @pytest.fixture(scope="session")
 def eagle(real_eagle_dir: Path):
     """The real Eagle 2.5 tokenizer, loaded once for every test module."""
-    from gr00t_export.preprocess.tokenizer import EagleTokenizer
+    from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
 
     return EagleTokenizer.from_dir(real_eagle_dir)
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from gr00t_export.bench import bench, floor_analysis, table_rows, write_json
-from gr00t_export.build import BuildOptions, build
-from gr00t_export.config import preset
-from gr00t_export.make_checkpoint import make_checkpoint
+from gr00t_export.families.n1_5.config import preset
+from gr00t_export.families.n1_5.synthetic import make_checkpoint
+from gr00t_export.pipeline.build import BuildOptions, build
+from gr00t_export.tools.bench import bench, floor_analysis, table_rows, write_json
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,8 @@ def test_floor_analysis_against_the_full_size_model_on_meta():
     from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gr00t_export.model import Gr00tN15
-    from gr00t_export.partition import DenoisingStage, LLMStage, VisionStage
+    from gr00t_export.families.n1_5.model import Gr00tN15
+    from gr00t_export.families.n1_5.partition import DenoisingStage, LLMStage, VisionStage
 
     cfg, seq_len = preset("n1.5-3b"), 296
     with torch.device("meta"):
@@ -93,11 +93,11 @@ def test_aoti_package_of_a_stage_matches_its_twin(tiny_build, tmp_path):
     """The `.pt2` path bench's aoti backend takes, on the tiny vit: compiled, loaded back, same outputs as eager."""
     import torch
 
-    from gr00t_export.bench import AotiStageRunner, compile_aoti
-    from gr00t_export.build import example_observation
-    from gr00t_export.export import trace_feeds
-    from gr00t_export.partition import partition
-    from gr00t_export.policy import ReferencePolicy
+    from gr00t_export.families.n1_5.partition import partition
+    from gr00t_export.families.n1_5.policy import ReferencePolicy
+    from gr00t_export.pipeline.build import example_observation
+    from gr00t_export.pipeline.export import trace_feeds
+    from gr00t_export.tools.bench import AotiStageRunner, compile_aoti
 
     ckpt, _ = tiny_build
     policy = ReferencePolicy.from_checkpoint(ckpt)
@@ -114,7 +114,7 @@ def test_aoti_package_of_a_stage_matches_its_twin(tiny_build, tmp_path):
 
 
 def test_kernel_kinds_and_profile_table():
-    from gr00t_export.bench import BackendResult, KernelProfile, Timing, kernel_kind, kernel_rows
+    from gr00t_export.tools.bench import BackendResult, KernelProfile, Timing, kernel_kind, kernel_rows
 
     assert kernel_kind("sm90_xmma_gemm_f16f16_f32f16_tn_n_tilesize128x128x64") == "matmul"
     assert kernel_kind("nvjet_hsh_128x64_64x4_1x2_h_bz_coopB_NNT") == "matmul"
@@ -141,9 +141,10 @@ def test_profile_is_a_no_op_on_cpu(tiny_build):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/gpu_bench.py runs this")
 def test_cuda_graph_replay_of_a_torchscript_stage_equals_calling_it():
-    from gr00t_export.bench import StaticCudaGraphTorchRunner
-    from gr00t_export.partition import VideoStage, load_graph_spec
-    from gr00t_export.runner import TorchStageRunner
+    from gr00t_export.families.n1_5.partition import VideoStage
+    from gr00t_export.runtime.runner import TorchStageRunner
+    from gr00t_export.spec import load_graph_spec
+    from gr00t_export.tools.bench import StaticCudaGraphTorchRunner
 
     spec = load_graph_spec(views=1).stage("preprocess_video")
     direct = TorchStageRunner(torch.jit.script(VideoStage(torch.float16)).cuda(), spec, "cuda")

@@ -27,19 +27,25 @@ from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from gr00t_export.build import BuildOptions, BuildResult, build
 from gr00t_export.cli import app
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.data.synthetic import make_dataset
-from gr00t_export.embodiments import ModalityConfig, load_modality_config, modality_config_to_dict, save_modality_config
 from gr00t_export.errors import ValidationFailure
-from gr00t_export.export import trace_feeds
-from gr00t_export.load import load_model, open_checkpoint
-from gr00t_export.make_checkpoint import make_checkpoint
-from gr00t_export.partition import PRECISIONS, load_graph_spec, partition
-from gr00t_export.policy import ReferencePolicy
-from gr00t_export.preprocess.video import VideoPreprocessor
-from gr00t_export.runner import ExportedGr00tRunner, TorchStageRunner
+from gr00t_export.families.n1_5.checkpoint import load_model, open_checkpoint
+from gr00t_export.families.n1_5.embodiments import (
+    ModalityConfig,
+    load_modality_config,
+    modality_config_to_dict,
+    save_modality_config,
+)
+from gr00t_export.families.n1_5.partition import graph_spec_path, partition
+from gr00t_export.families.n1_5.policy import ReferencePolicy
+from gr00t_export.families.n1_5.preprocess.video import VideoPreprocessor
+from gr00t_export.families.n1_5.synthetic import make_checkpoint
+from gr00t_export.pipeline.build import BuildOptions, BuildResult, build
+from gr00t_export.pipeline.export import trace_feeds
+from gr00t_export.runtime.runner import ExportedGr00tRunner, TorchStageRunner
+from gr00t_export.spec import PRECISIONS, load_graph_spec
 
 ARMS_ONLY = "fourier_gr1_arms_only"
 TASK_KEY = "annotation.human.action.task_description"
@@ -252,8 +258,8 @@ def test_onnxruntime_ops_build_matches_reference_with_left_padding(ort_ops_build
 
 
 def test_onnxruntime_ops_are_refused_where_tensorrt_would_read_them(ort_ops_build: Path, ckpt: Path, root: Path):
-    from gr00t_export.engines import write_build_plan
     from gr00t_export.errors import InputError
+    from gr00t_export.pipeline.engines import write_build_plan
 
     with pytest.raises(InputError, match="--onnx_ops standard"):
         write_build_plan(ort_ops_build, "fp16", "thor")
@@ -266,7 +272,7 @@ def test_onnxruntime_ops_are_refused_where_tensorrt_would_read_them(ort_ops_buil
 
 
 def test_tokenizer_stage_is_cached_per_instruction(runners):
-    from gr00t_export.runner import InstructionCache
+    from gr00t_export.runtime.runner import InstructionCache
 
     cached = runners["fp32"].stages["eagle2_tokenizer"]
     assert isinstance(cached, InstructionCache)
@@ -392,7 +398,7 @@ def _model_dims(ckpt: Path) -> dict[str, int]:
 def test_onnx_artifacts_conform_to_graph_spec(precision: str, builds, ckpt: Path):
     out = builds[precision]
     spec = load_graph_spec(out / "graph_spec.yaml")
-    assert spec == load_graph_spec()  # the shipped spec travels with the build
+    assert spec == load_graph_spec(graph_spec_path())  # the shipped spec travels with the build
     dims = _model_dims(ckpt)
     onnx_stages = [s for s in spec.stages if s.format == "onnx"]
     assert [s.name for s in onnx_stages] == ["vit", "llm", "denoising_subgraph"]
@@ -515,7 +521,7 @@ def test_manifest_lists_every_file_with_hash_and_provenance(precision: str, buil
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
     listed = {f["path"]: f for f in manifest["files"]}
     assert set(listed) == on_disk
-    spec = load_graph_spec()
+    spec = load_graph_spec(graph_spec_path())
     assert {s.file for s in spec.stages} | {"graph_spec.yaml"} <= on_disk
     for path, entry in listed.items():
         data = (out / path).read_bytes()
@@ -673,7 +679,7 @@ def test_build_records_each_step_and_its_time(builds, two_views):
     assert {"ckpt/fp32", "ckpt/fp16"} <= set(BUILD_RESULTS)
     for name, (result, outside) in BUILD_RESULTS.items():
         exports = [f"export {s.name}" for s in result.stages]
-        assert exports == [f"export {s.name}" for s in load_graph_spec().stages]
+        assert exports == [f"export {s.name}" for s in load_graph_spec(graph_spec_path()).stages]
         assert list(result.step_seconds) == ["load checkpoint", "partition", *exports,
                                              "self-check the tokenizer stage", "manifest", "emit IGG config"], name
         assert all(seconds >= 0 for seconds in result.step_seconds.values()), result.step_seconds

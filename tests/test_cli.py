@@ -24,15 +24,15 @@ from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
 from gr00t_export import __version__
-from gr00t_export.build import example_observation
 from gr00t_export.cli import _serve_policy, app
 from gr00t_export.data.synthetic import make_dataset
-from gr00t_export.embodiments import load_modality_config
-from gr00t_export.inspect import describe_onnx_file, describe_torchscript_file
-from gr00t_export.make_checkpoint import make_checkpoint
-from gr00t_export.policy import ReferencePolicy
-from gr00t_export.runner import ExportedGr00tRunner
-from gr00t_export.validate import Reporter, validate
+from gr00t_export.families.n1_5.embodiments import load_modality_config
+from gr00t_export.families.n1_5.policy import ReferencePolicy
+from gr00t_export.families.n1_5.synthetic import make_checkpoint
+from gr00t_export.pipeline.build import example_observation
+from gr00t_export.pipeline.validate import Reporter, validate
+from gr00t_export.runtime.runner import ExportedGr00tRunner
+from gr00t_export.tools.inspect import describe_onnx_file, describe_torchscript_file
 
 STAGES = ("preprocess_video", "preprocess_state_action", "eagle2_tokenizer", "vit", "llm", "denoising_subgraph",
           "postprocess")

@@ -17,16 +17,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gr00t_export.build import BuildOptions, build
 from gr00t_export.cli import app
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.data.synthetic import make_dataset
-from gr00t_export.embodiments import DATA_CONFIGS, ModalityConfig, load_modality_config
-from gr00t_export.igg import check_igg_config, load_igg_config
-from gr00t_export.metadata import read_metadata
-from gr00t_export.policy import ReferencePolicy
-from gr00t_export.runner import ExportedGr00tRunner
-from gr00t_export.validate import consistency_check, joint_spans, load_suite
+from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, ModalityConfig, load_modality_config
+from gr00t_export.families.n1_5.metadata import read_metadata
+from gr00t_export.families.n1_5.policy import ReferencePolicy
+from gr00t_export.pipeline.build import BuildOptions, build
+from gr00t_export.pipeline.igg import check_igg_config, load_igg_config
+from gr00t_export.pipeline.validate import consistency_check, joint_spans, load_suite
+from gr00t_export.runtime.runner import ExportedGr00tRunner
 
 NAMES = list(DATA_CONFIGS)
 CAMERA_SIZES = ((48, 64), (64, 48), (56, 72))  # (height, width) of camera i: every multi-camera config mixes them

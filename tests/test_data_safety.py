@@ -95,7 +95,7 @@ def art(ws: Path, ckpt: Path, dataset: Path) -> Path:
 @pytest.fixture(scope="module")
 def obs_file(ws: Path, dataset: Path) -> Path:
     from gr00t_export.data.lerobot import LeRobotDataset
-    from gr00t_export.embodiments import load_modality_config
+    from gr00t_export.families.n1_5.embodiments import load_modality_config
 
     obs = LeRobotDataset(dataset).observation(0, 0, load_modality_config("fourier_gr1_arms_only"))
     np.savez(ws / "obs.npz", **obs)
@@ -260,7 +260,7 @@ VALIDATE_OUTPUTS = {
 
 @pytest.mark.parametrize("case", list(VALIDATE_OUTPUTS))
 def test_validate_never_writes_over_inputs_or_artifacts(case: str, art: Path, dataset: Path, tmp_path: Path):
-    from gr00t_export.validate import default_suite_path
+    from gr00t_export.pipeline.validate import default_suite_path
 
     root = copy(art, tmp_path / "art")
     copy(dataset, tmp_path / "ds")

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gr00t_export.embodiments import (
+from gr00t_export.errors import InputError
+from gr00t_export.families.n1_5.embodiments import (
     DATA_CONFIGS,
     EMBODIMENT_TAG_TO_INDEX,
     KeyLayout,
@@ -20,9 +21,7 @@ from gr00t_export.embodiments import (
     modality_config_to_dict,
     save_modality_config,
 )
-from gr00t_export.errors import InputError
-from gr00t_export.make_checkpoint import synthetic_metadata
-from gr00t_export.metadata import (
+from gr00t_export.families.n1_5.metadata import (
     EmbodimentMetadata,
     check_against,
     compute_key_stats,
@@ -31,7 +30,8 @@ from gr00t_export.metadata import (
     read_metadata,
     write_metadata,
 )
-from gr00t_export.policy import select_data_config
+from gr00t_export.families.n1_5.policy import select_data_config
+from gr00t_export.families.n1_5.synthetic import synthetic_metadata
 
 
 def test_n15_tag_table_and_lookup():

@@ -21,9 +21,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from gr00t_export.build import BuildOptions, build
 from gr00t_export.cli import app
-from gr00t_export.engines import (
+from gr00t_export.errors import InputError, ValidationFailure
+from gr00t_export.families.n1_5.synthetic import make_checkpoint
+from gr00t_export.pipeline.build import BuildOptions, build
+from gr00t_export.pipeline.engines import (
     NO_TENSORRT,
     build_engines,
     check_engine_build,
@@ -32,11 +34,9 @@ from gr00t_export.engines import (
     engines_step,
     write_build_plan,
 )
-from gr00t_export.errors import InputError, ValidationFailure
-from gr00t_export.make_checkpoint import make_checkpoint
-from gr00t_export.pack import pack
-from gr00t_export.partition import load_graph_spec
-from gr00t_export.runner import ExportedGr00tRunner
+from gr00t_export.runtime.runner import ExportedGr00tRunner
+from gr00t_export.spec import load_graph_spec
+from gr00t_export.tools.pack import pack
 from gr00t_export.util import sha256_file
 
 MAX_BATCH = 4
@@ -289,7 +289,7 @@ def test_polygraphy_log_goes_to_the_file_only(tmp_path: Path, capsys):
     collected for the report, and nothing reaches the console; the logger is restored afterwards."""
     from polygraphy.logger import G_LOGGER
 
-    from gr00t_export.engines import _polygraphy_log
+    from gr00t_export.pipeline.engines import _polygraphy_log
 
     log = tmp_path / "engines" / "vit.build.log"
     before = (G_LOGGER.use_python_logging_system, G_LOGGER.colors)
@@ -303,7 +303,7 @@ def test_polygraphy_log_goes_to_the_file_only(tmp_path: Path, capsys):
 
 
 def test_polygraphy_backend_needs_tensorrt():
-    from gr00t_export.engines import polygraphy_trt
+    from gr00t_export.pipeline.engines import polygraphy_trt
 
     with pytest.raises(InputError) as err:
         polygraphy_trt("tensorrt_not_installed_here")
@@ -354,8 +354,8 @@ def test_check_engine_build(built: Path):
 
 @requires_trt
 def test_build_reports_profile_errors_and_the_runner_matches_onnxruntime(built: Path, tmp_path: Path):
-    from gr00t_export.engines import TrtStageRunner, _build, profiles_for_onnx
-    from gr00t_export.runner import OnnxStageRunner
+    from gr00t_export.pipeline.engines import TrtStageRunner, _build, profiles_for_onnx
+    from gr00t_export.runtime.runner import OnnxStageRunner
 
     vit = built / "eagle2" / "vit.onnx"
     profiles = profiles_for_onnx(vit)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gr00t_export.igg import check_igg_config
+from gr00t_export.pipeline.igg import check_igg_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "export_examples"

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from gr00t_export.build import BuildOptions, build, example_observation
 from gr00t_export.errors import InputError
-from gr00t_export.igg import LEAPP_DTYPES, check_igg_config, emit_igg_config, load_igg_config
-from gr00t_export.make_checkpoint import make_checkpoint
-from gr00t_export.partition import load_graph_spec
+from gr00t_export.families.n1_5.partition import graph_spec_path
+from gr00t_export.families.n1_5.synthetic import make_checkpoint
+from gr00t_export.pipeline.build import BuildOptions, build, example_observation
+from gr00t_export.pipeline.igg import LEAPP_DTYPES, check_igg_config, emit_igg_config, load_igg_config
+from gr00t_export.spec import load_graph_spec
 from gr00t_export.util import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_build_emits_a_config_that_parses_in_leapp_layout(drop):
     assert list(doc) == ["models", "pipeline", "pre_graph", "system information"]
     assert "!!python" not in text and "---" not in text  # plain data, one document
     assert "shape: [1, 3, 224, 224]" in text  # flow-style shapes, as LEAPP writes them
-    spec = load_graph_spec()
+    spec = load_graph_spec(graph_spec_path())
     assert list(doc["models"]) == [s.name for s in spec.stages if s.name != "eagle2_tokenizer"]
     assert doc["system information"]["leapp config version"] == "1.3"
     for node in doc["models"].values():
@@ -102,7 +103,7 @@ def test_timings_sidecar_measured_then_taken_from_the_validation_report(drop, co
     doc = load_igg_config(root / "igg" / f"{NAME}.yaml")
     sidecar = json.loads((root / "igg" / doc["pipeline"]["configs"]["timings_file"]).read_text())
     assert sidecar["source"] == "measured_cpu"
-    assert set(sidecar["stage_timings_ms"]) == {s.name for s in load_graph_spec().stages}
+    assert set(sidecar["stage_timings_ms"]) == {s.name for s in load_graph_spec(graph_spec_path()).stages}
     (copy / "validation").mkdir()
     (copy / "validation" / "validation_report.json").write_text(json.dumps({"stage_timings_ms": {"vit": 1.5}}))
     path = emit_igg_config(copy, name="custom", frequency_hz=50.0, measure_timings=False)
@@ -192,14 +193,14 @@ def leapp_python() -> str:
 
 
 def test_leapp_inference_manager_reproduces_the_reference_policy(drop, tmp_path):
-    from gr00t_export.policy import ReferencePolicy
+    from gr00t_export.families.n1_5.policy import ReferencePolicy
 
     root, ckpt = drop
     policy = ReferencePolicy.from_checkpoint(ckpt)
     obs = example_observation(policy.spec.modality, policy.spec.metadata, None)
     obs[policy.spec.modality.language_key] = np.array(["wave at the camera"])  # a prompt length other than opt
     expected = policy.get_action(obs, seed=7)
-    from gr00t_export.runner import ExportedGr00tRunner
+    from gr00t_export.runtime.runner import ExportedGr00tRunner
 
     raw = ExportedGr00tRunner(root).reader(obs)
     np.savez(tmp_path / "in.npz", **raw.external(),

@@ -14,8 +14,8 @@ import pytest
 
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.data.synthetic import TASKS, make_dataset, render_frame, video_codec
-from gr00t_export.embodiments import DATA_CONFIGS
 from gr00t_export.errors import InputError
+from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS
 
 ARMS_ONLY = DATA_CONFIGS["fourier_gr1_arms_only"]
 ARMS_WAIST = DATA_CONFIGS["fourier_gr1_arms_waist"]

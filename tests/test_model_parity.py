@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from gr00t_export.config import TextConfig, VisionConfig
-from gr00t_export.model.language import Qwen3Model
-from gr00t_export.model.vision import SiglipVisionModel
+from gr00t_export.families.n1_5.config import TextConfig, VisionConfig
+from gr00t_export.families.n1_5.model.language import Qwen3Model
+from gr00t_export.families.n1_5.model.vision import SiglipVisionModel
 
 transformers = pytest.importorskip("transformers")
 

@@ -122,8 +122,8 @@ def test_bad_checkpoint_config_is_one_line(tmp_path: Path, eagle_cfg: Path, top:
 
 
 def test_n15_eagle_dir_is_refused(tmp_path: Path):
-    from gr00t_export.config import Gr00tConfig
-    from gr00t_export.config import eagle_config_dict as n15_eagle
+    from gr00t_export.families.n1_5.config import Gr00tConfig
+    from gr00t_export.families.n1_5.config import eagle_config_dict as n15_eagle
 
     msg = _one_line(read_config, _write(tmp_path / "config.json", {"model_type": "Gr00tN1d6"}),
                     _write(tmp_path / "eagle.json", n15_eagle(Gr00tConfig())))

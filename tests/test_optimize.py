@@ -16,7 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gr00t_export.optimize import fuse_onnxruntime_norms, fuse_residual_norms, rounding_excess, topological_order
+from gr00t_export.pipeline.optimize import (
+    fuse_onnxruntime_norms,
+    fuse_residual_norms,
+    rounding_excess,
+    topological_order,
+)
 
 
 class PreNormStack(nn.Module):
@@ -138,7 +143,7 @@ def _locations(path: Path) -> dict[str, dict[str, str]]:
 
 
 def test_save_onnx_writes_one_page_aligned_data_file_with_ordinary_permissions(tmp_path: Path):
-    from gr00t_export.optimize import PAGE, save_onnx
+    from gr00t_export.pipeline.optimize import PAGE, save_onnx
 
     model, arrays = _weights_model({"big": 3000, "odd": 1001, "small": 10})
     path = tmp_path / "g.onnx"
@@ -164,7 +169,7 @@ def test_save_onnx_writes_one_page_aligned_data_file_with_ordinary_permissions(t
 
 
 def test_consolidate_streams_scattered_external_tensors_into_one_file(tmp_path: Path):
-    from gr00t_export.optimize import consolidate
+    from gr00t_export.pipeline.optimize import consolidate
 
     model, arrays = _weights_model({"a": 5000, "b": 300, "c": 70_000})
     src = tmp_path / "raw" / "g.onnx"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gr00t_export.plots import (
+from gr00t_export.pipeline.plots import (
     OVERVIEW_FILES,
     KeyGroup,
     clamped_counts,

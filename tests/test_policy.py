@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 from gr00t_export.cli import app
 from gr00t_export.data.lerobot import LeRobotDataset
-from gr00t_export.embodiments import ModalityConfig, load_modality_config
-from gr00t_export.load import open_checkpoint
-from gr00t_export.make_checkpoint import make_checkpoint, synthetic_metadata
-from gr00t_export.metadata import EmbodimentMetadata, read_metadata
-from gr00t_export.policy import ReferencePolicy, Transforms, decode_actions
-from gr00t_export.preprocess.state_action import ActionPostprocessor
-from gr00t_export.preprocess.tokenizer import EagleTokenizer
+from gr00t_export.families.n1_5.checkpoint import open_checkpoint
+from gr00t_export.families.n1_5.embodiments import ModalityConfig, load_modality_config
+from gr00t_export.families.n1_5.metadata import EmbodimentMetadata, read_metadata
+from gr00t_export.families.n1_5.policy import ReferencePolicy, Transforms, decode_actions
+from gr00t_export.families.n1_5.preprocess.state_action import ActionPostprocessor
+from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
+from gr00t_export.families.n1_5.synthetic import make_checkpoint, synthetic_metadata
 
 ARMS_ONLY = "fourier_gr1_arms_only"
 ACTION_SHAPES = {"action.left_arm": (16, 7), "action.right_arm": (16, 7), "action.left_hand": (16, 6),

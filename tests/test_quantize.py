@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from gr00t_export.errors import InputError
-from gr00t_export.quantize import E4M3_MAX, E4M3_VALUES, fp8_roundtrip, quantize_fp8
+from gr00t_export.pipeline.quantize import E4M3_MAX, E4M3_VALUES, fp8_roundtrip, quantize_fp8
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 NP = {"fp32": np.float32, "fp16": np.float16}
@@ -160,7 +160,7 @@ def _hand_written_e4m3_codes(v: np.ndarray) -> np.ndarray:
 def test_fp8_codes_are_bit_identical_to_the_hand_written_encoder():
     """>= 4M float32 inputs: a stride through every bit pattern (both signs, every binade, float32 subnormals, NaN
     payloads), every tie and near-tie of the E4M3 grid, and the specials."""
-    from gr00t_export.quantize import _e4m3_codes
+    from gr00t_export.pipeline.quantize import _e4m3_codes
 
     sweep = np.arange(0, 2**32, 1021, dtype=np.uint64).astype(np.uint32).view(np.float32)
     grid = np.unique(np.abs(E4M3_VALUES[np.isfinite(E4M3_VALUES)]))

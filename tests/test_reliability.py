@@ -43,9 +43,9 @@ import torch
 import yaml
 
 from gr00t_export.data.synthetic import make_dataset
-from gr00t_export.embodiments import load_modality_config, modality_config_to_dict
 from gr00t_export.errors import InputError, ValidationFailure
-from gr00t_export.make_checkpoint import make_checkpoint
+from gr00t_export.families.n1_5.embodiments import load_modality_config, modality_config_to_dict
+from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.util import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,9 +238,9 @@ def obs_file(ws: Path, obs) -> Path:
 def built(ws: Path, ckpt: Path, obs) -> dict:
     """The reference build, in process, with torch.load/pickle.load(s) refusing: loading a checkpoint, building
     and running the exported policy never unpickle anything."""
-    from gr00t_export.build import BuildOptions, build
-    from gr00t_export.load import load_model, open_checkpoint
-    from gr00t_export.runner import ExportedGr00tRunner
+    from gr00t_export.families.n1_5.checkpoint import load_model, open_checkpoint
+    from gr00t_export.pipeline.build import BuildOptions, build
+    from gr00t_export.runtime.runner import ExportedGr00tRunner
 
     with never_unpickles() as calls:
         load_model(open_checkpoint(ckpt))
@@ -441,7 +441,7 @@ def test_nan_or_inf_in_observation(ckpt: Path, obs, tmp_path: Path):
 
 
 def test_nan_in_fp8_calibration_feed(built: dict, tmp_path: Path):
-    from gr00t_export.quantize import quantize_fp8
+    from gr00t_export.pipeline.quantize import quantize_fp8
 
     src, out = built["dir"] / "eagle2" / "vit.onnx", tmp_path / "vit_fp8.onnx"
     import onnx
@@ -629,7 +629,7 @@ class _Payload(torch.nn.Module):
 
 
 def test_replaced_torchscript_is_never_loaded(built: dict, obs_file: Path, tmp_path: Path, monkeypatch):
-    from gr00t_export.runner import ExportedGr00tRunner
+    from gr00t_export.runtime.runner import ExportedGr00tRunner
 
     # the payload works: loaded and run, it writes its marker
     probe = tmp_path / "probe.bin"

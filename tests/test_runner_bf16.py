@@ -14,8 +14,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from gr00t_export.partition import StageSpec, TensorSpec
-from gr00t_export.runner import ORT_ELEMENT_TYPES, ORT_TYPES, OnnxStageRunner
+from gr00t_export.runtime.runner import ORT_ELEMENT_TYPES, ORT_TYPES, OnnxStageRunner
+from gr00t_export.spec import StageSpec, TensorSpec
 
 
 def test_every_dtype_a_graph_can_declare_can_be_bound():

@@ -44,8 +44,8 @@ SERVER_MAX_SECONDS = 120  # a safety net: no server thread outlives the module e
 def env(tmp_path_factory):
     from gr00t_export.data.lerobot import LeRobotDataset
     from gr00t_export.data.synthetic import make_dataset
-    from gr00t_export.make_checkpoint import make_checkpoint
-    from gr00t_export.policy import ReferencePolicy
+    from gr00t_export.families.n1_5.policy import ReferencePolicy
+    from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
     root = tmp_path_factory.mktemp("serve")
     ckpt = make_checkpoint(root / "ckpt", preset_name="tiny", seed=0, show_progress=False)

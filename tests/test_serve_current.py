@@ -113,9 +113,9 @@ def flat(n15: dict, cfg) -> dict:
 def env(tmp_path_factory):
     from gr00t_export.data.lerobot import LeRobotDataset
     from gr00t_export.data.synthetic import make_dataset
-    from gr00t_export.embodiments import DATA_CONFIGS, save_modality_config
-    from gr00t_export.make_checkpoint import make_checkpoint
-    from gr00t_export.policy import ReferencePolicy
+    from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, save_modality_config
+    from gr00t_export.families.n1_5.policy import ReferencePolicy
+    from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
     root = tmp_path_factory.mktemp("serve_current")
     two = dataclasses.replace(DATA_CONFIGS["fourier_gr1_arms_only"], name="gr1_two_cameras",
@@ -159,7 +159,7 @@ def model_server(env):
 
 @pytest.fixture(scope="module")
 def replay(env):
-    from gr00t_export.replay import ReplayPolicy
+    from gr00t_export.serve.replay import ReplayPolicy
 
     policy = ReplayPolicy(env.dataset_path, env.cfg, episode=1)
     with serving(policy) as (srv, thread):
@@ -304,8 +304,8 @@ def test_replay_batch_1_and_4_nested_flat_and_reset(env, replay):
 
 def test_replay_of_a_real_dataset_episode(pick_n_place):
     """PickNPlace episode 1, walked to its end and past it: every chunk is the recorded parquet rows."""
-    from gr00t_export.embodiments import DATA_CONFIGS
-    from gr00t_export.replay import ReplayPolicy
+    from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS
+    from gr00t_export.serve.replay import ReplayPolicy
 
     cfg = DATA_CONFIGS["fourier_gr1_arms_only"]
     policy = ReplayPolicy(pick_n_place, cfg, episode=1)

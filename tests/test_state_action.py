@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from gr00t_export.embodiments import DATA_CONFIGS, modality_config_from_dict
 from gr00t_export.errors import InputError
-from gr00t_export.metadata import EmbodimentMetadata, KeyStats, compute_key_stats, metadata_from_lerobot_stats
-from gr00t_export.preprocess.state_action import (
+from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, modality_config_from_dict
+from gr00t_export.families.n1_5.metadata import (
+    EmbodimentMetadata,
+    KeyStats,
+    compute_key_stats,
+    metadata_from_lerobot_stats,
+)
+from gr00t_export.families.n1_5.preprocess.state_action import (
     ActionPostprocessor,
     StatePreprocessor,
     normalize,

@@ -16,9 +16,14 @@ import torch
 from tokenizers import Regex, pre_tokenizers
 
 from gr00t_export.errors import InputError, ValidationFailure
-from gr00t_export.preprocess import tokenizer_script
-from gr00t_export.preprocess.tokenizer import QWEN2_SPLIT_PATTERN, EagleTokenizer, build_prompt, train_tiny_tokenizer
-from gr00t_export.preprocess.tokenizer_script import (
+from gr00t_export.families.n1_5.preprocess import tokenizer_script
+from gr00t_export.families.n1_5.preprocess.tokenizer import (
+    QWEN2_SPLIT_PATTERN,
+    EagleTokenizer,
+    build_prompt,
+    train_tiny_tokenizer,
+)
+from gr00t_export.families.n1_5.preprocess.tokenizer_script import (
     ScriptableEagleTokenizer,
     check_against_python,
     export_tokenizer,
@@ -284,9 +289,9 @@ def test_failed_self_check_leaves_no_file(eagle: EagleTokenizer, tmp_path: Path,
 def test_build_self_checks_the_tokenizer_it_wrote(tmp_path: Path, monkeypatch) -> None:
     """A tokenizer stage that agrees with its own eager module (so the export check passes) but not with
     EagleTokenizer: the build's self-check of the written file stops it, and nothing is written."""
-    from gr00t_export import partition as partition_module
-    from gr00t_export.build import BuildOptions, build
-    from gr00t_export.make_checkpoint import make_checkpoint
+    from gr00t_export.families.n1_5 import partition as partition_module
+    from gr00t_export.families.n1_5.synthetic import make_checkpoint
+    from gr00t_export.pipeline.build import BuildOptions, build
 
     class DropsTheLastSuffixId(ScriptableEagleTokenizer):
         def __init__(self, *args, **kwargs) -> None:

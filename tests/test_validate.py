@@ -16,14 +16,13 @@ import yaml
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from gr00t_export.build import BuildOptions, build
 from gr00t_export.cli import app
 from gr00t_export.data.synthetic import make_dataset
-from gr00t_export.embodiments import load_modality_config
-from gr00t_export.make_checkpoint import make_checkpoint
-from gr00t_export.plots import COMPARISON_SIZE, OVERVIEW_FILES, OVERVIEW_SIZE, pixel_size
-from gr00t_export.util import sha256_file
-from gr00t_export.validate import (
+from gr00t_export.families.n1_5.embodiments import load_modality_config
+from gr00t_export.families.n1_5.synthetic import make_checkpoint
+from gr00t_export.pipeline.build import BuildOptions, build
+from gr00t_export.pipeline.plots import COMPARISON_SIZE, OVERVIEW_FILES, OVERVIEW_SIZE, pixel_size
+from gr00t_export.pipeline.validate import (
     Reporter,
     Tolerance,
     ValidationReport,
@@ -32,6 +31,7 @@ from gr00t_export.validate import (
     load_suite,
     validate,
 )
+from gr00t_export.util import sha256_file
 
 STAGES = ["preprocess_video", "preprocess_state_action", "eagle2_tokenizer", "vit", "llm", "denoising_subgraph",
           "postprocess"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.preprocess.video import VideoPreprocessor, center_crop_box, preprocess_frames
+from gr00t_export.families.n1_5.preprocess.video import VideoPreprocessor, center_crop_box, preprocess_frames
 
 
 @pytest.fixture(scope="module")

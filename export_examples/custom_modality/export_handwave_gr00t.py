@@ -19,9 +19,9 @@ from pathlib import Path
 
 from utils import CONFIG_PATH, HERE, load_config, make_wave_dataset
 
-from gr00t_export.build import BuildOptions, build
 from gr00t_export.errors import Gr00tExportError, InputError
-from gr00t_export.igg import check_igg_config, emit_igg_config
+from gr00t_export.pipeline.build import BuildOptions, build
+from gr00t_export.pipeline.igg import check_igg_config, emit_igg_config
 
 PLOT_ACTIONS = ["action.upper_body", "action.hands"]
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         make_wave_dataset(args.dataset_path, cfg, episodes=args.episodes, length=args.episode_length)
     model_path = args.model_path
     if model_path is None:
-        from gr00t_export.make_checkpoint import make_checkpoint
+        from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
         model_path = args.save_model_path.resolve().parent / f"{args.save_model_path.name}_demo_inputs" / "checkpoint"
         if not (model_path / "config.json").is_file():
@@ -67,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built {result.output} in {result.seconds:.1f} s")
 
     passed = True
-    if importlib.util.find_spec("gr00t_export.validate") is not None:
-        from gr00t_export.validate import validate
+    if importlib.util.find_spec("gr00t_export.pipeline.validate") is not None:
+        from gr00t_export.pipeline.validate import validate
 
         report = validate(result.output, model_path=model_path, dataset_path=args.dataset_path,
                           num_steps=args.num_plot_steps, plot_actions=PLOT_ACTIONS)
         passed = report.passed
     else:
-        print("gr00t_export.validate is not available in this version: skipping validation")
+        print("gr00t_export.pipeline.validate is not available in this version: skipping validation")
 
     config = emit_igg_config(result.output, measure_timings=False)  # picks up the validation timings
     problems = check_igg_config(config)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gr00t_export.data.synthetic import DATA_PATH, VIDEO_PATH, make_dataset, video_codec
-from gr00t_export.embodiments import ModalityConfig, load_modality_config
+from gr00t_export.families.n1_5.embodiments import ModalityConfig, load_modality_config
 
 HERE = Path(__file__).resolve().parent
 CONFIG_PATH = HERE / "unitree_g1_v2.yaml"

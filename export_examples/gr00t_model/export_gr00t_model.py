@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from gr00t_export.build import BuildOptions, build
 from gr00t_export.errors import Gr00tExportError, InputError
-from gr00t_export.igg import check_igg_config, emit_igg_config
+from gr00t_export.pipeline.build import BuildOptions, build
+from gr00t_export.pipeline.igg import check_igg_config, emit_igg_config
 
 VIDEO_BACKENDS = ("pyav",)  # the dataset reader decodes with PyAV; decord/torchvision are not used here
 
@@ -49,8 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def demo_inputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """The tiny checkpoint (and a synthetic dataset) beside the output when the user gave none."""
     from gr00t_export.data.synthetic import make_dataset
-    from gr00t_export.embodiments import load_modality_config
-    from gr00t_export.make_checkpoint import make_checkpoint
+    from gr00t_export.families.n1_5.embodiments import load_modality_config
+    from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
     root = args.save_model_path.resolve().parent / f"{args.save_model_path.name}_demo_inputs"
     dataset = args.dataset_path
@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. validate against the PyTorch reference on dataset steps (when this version has the validator)
     passed = True
-    if importlib.util.find_spec("gr00t_export.validate") is not None:
-        from gr00t_export.validate import validate
+    if importlib.util.find_spec("gr00t_export.pipeline.validate") is not None:
+        from gr00t_export.pipeline.validate import validate
 
         report = validate(result.output, model_path=model_path, dataset_path=dataset_path,
                           num_steps=args.num_plot_steps, plot_actions=args.plot_actions)
         passed = report.passed
     else:
-        print("gr00t_export.validate is not available in this version: skipping validation")
+        print("gr00t_export.pipeline.validate is not available in this version: skipping validation")
 
     # 3. the IGG config again, now with the validation's per-stage timings
     config = emit_igg_config(result.output, frequency_hz=args.frequency, measure_timings=False)

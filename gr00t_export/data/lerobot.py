@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from gr00t_export.errors import InputError
 
 if TYPE_CHECKING:
-    from gr00t_export.embodiments import ModalityConfig
+    from gr00t_export.families.n1_5.embodiments import ModalityConfig
 
 META_FILES = ("info.json", "modality.json", "episodes.jsonl", "tasks.jsonl")
 

@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gr00t_export.embodiments import KeyLayout, ModalityConfig, key_layout
 from gr00t_export.errors import InputError
-from gr00t_export.preprocess.rotation import convert
+from gr00t_export.families.n1_5.embodiments import KeyLayout, ModalityConfig, key_layout
+from gr00t_export.families.n1_5.preprocess.rotation import convert
 from gr00t_export.util import ordinary_permissions
 
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gr00t_export.config import TextConfig
 from gr00t_export.errors import InputError
+from gr00t_export.families.n1_5.config import TextConfig
 
 MODEL_TYPE = "Gr00tN1d6"
 EAGLE_MODEL_TYPE = "eagle_3_vl"

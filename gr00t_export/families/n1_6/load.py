@@ -1,7 +1,7 @@
 """Strict N1.6 checkpoint reader: config.json + Eagle config -> `Gr00tN16` built on the meta device, weights
 memory-mapped from safetensors (one file, or shards + index) and assigned in place.
 
-Shard-header reading, index checks and the key comparison are the generic parts of `gr00t_export.load`; only
+Shard-header reading, index checks and the key comparison are generic (`gr00t_export.weights`); only
 what differs lives here: the N1.6 config, where the Eagle config comes from, and the known-unused keys (the vision
 pooling head, the tied `lm_head`).
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from gr00t_export.errors import InputError
+from gr00t_export.families.n1_5.checkpoint import LoadReport, assign_weights, check_keys, find_weights
 from gr00t_export.families.n1_6.config import Gr00tN16Config, read_config
 from gr00t_export.families.n1_6.model import UNUSED_KEY_PREFIXES, Gr00tN16
 from gr00t_export.families.n1_6.processor_files import EMBODIMENT_ID_FILE, PROCESSOR_CONFIG_FILE, STATISTICS_FILE
-from gr00t_export.load import LoadReport, assign_weights, check_keys, find_weights
 from gr00t_export.util import sha256_file
 
 EAGLE_TOKENIZER_FILES = ("vocab.json", "merges.txt")

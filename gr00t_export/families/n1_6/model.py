@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gr00t_export.families.n1_5.model.action_head import CategorySpecificMLP, MultiEmbodimentActionEncoder
+from gr00t_export.families.n1_5.model.dit import Attention, TimestepEncoder, TransformerBlock
+from gr00t_export.families.n1_5.model.language import Qwen3ForCausalLM
+from gr00t_export.families.n1_5.model.layers import attention
 from gr00t_export.families.n1_6.config import ActionHeadConfig, AlternateVLDiTConfig, Gr00tN16Config
 from gr00t_export.families.n1_6.vision import POOLING_HEAD_PREFIX, Siglip2VisionModel
-from gr00t_export.model.action_head import CategorySpecificMLP, MultiEmbodimentActionEncoder
-from gr00t_export.model.dit import Attention, TimestepEncoder, TransformerBlock
-from gr00t_export.model.language import Qwen3ForCausalLM
-from gr00t_export.model.layers import attention
 
 VISION_PREFIX = "backbone.model.vision_model.vision_model."
 # Keys a real checkpoint carries that N1.6 never reads: the vision pooling head and the tied lm_head.

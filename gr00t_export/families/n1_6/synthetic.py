@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from gr00t_export.errors import InputError
+from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
+from gr00t_export.families.n1_5.synthetic import EAGLE_FILES, init_tensor, write_weights
 from gr00t_export.families.n1_6.config import Gr00tN16Config, checkpoint_config_dict, eagle_config_dict, preset
 from gr00t_export.families.n1_6.load import build_on_meta
 from gr00t_export.families.n1_6.model import unused_key_shapes
@@ -38,8 +40,6 @@ from gr00t_export.families.n1_6.processor_files import (
     statistics_dict,
     write_json,
 )
-from gr00t_export.make_checkpoint import EAGLE_FILES, init_tensor, write_weights
-from gr00t_export.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
 from gr00t_export.util import atomic_output_dir
 
 SHARD_BYTES = 5 * 10**9  # Hugging Face's default max_shard_size "5GB": the 3B release is 4.99 GB + 1.58 GB

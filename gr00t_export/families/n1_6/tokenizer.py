@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gr00t_export.errors import InputError
-from gr00t_export.preprocess.tokenizer import (
+from gr00t_export.families.n1_5.preprocess.tokenizer import (
     IM_END,
     IM_START,
     IMAGE_TOKEN,

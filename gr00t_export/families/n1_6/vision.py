@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gr00t_export.families.n1_5.model.vision import SiglipEncoder
 from gr00t_export.families.n1_6.config import Siglip2VisionConfig
-from gr00t_export.model.vision import SiglipEncoder
 
 # Keys of the vision tower the checkpoint carries but N1.6 never runs: the attention-pooling head.
 POOLING_HEAD_PREFIX = "head."

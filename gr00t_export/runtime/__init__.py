@@ -1,0 +1,1 @@
+"""Running exported stages: one runner interface, the pipeline runner, the exported policy."""

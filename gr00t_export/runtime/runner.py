@@ -1,0 +1,307 @@
+"""Running the stages: one runner interface whatever executes a stage, and the exported policy built on it.
+
+`StageRunner.infer(feeds) -> outputs` (named tensors) is the same for an eager PyTorch twin, a TorchScript
+artifact and an onnxruntime session, so the pipeline, the validation tiers and the benchmark drive them
+all the same way (the shape of Polygraphy's runners, without its dependency on the hot path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from gr00t_export.errors import InputError, ValidationFailure
+from gr00t_export.families.n1_5.embodiments import ModalityConfig, modality_config_from_dict
+from gr00t_export.families.n1_5.metadata import EmbodimentMetadata, KeyStats
+from gr00t_export.families.n1_5.policy import Observation, ObservationReader, PolicySpec, RawInputs, batch_observation
+from gr00t_export.spec import GraphSpec, StageSpec, load_graph_spec
+from gr00t_export.util import sha256_file
+
+MANIFEST = "manifest.json"
+SPEC_FILE = "graph_spec.yaml"
+ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16,
+             "tensor(int64)": torch.int64, "tensor(uint8)": torch.uint8, "tensor(double)": torch.float64}
+
+
+# IOBinding's element type per torch dtype: a numpy type where numpy has one, else the ONNX TensorProto number
+# (onnxruntime >= 1.20 binds those too; numpy has no bfloat16)
+ORT_ELEMENT_TYPES: dict[torch.dtype, Any] = {
+    torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.uint8: np.uint8,
+    torch.float64: np.float64, torch.int32: np.int32, torch.int8: np.int8, torch.bool: np.bool_,
+    torch.bfloat16: 16}  # onnx.TensorProto.BFLOAT16
+
+
+class StageRunner(Protocol):
+    spec: StageSpec
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+def _outputs(spec: StageSpec, result: Any) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return dict(result)
+    if not isinstance(result, tuple | list):
+        result = (result,)
+    return dict(zip(spec.output_names, result, strict=True))
+
+
+class TorchStageRunner:
+    """An eager module or a TorchScript artifact; inputs passed positionally in spec order."""
+
+    def __init__(self, module: torch.nn.Module, spec: StageSpec, device: str | torch.device = "cpu"):
+        self.module, self.spec, self.device = module, spec, torch.device(device)
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        args = [feeds[n].to(self.device) if isinstance(feeds[n], torch.Tensor) else feeds[n]
+                for n in self.spec.input_names]
+        with torch.no_grad():
+            return _outputs(self.spec, self.module(*args))
+
+
+def ort_providers(device: str, strict: bool = True) -> list[str]:
+    """CUDA EP for a cuda device; with `strict=False` (build-time checks) fall back to the CPU EP."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if strict:
+            raise InputError("--device cuda asked for but onnxruntime has no CUDA EP; install onnxruntime-gpu")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxStageRunner:
+    """An onnxruntime session; float inputs are cast to the graph's declared types.
+
+    On the CUDA EP, inputs and outputs stay on the GPU (IOBinding on torch tensors): no host round trip
+    between stages.
+    """
+
+    def __init__(self, path: Path, spec: StageSpec, providers: list[str], threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        # idle ORT workers spin by default and starve the TorchScript stages that run between ONNX ones
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+        self.spec = spec
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_types = {i.name: ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
+        self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        # numpy cannot carry bfloat16: such graphs run through IOBinding on torch tensors on the CPU as well
+        bf16 = "tensor(bfloat16)" in {v.type for v in (*self.session.get_inputs(), *self.session.get_outputs())}
+        self.bound_device = "cuda" if self.on_cuda else "cpu" if bf16 else None
+        self._out_shapes: dict[tuple, list[tuple[tuple[int, ...], torch.dtype]]] = {}
+
+    def _bind_inputs(self, inputs: Mapping[str, torch.Tensor]):
+        binding = self.session.io_binding()
+        for name, t in inputs.items():
+            binding.bind_input(name, self.bound_device, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        return binding
+
+    def _infer_bound(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Inputs and outputs as torch tensors on `bound_device`, bound in place (no host round trip on CUDA)."""
+        device = self.bound_device
+        inputs = {name: torch.as_tensor(feeds[name]).to(device, dtype).contiguous()
+                  for name, dtype in self.input_types.items()}
+        binding = self._bind_inputs(inputs)
+        key = tuple(tuple(t.shape) for t in inputs.values())
+        if key not in self._out_shapes:  # first call at these shapes: let ORT allocate, remember shapes
+            for name in self.spec.output_names:
+                binding.bind_output(name, device)
+            self.session.run_with_iobinding(binding)
+            outs = binding.get_outputs()
+            self._out_shapes[key] = [(tuple(o.shape()), ORT_TYPES[o.data_type()]) for o in outs]
+            binding = self._bind_inputs(inputs)
+        outputs = {}
+        for name, (shape, dtype) in zip(self.spec.output_names, self._out_shapes[key], strict=True):
+            out = torch.empty(shape, dtype=dtype, device=device)
+            binding.bind_output(name, device, 0, ORT_ELEMENT_TYPES[dtype], shape, out.data_ptr())
+            outputs[name] = out
+        if device == "cuda":
+            torch.cuda.current_stream().synchronize()  # torch wrote the inputs on its stream; ORT reads on its own
+        self.session.run_with_iobinding(binding)
+        return outputs
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        if self.bound_device is not None:
+            return self._infer_bound(feeds)
+        arrays = {}
+        for name, dtype in self.input_types.items():
+            t = feeds[name]
+            t = t.to(dtype) if isinstance(t, torch.Tensor) and dtype is not None else t
+            arrays[name] = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        out = self.session.run(self.spec.output_names, arrays)
+        return {n: torch.from_numpy(np.asarray(v)) for n, v in zip(self.spec.output_names, out, strict=True)}
+
+
+class InstructionCache:
+    """The tokenizer stage memoised per instruction batch: a robot repeats one instruction for a whole episode, so
+    tokenizing it again every tick is wasted host time. Bounded, oldest entry dropped first."""
+
+    def __init__(self, inner: StageRunner, size: int = 64):
+        self.inner, self.spec, self.size = inner, inner.spec, size
+        self.module = getattr(inner, "module", None)  # the TorchScript itself, for spec checks
+        self._cache: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        key = tuple(str(s) for s in np.asarray(feeds["instructions"]).reshape(-1))
+        if key not in self._cache:
+            if len(self._cache) >= self.size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self.inner.infer(feeds)
+        return self._cache[key]
+
+
+def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInputs, init_actions: torch.Tensor,
+                 trace: dict[str, dict[str, Any]] | None = None) -> dict[str, torch.Tensor]:
+    """Runs every stage in spec order, feeding each input from its `from:`; returns the last stage's outputs.
+
+    With `trace`, records each stage's feeds (so a stage can be re-run alone on real inputs).
+    """
+    external = {**{k: torch.from_numpy(v) for k, v in raw.external().items()},
+                "instructions": raw.instructions, "init_actions": init_actions}
+    produced: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    for stage in spec.stages:
+        feeds = {t.name: external[t.name] if t.source == "external" else produced[t.source] for t in stage.inputs}
+        if trace is not None:
+            trace[stage.name] = feeds
+        outputs = stages[stage.name].infer(feeds)
+        produced |= {f"{stage.name}/{k}": v for k, v in outputs.items()}
+    return outputs
+
+
+def read_manifest(artifact_dir: Path) -> dict:
+    path = artifact_dir / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{artifact_dir} has no {MANIFEST}, so it is not a complete gr00t-export build; "
+                         "re-run `gr00t-export build`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValidationFailure(f"{path} is not valid JSON ({err}); the drop was edited or truncated") from None
+
+
+def build_denoising_steps(manifest: dict) -> int | None:
+    """The Euler steps a build's denoising graph has unrolled (manifests before `denoising_steps`: the config's)."""
+    model = manifest.get("model", {})
+    steps = model.get("denoising_steps", model.get("config", {}).get("action_head", {}).get("num_inference_timesteps"))
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def check_denoising_steps(artifact_dir: Path, requested: int | None) -> None:
+    """An exported denoiser runs the steps it was built with; asking for others is a usage error, not a silent no-op."""
+    if requested is None:
+        return
+    built = build_denoising_steps(read_manifest(Path(artifact_dir)))
+    if requested != built:
+        raise InputError(f"{artifact_dir} was built with {built} denoising steps, unrolled into its graph; rebuild "
+                         f"with `gr00t-export build --denoising_steps {requested}`, or leave out --denoising_steps")
+
+
+def manifest_seal(manifest: dict) -> str:
+    """`manifest_sha256`: sha256 of the manifest's canonical JSON, less `files` (every file there carries its own
+    sha256, and emitters that add files update that list) and the seal itself.
+
+    It makes a hand-edited manifest (precision, key order, dims: fields the runner acts on) fail like a modified
+    artifact. It guards against edits and corruption, not forgery: whoever rewrites the manifest can recompute it.
+    """
+    body = {k: v for k, v in manifest.items() if k not in ("files", "manifest_sha256")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def verify_manifest_seal(artifact_dir: Path, manifest: dict) -> None:
+    """Manifests written before the seal existed carry none and are taken as they are."""
+    want = manifest.get("manifest_sha256")
+    if want is not None and want != manifest_seal(manifest):
+        raise ValidationFailure(f"{artifact_dir / MANIFEST} was edited after the build (it no longer matches its "
+                                "manifest_sha256); re-run the build or restore the drop")
+
+
+def verify_file(artifact_dir: Path, entry: dict) -> None:
+    """Hash check before anything is loaded: a TorchScript file is code and must be the one we wrote."""
+    path = artifact_dir / entry["path"]
+    if not path.is_file():
+        raise ValidationFailure(f"artifact {entry['path']} is missing; re-run the build or restore the drop")
+    if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+        raise ValidationFailure(f"artifact {entry['path']} does not match its manifest sha256 (modified or "
+                                "corrupt); re-run the build or restore the drop")
+
+
+def policy_spec_from_manifest(manifest: dict) -> PolicySpec:
+    modality = modality_config_from_dict(manifest["modality_config"], where="manifest modality_config")
+    meta = manifest["metadata"]
+    metadata = EmbodimentMetadata(
+        tag=meta["embodiment_tag"],
+        state={k: KeyStats.from_dict(v, k) for k, v in meta["statistics"]["state"].items()},
+        action={k: KeyStats.from_dict(v, k) for k, v in meta["statistics"]["action"].items()},
+        modalities=meta["modalities"],
+    )
+    return PolicySpec(modality, metadata, manifest["model"]["action_horizon"], manifest["model"]["action_dim"])
+
+
+class ExportedGr00tRunner:
+    """The exported policy: TorchScript stages in torch, ONNX stages in onnxruntime (CUDA EP when asked).
+
+    Same `get_action(obs, noise, seed)` as `ReferencePolicy`, so both run the same observation and noise.
+    """
+
+    def __init__(self, artifact_dir: str | Path, device: str = "cpu", threads: int = 0, backend: str = "ort"):
+        """backend "trt" runs the ONNX stages from `engines/<stage>.engine` (TensorRT, CUDA) instead."""
+        if backend not in ("ort", "trt"):
+            raise InputError(f"unknown backend {backend!r} for an artifact dir; use ort (onnxruntime) or trt")
+        self.dir = Path(artifact_dir)
+        if not self.dir.is_dir():
+            raise InputError(f"artifact dir {self.dir} does not exist; run `gr00t-export build` first")
+        self.manifest = read_manifest(self.dir)
+        verify_manifest_seal(self.dir, self.manifest)
+        files = {f["path"]: f for f in self.manifest["files"]}
+        if SPEC_FILE in files:
+            verify_file(self.dir, files[SPEC_FILE])
+        self.graph = load_graph_spec(self.dir / SPEC_FILE, views=int(self.manifest["views"]))
+        self.spec = policy_spec_from_manifest(self.manifest)
+        self.device, self.backend = device, backend
+        if backend == "trt":
+            from gr00t_export.pipeline.engines import require_engines
+
+            require_engines(self.dir, self.graph, device)
+        providers = ort_providers(device) if backend == "ort" else []
+        self.stages: dict[str, StageRunner] = {}
+        for stage in self.graph.stages:
+            entry = files.get(stage.file)
+            if entry is None:
+                raise ValidationFailure(f"manifest lists no {stage.file}; the drop is incomplete, re-run the build")
+            verify_file(self.dir, entry)
+            path = self.dir / stage.file
+            if stage.format == "onnx" and backend == "trt":
+                from gr00t_export.pipeline.engines import trt_stage_runner
+
+                self.stages[stage.name] = trt_stage_runner(self.dir, stage, device)
+            elif stage.format == "onnx":
+                self.stages[stage.name] = OnnxStageRunner(path, stage, providers, threads)
+            else:
+                on_cpu = stage.name == "eagle2_tokenizer"
+                module = torch.jit.load(str(path), map_location="cpu" if on_cpu else device)
+                runner = TorchStageRunner(module, stage, device)
+                self.stages[stage.name] = InstructionCache(runner) if on_cpu else runner
+        state_dims = [self.spec.metadata.state_dim(ModalityConfig.short(k)) for k in self.spec.modality.state_keys]
+        self.reader = ObservationReader(self.spec.modality, state_dims)
+
+    def run_raw(self, raw: RawInputs, init_actions: torch.Tensor, trace: dict | None = None) -> dict[str, Any]:
+        return run_pipeline(self.graph, self.stages, raw, init_actions, trace)
+
+    def get_action(self, obs: Observation, noise: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        _, batched = batch_observation(obs, self.spec.modality)
+        raw = self.reader(obs)
+        actions = self.run_raw(raw, self.spec.noise(raw.batch, noise, seed))
+        return {k: (v.float().cpu().numpy() if batched else v[0].float().cpu().numpy()) for k, v in actions.items()}

@@ -1,0 +1,1 @@
+"""Commands around a build: bench, inspect, pack."""

@@ -1,0 +1,561 @@
+"""`gr00t-export bench`: per-stage and end-to-end latency of every runtime on one machine, in one table.
+
+Backends: `torch` (the PyTorch twins of the stages, eager), `torch-compile` (the same with
+`torch.compile(mode="reduce-overhead")`, i.e. CUDA graphs, on vit/llm/denoising), `ort` (the exported
+artifacts in onnxruntime; CUDA EP with device-resident I/O on a GPU), `ort-cudagraph` (the same, shapes
+pinned and replayed as CUDA graphs), `aoti` (AOTInductor `.pt2` of vit/llm/denoising, one CUDA graph each) and
+`trt` (TensorRT engines, when the module and engines exist). All run the same observation and noise; ratios are
+against eager. With `profile`, a CUPTI trace of each model stage says how many kernels it launches and where
+its GPU time goes, which is what decides latency at batch 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from gr00t_export.errors import InputError
+from gr00t_export.families.n1_5.partition import partition
+from gr00t_export.families.n1_5.policy import Observation, RawInputs, ReferencePolicy
+from gr00t_export.runtime.runner import (
+    ORT_ELEMENT_TYPES,
+    ORT_TYPES,
+    ExportedGr00tRunner,
+    StageRunner,
+    TorchStageRunner,
+    build_denoising_steps,
+    check_denoising_steps,
+    run_pipeline,
+)
+from gr00t_export.spec import PRECISIONS
+
+COMPILED_STAGES = ("vit", "llm", "denoising_subgraph")
+FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
+             "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "FastGelu", "BiasGelu", "Gelu",
+             "FusedMatMul", "RotaryEmbedding", "LayerNormalization", "Softmax", "MatMul")
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p90_ms: float
+
+
+@dataclass
+class KernelProfile:
+    """What one call of a stage puts on the GPU: kernel count, summed kernel time, and where that time goes."""
+
+    kernels: float  # per call
+    gpu_ms: float  # summed kernel durations per call; wall time minus this is launch gaps and idle
+    by_kind: dict[str, tuple[float, float]] = field(default_factory=dict)  # kind -> (ms, kernels) per call
+    top: list[tuple[str, float, float]] = field(default_factory=list)  # the costliest kernels: (name, ms, count)
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    stages: dict[str, Timing] = field(default_factory=dict)
+    end_to_end: Timing | None = None
+    note: str = ""
+    kernels: dict[str, KernelProfile] = field(default_factory=dict)
+
+
+# kernel-name patterns, first match wins: which kind of work a CUDA kernel does
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "mha", "attn")),
+    ("matmul", ("gemm", "cutlass", "xmma", "cublas", "nvjet", "matmul", "splitk")),
+    ("softmax", ("softmax",)),
+    ("norm", ("layer_norm", "layernorm", "rms", "skiplayernorm", "welford")),
+    ("triton (fused)", ("triton",)),
+    ("copy/transpose", ("transpose", "copy", "memset", "concat", "slice", "gather", "expand", "cat_")),
+    ("reduce", ("reduce",)),
+    ("elementwise", ("elementwise", "unary", "binary", "vectorized", "gelu", "add", "mul", "cast", "where",
+                     "pow", "sqrt", "tanh", "sigmoid", "silu")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other")
+
+
+def kernel_profile(runner: StageRunner, feeds: dict, iters: int = 5, top_n: int = 12) -> KernelProfile:
+    """CUPTI trace (torch.profiler) of `iters` calls; sees onnxruntime's kernels too, CUDA-graph replays included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.infer(feeds)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            runner.infer(feeds)
+        torch.cuda.synchronize()
+    by_kind: dict[str, list[float]] = {}
+    by_name: dict[str, list[float]] = {}
+    count, total = 0, 0.0
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA or "memcpy" in event.name.lower():
+            continue  # the inputs' host->device copies belong to the caller, not the stage
+        ms = event.time_range.elapsed_us() / 1e3
+        for table, key in ((by_kind, kernel_kind(event.name)), (by_name, event.name[:160])):
+            entry = table.setdefault(key, [0.0, 0])
+            entry[0] += ms
+            entry[1] += 1
+        count, total = count + 1, total + ms
+    ranked = sorted(by_kind.items(), key=lambda kv: -kv[1][0])
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top_n]
+    return KernelProfile(count / iters, total / iters, {k: (ms / iters, n / iters) for k, (ms, n) in ranked},
+                         [(name, ms / iters, n / iters) for name, (ms, n) in top])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(samples: list[float]) -> Timing:
+    ordered = sorted(samples)
+    return Timing(statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))])
+
+
+class TimedStage:
+    """Wraps a stage runner and records its wall time (synchronised on GPU) per call."""
+
+    def __init__(self, inner: StageRunner, device: torch.device):
+        self.inner, self.spec, self.device, self.samples = inner, inner.spec, device, []
+
+    def infer(self, feeds):
+        _sync(self.device)
+        start = time.perf_counter()
+        out = self.inner.infer(feeds)
+        _sync(self.device)
+        self.samples.append((time.perf_counter() - start) * 1e3)
+        return out
+
+
+def time_pipeline(graph, stages: dict[str, StageRunner], raw: RawInputs, init: torch.Tensor, device: torch.device,
+                  warmup: int, iters: int) -> tuple[dict[str, Timing], Timing]:
+    timed = {name: TimedStage(s, device) for name, s in stages.items()}
+    e2e = []
+    for i in range(warmup + iters):
+        if i == warmup:
+            for t in timed.values():
+                t.samples.clear()
+        _sync(device)
+        start = time.perf_counter()
+        run_pipeline(graph, timed, raw, init)
+        _sync(device)
+        if i >= warmup:
+            e2e.append((time.perf_counter() - start) * 1e3)
+    # the per-stage syncs inflate e2e slightly; measure e2e again without them
+    free = []
+    for _ in range(iters):
+        _sync(device)
+        start = time.perf_counter()
+        run_pipeline(graph, stages, raw, init)
+        _sync(device)
+        free.append((time.perf_counter() - start) * 1e3)
+    return {n: _stats(t.samples) for n, t in timed.items()}, _stats(free)
+
+
+class StaticCudaGraphOnnxRunner:
+    """onnxruntime CUDA EP with CUDA graphs: the graph specialised to the measured shapes, fixed I/O buffers.
+
+    Dynamic dims are pinned (`make_dim_param_fixed`) so no shape arithmetic falls back to the CPU, inputs are
+    copied into buffers whose addresses never change, and ORT replays one captured CUDA graph per call.
+    """
+
+    def __init__(self, path: Path, spec, feeds: dict, workdir: Path):
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+        self.spec = spec
+        model = onnx.load(str(path), load_external_data=False)
+        for t in spec.inputs:
+            for axis, dim in enumerate(t.shape):
+                if isinstance(dim, str) and t.name in feeds:
+                    make_dim_param_fixed(model.graph, dim, int(feeds[t.name].shape[axis]))
+        workdir.mkdir(parents=True, exist_ok=True)
+        static = workdir / path.name
+        data = path.with_name(path.name + "_data")
+        if data.exists() and not (workdir / data.name).exists():
+            try:  # onnxruntime refuses external data reached through a symlink out of the model's dir
+                os.link(data, workdir / data.name)
+            except OSError:
+                shutil.copyfile(data, workdir / data.name)
+        onnx.save_model(model, str(static))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(static), options, providers=providers)
+        types = {i.name: ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
+        self.inputs = {n: torch.as_tensor(feeds[n]).to("cuda", types[n]).contiguous().clone() for n in types}
+        self.binding = self.session.io_binding()
+        for n, t in self.inputs.items():
+            self.binding.bind_input(n, "cuda", 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        for n in spec.output_names:
+            self.binding.bind_output(n, "cuda")
+        self.session.run_with_iobinding(self.binding)  # warm-up run, then the capture run
+        shapes = [(tuple(o.shape()), ORT_TYPES[o.data_type()]) for o in self.binding.get_outputs()]
+        self.outputs = {n: torch.empty(s, dtype=d, device="cuda") for n, (s, d) in zip(spec.output_names, shapes,
+                                                                                        strict=True)}
+        self.binding.clear_binding_outputs()
+        for n, t in self.outputs.items():
+            self.binding.bind_output(n, "cuda", 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        self.session.run_with_iobinding(self.binding)
+
+    def infer(self, feeds):
+        for n, t in self.inputs.items():
+            t.copy_(torch.as_tensor(feeds[n]).to(t.device, t.dtype))
+        torch.cuda.current_stream().synchronize()
+        self.session.run_with_iobinding(self.binding)
+        return self.outputs
+
+
+def capture_cuda_graph(fn: Callable[[], object], warmup: int) -> tuple[torch.cuda.CUDAGraph, object]:
+    """`fn` run `warmup` times on a side stream, then captured; returns the graph and the outputs it writes."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+class StaticCudaGraphTorchRunner:
+    """A TorchScript pre/post stage captured once as a CUDA graph at the measured shapes.
+
+    At batch 1 these stages are dozens of tiny kernels, so their time is launch overhead; one replay replaces the
+    launches. Inputs are copied into buffers whose addresses never change; the outputs live in the graph's pool
+    and are overwritten by the next replay, as with `StaticCudaGraphOnnxRunner`.
+    """
+
+    def __init__(self, inner: TorchStageRunner, feeds: dict):
+        self.spec = inner.spec
+        self.inputs = {n: torch.as_tensor(feeds[n]).to("cuda").clone() for n in self.spec.input_names}
+        # 5 warm-ups: past TorchScript's profiling runs, so nothing compiles during capture
+        self.graph, self.outputs = capture_cuda_graph(lambda: inner.infer(self.inputs), warmup=5)
+
+    def infer(self, feeds):
+        for n, t in self.inputs.items():
+            t.copy_(torch.as_tensor(feeds[n]))
+        self.graph.replay()
+        return self.outputs
+
+
+def fusion_report(artifact_dir: Path, graph, device: str) -> dict[str, dict[str, int]]:
+    """Op histogram of each ONNX stage after onnxruntime's own graph optimisation (fused nodes counted)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from gr00t_export.runtime.runner import ort_providers
+
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage in graph.stages:
+            if stage.format != "onnx":
+                continue
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            out = Path(tmp) / f"{stage.name}.opt.onnx"
+            options.optimized_model_filepath = str(out)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             f"{stage.name}.opt.onnx_data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             "1024")
+            ort.InferenceSession(str(artifact_dir / stage.file), options, providers=ort_providers(device))
+            ops: dict[str, int] = {}
+            for node in onnx.load(str(out), load_external_data=False).graph.node:
+                ops[node.op_type] = ops.get(node.op_type, 0) + 1
+            report[stage.name] = {k: v for k, v in sorted(ops.items()) if k in FUSED_OPS} | {"total": sum(ops.values())}
+    return report
+
+
+class CompiledStageRunner(TorchStageRunner):
+    """A `torch.compile(mode="reduce-overhead")` stage: each call is a new CUDA-graph step, and its outputs are
+    cloned out of the graph's static buffers before the next stage's replay can overwrite them."""
+
+    def infer(self, feeds):
+        torch.compiler.cudagraph_mark_step_begin()
+        return {k: v.clone() for k, v in super().infer(feeds).items()}
+
+
+def compile_aoti(module: torch.nn.Module, spec, feeds: dict, package: Path, device: torch.device) -> Path:
+    """torch.export + AOTInductor: the stage as a `.pt2` package (the IGG schema's `pt2` backend)."""
+    import torch._inductor
+
+    args = tuple(torch.as_tensor(feeds[n]).to(device) for n in spec.input_names)
+    package.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.export.export(module, args, strict=False)
+        return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(package)))
+
+
+class AotiStageRunner:
+    """A stage's AOTInductor `.pt2`, replayed through one CUDA graph on a GPU: the PyTorch-native exported artifact,
+    no Python in the stage. Inputs are copied into fixed buffers, so the graph's addresses never change."""
+
+    def __init__(self, package: Path, spec, feeds: dict, device: torch.device):
+        import torch._inductor
+
+        self.spec, self.device = spec, device
+        self.model = torch._inductor.aoti_load_package(str(package))
+        self.static = [torch.as_tensor(feeds[n]).to(device).clone() for n in spec.input_names]
+        self.graph = None
+        if device.type == "cuda" and os.environ.get("GR00T_AOTI_CUDA_GRAPH", "1") == "1":
+            self.graph, self.out = capture_cuda_graph(lambda: self.model(*self.static), warmup=3)
+
+    def infer(self, feeds):
+        for buf, name in zip(self.static, self.spec.input_names, strict=True):
+            buf.copy_(torch.as_tensor(feeds[name]).to(buf.device, buf.dtype))
+        if self.graph is None:
+            out = self.model(*self.static)
+        else:
+            self.graph.replay()
+            out = self.out
+        out = out if isinstance(out, list | tuple) else [out]
+        return {n: t.clone() for n, t in zip(self.spec.output_names, out, strict=True)}
+
+
+def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, compile_: bool
+                 ) -> tuple[object, dict[str, StageRunner]]:
+    part = partition(policy.model, policy.transforms, precision)
+    stages: dict[str, StageRunner] = {}
+    for spec in part.spec.stages:
+        module = part.modules[spec.name]
+        on_cpu = spec.name == "eagle2_tokenizer"
+        module = module if on_cpu else module.to(device)
+        if compile_ and spec.name in COMPILED_STAGES:
+            stages[spec.name] = CompiledStageRunner(torch.compile(module, mode="reduce-overhead", dynamic=False),
+                                                    spec, device)
+            continue
+        stages[spec.name] = TorchStageRunner(module, spec, "cpu" if on_cpu else device)
+    return part.spec, stages
+
+
+def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str], dtype: str, iters: int,
+          warmup: int, device: str, dataset_path: Path | None = None, eagle_path: Path | None = None,
+          embodiment_tag: str = "gr1", modality_config: str | None = None,
+          log: Callable[[str], None] = print, observation: Observation | None = None, profile: bool = False,
+          aoti_dir: Path | None = None, aoti_phase: str = "both", denoising_steps: int | None = None
+          ) -> list[BackendResult]:
+    """Times each backend on one observation; with `profile` (GPU only) also counts each stage's kernels.
+
+    The PyTorch backends integrate `denoising_steps` Euler steps (default: ARTIFACT_DIR's, else the checkpoint's),
+    so every backend does the same work.
+
+    aoti: `<stage>.pt2` packages are compiled into `aoti_dir` (a temp dir by default), loaded and timed;
+    `aoti_phase="compile"` stops after compiling, `"load"` loads the packages an earlier process compiled.
+    """
+    if artifact_dir is None and model_path is None:
+        raise InputError("nothing to benchmark: pass ARTIFACT_DIR and/or --model_path CKPT")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but no GPU is visible; use --device cpu")
+    if artifact_dir is not None:
+        check_denoising_steps(artifact_dir, denoising_steps)
+    runner = ExportedGr00tRunner(artifact_dir, device=device) if artifact_dir else None
+    if model_path is None and runner is not None:
+        model_path = Path(runner.manifest["source"]["model_path"])
+    if runner is not None:
+        denoising_steps = build_denoising_steps(runner.manifest)
+    policy = None
+    if any(b.startswith("torch") or b == "aoti" for b in backends):
+        if not (model_path and Path(model_path).is_dir()):
+            raise InputError("torch backends need the checkpoint: pass --model_path CKPT")
+        policy = ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config,
+                                                 dtype="fp32", device="cpu", denoising_steps=denoising_steps)
+        policy.model.to(device=dev, dtype=PRECISIONS[dtype])
+    modality = (runner or policy).spec.modality
+    obs = observation if observation is not None else _observation(policy, runner, modality, dataset_path)
+    reader = runner.reader if runner else policy.transforms.reader
+    raw = reader(obs)
+    spec = (runner or policy).spec
+    init = spec.noise(raw.batch, None, 0).to(dev)
+    results = []
+    for backend in backends:
+        trace: dict = {}  # each stage's feeds, recorded by the backends that need them to set up
+        log(f"timing {backend} ...")
+        if backend in ("torch", "torch-compile"):
+            graph, stages = _twin_stages(policy, dtype, dev, backend == "torch-compile")
+        elif backend == "aoti":
+            graph, stages = _twin_stages(policy, dtype, dev, False)
+            run_pipeline(graph, stages, raw, init, trace)
+            packages = Path(aoti_dir or tempfile.mkdtemp())
+            try:
+                for spec_ in graph.stages:
+                    if spec_.name in COMPILED_STAGES:
+                        package = packages / f"{spec_.name}.pt2"
+                        if aoti_phase != "load":
+                            compile_aoti(stages[spec_.name].module, spec_, trace[spec_.name], package, dev)
+                        if aoti_phase != "compile":
+                            stages[spec_.name] = AotiStageRunner(package, spec_, trace[spec_.name], dev)
+            except Exception as err:  # noqa: BLE001 - reported in the table, the other backends still run
+                results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
+                continue
+            if aoti_phase == "compile":
+                results.append(BackendResult(backend, note=f"compiled into {packages}"))
+                continue
+        elif backend in ("ort", "ort-cudagraph"):
+            if runner is None:
+                raise InputError(f"the {backend} backend needs ARTIFACT_DIR (an exported build)")
+            graph, stages = runner.graph, dict(runner.stages)
+            if backend == "ort-cudagraph":
+                if dev.type != "cuda":
+                    raise InputError("ort-cudagraph needs --device cuda")
+                run_pipeline(graph, stages, raw, init, trace)
+                try:
+                    for spec_ in graph.stages:
+                        if spec_.format == "onnx":
+                            stages[spec_.name] = StaticCudaGraphOnnxRunner(
+                                runner.dir / spec_.file, spec_, trace[spec_.name],
+                                Path(tempfile.mkdtemp()) / spec_.name)
+                except Exception as err:  # noqa: BLE001 - reported in the table, the other backends still run
+                    results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
+                    continue
+                graphed = _graph_torchscript_stages(graph, stages, trace)
+        elif backend == "trt":
+            try:
+                import tensorrt  # noqa: F401
+            except ImportError:
+                results.append(BackendResult("trt", note="skipped: the tensorrt module is not installed here"))
+                continue
+            results.append(BackendResult("trt", note="skipped: no engines/*.engine in the artifact dir"))
+            continue
+        else:
+            raise InputError(f"unknown backend {backend!r}; use torch, torch-compile, aoti, ort, ort-cudagraph, trt")
+        try:
+            per_stage, e2e = time_pipeline(graph, stages, raw, init, dev, warmup, iters)
+        except Exception as err:  # noqa: BLE001 - one runtime failing must not hide the others' figures
+            results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
+            continue
+        result = BackendResult(backend, per_stage, e2e)
+        if backend == "ort-cudagraph":
+            result.note = graphed
+        if profile and dev.type == "cuda":
+            if not trace:
+                run_pipeline(graph, stages, raw, init, trace)
+            for name in (s.name for s in graph.stages if s.format == "onnx" or s.name in COMPILED_STAGES):
+                try:
+                    result.kernels[name] = kernel_profile(stages[name], trace[name])
+                except Exception as err:  # noqa: BLE001 - a profiler without CUPTI must not lose the timings
+                    result.note = f"kernel profile failed: {type(err).__name__}: {str(err)[:120]}"
+                    break
+        results.append(result)
+    return results
+
+
+def _graph_torchscript_stages(graph, stages: dict[str, StageRunner], trace: dict) -> str:
+    """The GPU TorchScript stages as CUDA graphs too (the tokenizer stays on the CPU, cached); returns a note saying
+    which were captured and which could not be (they then run as before)."""
+    captured, kept = [], []
+    for spec_ in graph.stages:
+        inner = stages[spec_.name]
+        if spec_.format != "torchscript" or getattr(inner, "device", torch.device("cpu")).type != "cuda":
+            continue
+        try:
+            stages[spec_.name] = StaticCudaGraphTorchRunner(inner, trace[spec_.name])
+            captured.append(spec_.name)
+        except Exception as err:  # noqa: BLE001 - a stage that cannot be captured runs uncaptured
+            kept.append(f"{spec_.name} ({type(err).__name__})")
+    note = f"CUDA graphs: every ONNX stage, {', '.join(captured) or 'no TorchScript stage'}"
+    return note + (f"; not capturable: {', '.join(kept)}" if kept else "")
+
+
+def _observation(policy, runner, modality, dataset_path: Path | None):
+    from gr00t_export.pipeline.build import example_observation
+
+    metadata = (runner or policy).spec.metadata
+    return example_observation(modality, metadata, dataset_path)
+
+
+def table_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]]]:
+    stages = [s for r in results for s in r.stages]
+    stages = list(dict.fromkeys(stages))
+    eager = next((r for r in results if r.backend.split(" ")[0] == "torch" and r.end_to_end), None)
+    header = ["backend", *stages, "end-to-end (p50 / p90 ms)", "vs eager"]
+    rows = []
+    for r in results:
+        if r.end_to_end is None:
+            rows.append([r.backend, *["-"] * len(stages), r.note, "-"])
+            continue
+        cells = [f"{r.stages[s].median_ms:.2f}" if s in r.stages else "-" for s in stages]
+        ratio = f"{r.end_to_end.median_ms / eager.end_to_end.median_ms:.3f}" if eager else "-"
+        rows.append([r.backend, *cells, f"{r.end_to_end.median_ms:.2f} / {r.end_to_end.p90_ms:.2f}", ratio])
+    return header, rows
+
+
+def kernel_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]]]:
+    """Per backend and stage: kernels per call, their summed GPU time against the stage's wall time, top kinds."""
+    header = ["backend", "stage", "kernels", "GPU busy ms", "wall ms", "busy %", "where the GPU time goes (ms)"]
+    rows = []
+    for r in results:
+        for stage, k in r.kernels.items():
+            wall = r.stages[stage].median_ms if stage in r.stages else float("nan")
+            kinds = ", ".join(f"{kind} {ms:.2f} ({n:.0f})" for kind, (ms, n) in list(k.by_kind.items())[:4])
+            rows.append([r.backend, stage, f"{k.kernels:.0f}", f"{k.gpu_ms:.2f}", f"{wall:.2f}",
+                         f"{100 * k.gpu_ms / wall:.0f}", kinds])
+    return header, rows
+
+
+def write_json(results: list[BackendResult], path: Path, context: dict) -> None:
+    data = {"tool": {"name": "gr00t-export", "command": "bench"}, "context": context,
+            "results": [asdict(r) for r in results]}
+    path.write_text(json.dumps(data, indent=2))
+
+
+def is_bench_json(path: Path) -> bool:
+    """An earlier `bench --json` (which `--json` may replace): a JSON object with context and results."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"context", "results"} <= set(data)
+
+
+def floor_analysis(cfg, seq_len: int, views: int, steps: int, bytes_per_param: int = 2,
+                   bandwidth_tbs: float = 3.35, peak_tflops: float = 989.0) -> list[dict]:
+    """Weight bytes and matmul FLOPs per stage from the config: the time below which no runtime can go."""
+    v, t, ah = cfg.vision, cfg.text, cfg.action_head
+    vit_params = v.num_hidden_layers * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size)
+    llm_layer = (t.hidden_size * t.head_dim * (t.num_attention_heads * 2 + t.num_key_value_heads * 2)
+                 + 3 * t.hidden_size * t.intermediate_size)
+    llm_params = cfg.select_layer * llm_layer + v.hidden_size * t.hidden_size
+    d, dit = ah.input_embedding_dim, ah.diffusion_model
+    dit_block = 2 * d * d + 2 * d * (dit.cross_attention_dim or d) + 8 * d * d + 2 * d * d
+    dit_params = dit.num_layers * dit_block + 4 * d * d
+    vl = ah.vl_self_attention.inner_dim
+    vlsa_params = ah.vl_self_attention.num_layers * 12 * vl * vl
+    enc = 3 * d * d + d * ah.action_dim + ah.hidden_size**2
+    images, tokens = views, 49
+    stages = [
+        ("vit", vit_params, 2 * vit_params * 256 * images),
+        ("llm", llm_params, 2 * llm_params * seq_len),
+        ("denoising_subgraph", vlsa_params + dit_params + enc,
+         2 * vlsa_params * seq_len + steps * 2 * (dit_params + enc) * tokens),
+    ]
+    out = []
+    for name, params, flops in stages:
+        read_ms = params * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
+        # the DiT re-reads its weights every Euler step
+        if name == "denoising_subgraph":
+            read_ms = (vlsa_params + steps * (dit_params + enc)) * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
+        compute_ms = flops / (peak_tflops * 1e12) * 1e3
+        out.append({"stage": name, "params_M": params / 1e6, "gflop": flops / 1e9, "weight_read_ms": read_ms,
+                    "compute_ms": compute_ms, "floor_ms": max(read_ms, compute_ms)})
+    return out

@@ -14,12 +14,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.checkpoint import INDEX_FILE, SINGLE_FILE, load_model, open_checkpoint
+from gr00t_export.families.n1_5.checkpoint import load_model, open_checkpoint
 from gr00t_export.families.n1_5.config import preset
 from gr00t_export.families.n1_5.model import UNUSED_KEY_PREFIXES
 from gr00t_export.families.n1_5.policy import ReferencePolicy
 from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
-from gr00t_export.families.n1_5.synthetic import init_tensor, make_checkpoint, weight_shapes
+from gr00t_export.families.n1_5.synthetic import make_checkpoint, weight_shapes
+from gr00t_export.weights import INDEX_FILE, SINGLE_FILE, init_tensor
 
 POOLING_PREFIX = "backbone.eagle_model.vision_model.vision_model.head."
 SEED = 7

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.checkpoint import INDEX_FILE, SINGLE_FILE
 from gr00t_export.families.n1_6.load import load_model, open_checkpoint
 from gr00t_export.families.n1_6.model import UNUSED_KEY_PREFIXES
 from gr00t_export.families.n1_6.synthetic import init_n16_tensor, make_checkpoint, weight_shapes
+from gr00t_export.weights import INDEX_FILE, SINGLE_FILE
 
 SEED = 3
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.checkpoint import Checkpoint, load_model, open_checkpoint, torch_dtype
+from gr00t_export.families.n1_5.checkpoint import Checkpoint, load_model, open_checkpoint
 from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, ModalityConfig, embodiment_index, load_modality_config
 from gr00t_export.families.n1_5.metadata import (
     EmbodimentMetadata,
@@ -27,6 +27,7 @@ from gr00t_export.families.n1_5.model import Gr00tN15
 from gr00t_export.families.n1_5.preprocess.state_action import ActionPostprocessor, StatePreprocessor
 from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
 from gr00t_export.families.n1_5.preprocess.video import MultiViewVideo
+from gr00t_export.weights import torch_dtype
 
 Observation = dict[str, np.ndarray]
 

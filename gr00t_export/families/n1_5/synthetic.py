@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import re
 import shutil
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.checkpoint import INDEX_FILE, SINGLE_FILE
 from gr00t_export.families.n1_5.config import Gr00tConfig, checkpoint_config_dict, eagle_config_dict, preset
 from gr00t_export.families.n1_5.embodiments import ModalityConfig, embodiment_index, key_layout, load_modality_config
 from gr00t_export.families.n1_5.metadata import (
@@ -34,12 +27,12 @@ from gr00t_export.families.n1_5.metadata import (
 )
 from gr00t_export.families.n1_5.model import Gr00tN15
 from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
-from gr00t_export.util import atomic_output_dir, file_input, progress_bar
+from gr00t_export.util import atomic_output_dir, file_input
+from gr00t_export.weights import write_weights
 
 SHARD_BYTES = 2 << 30
 EAGLE_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json",
                "chat_template.json", "preprocessor_config.json", "processor_config.json", "generation_config.json")
-EMBEDDINGS = ("embed_tokens.weight", "position_embedding.weight", "future_tokens.weight", ".probe")
 
 
 def _vision_pooling_head(cfg: Gr00tConfig) -> dict[str, tuple[int, ...]]:
@@ -60,70 +53,9 @@ def weight_shapes(cfg: Gr00tConfig) -> dict[str, tuple[int, ...]]:
     return shapes | _vision_pooling_head(cfg)
 
 
-def init_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Deterministic per (seed, name): fan-in scaled weights, near-one norm scales, small biases."""
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
-    noise = torch.randn(shape, generator=gen)
-    is_norm = len(shape) == 1 and any(t in name for t in ("norm", "vlln.weight")) and name.endswith("weight")
-    if is_norm:
-        return 1.0 + 0.05 * noise
-    if len(shape) == 1 or name.endswith(".b") or "bias" in name:
-        return 0.02 * noise
-    if name.endswith(EMBEDDINGS):
-        return 0.02 * noise
-    # Linear (out, in) / conv (out, in, k, k): fan-in = prod(shape[1:]); category W (cat, in, out): shape[1]
-    fan_in = shape[1] if name.endswith(".W") else int(np.prod(shape[1:]))
-    return noise / fan_in**0.5
-
-
-def _plan_shards(shapes: dict[str, tuple[int, ...]], itemsize: int, limit: int) -> list[list[str]]:
-    shards, current, size = [], [], 0
-    for name, shape in shapes.items():
-        nbytes = int(np.prod(shape)) * itemsize
-        if current and size + nbytes > limit:
-            shards.append(current)
-            current, size = [], 0
-        current.append(name)
-        size += nbytes
-    return shards + [current] if current else shards
-
-
 def _write_weights(out: Path, cfg: Gr00tConfig, seed: int, dtype: torch.dtype, shard_bytes: int | None,
                    show_progress: bool) -> int:
     return write_weights(out, weight_shapes(cfg), seed, dtype, shard_bytes, show_progress)
-
-
-def write_weights(out: Path, shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype,
-                  shard_bytes: int | None, show_progress: bool,
-                  init: Callable[[str, tuple[int, ...], int], torch.Tensor] | None = None) -> int:
-    """Seeded tensors of `shapes` (`init`, default `init_tensor`) as model.safetensors, or as shards of at most
-    `shard_bytes` with model.safetensors.index.json; returns the parameter count."""
-    init = init or init_tensor
-    itemsize = torch.tensor([], dtype=dtype).element_size()
-    shards = _plan_shards(shapes, itemsize, shard_bytes) if shard_bytes else [list(shapes)]
-    total = sum(int(np.prod(s)) for s in shapes.values())
-    weight_map: dict[str, str] = {}
-    with progress_bar("generating weights", total=total, enabled=show_progress) as advance:
-        for i, names in enumerate(shards):
-            fname = SINGLE_FILE if len(shards) == 1 and not shard_bytes else \
-                f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            tensors = {}
-            for name in names:
-                tensors[name] = init(name, shapes[name], seed).to(dtype)
-                advance(int(np.prod(shapes[name])))
-            try:
-                save_file(tensors, str(out / fname), metadata={"format": "pt"})
-            except SafetensorError as err:  # the Rust writer reports a full disk as "... (os error 28)"
-                code = re.search(r"os error (\d+)", str(err))
-                if code is None:
-                    raise
-                raise OSError(int(code[1]), os.strerror(int(code[1])), str(out / fname)) from None
-            weight_map |= dict.fromkeys(names, fname)
-            del tensors
-    if shard_bytes:
-        index = {"metadata": {"total_size": total * itemsize}, "weight_map": weight_map}
-        (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    return total
 
 
 def synthetic_metadata(cfg: ModalityConfig, seed: int, resolutions: dict[str, tuple[int, int]] | None = None

@@ -8,18 +8,16 @@ pooling head, the tied `lm_head`).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.checkpoint import LoadReport, assign_weights, check_keys, find_weights
 from gr00t_export.families.n1_6.config import Gr00tN16Config, read_config
 from gr00t_export.families.n1_6.model import UNUSED_KEY_PREFIXES, Gr00tN16
 from gr00t_export.families.n1_6.processor_files import EMBODIMENT_ID_FILE, PROCESSOR_CONFIG_FILE, STATISTICS_FILE
-from gr00t_export.util import sha256_file
+from gr00t_export.weights import LoadReport, find_weights, fingerprint, load_strict
 
 EAGLE_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 EAGLE_HINT = "pass --eagle_path: Isaac-GR00T's gr00t/model/modules/nvidia/Eagle-Block2A-2B-v2 dir"
@@ -52,11 +50,8 @@ class Checkpoint:
 
     def fingerprint(self) -> str:
         """sha256 over config.json, the processor files and every weight file: the exact source of an export."""
-        digest = hashlib.sha256()
         extra = [p for p in (self.processor_config_path, self.statistics_path, self.embodiment_id_path) if p.is_file()]
-        for f in [self.path / "config.json", *extra, *self.weight_files]:
-            digest.update(f"{f.name}:{sha256_file(f)}".encode())
-        return digest.hexdigest()
+        return fingerprint([self.path / "config.json", *extra, *self.weight_files])
 
 
 def open_checkpoint(model_path: str | Path, eagle_path: str | Path | None = None) -> Checkpoint:
@@ -88,6 +83,4 @@ def build_on_meta(cfg: Gr00tN16Config) -> Gr00tN16:
 def load_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
                ) -> tuple[Gr00tN16, LoadReport]:
     """Strictly checked load: one InputError naming missing / unexpected / mis-shaped keys or a bad shard."""
-    model = build_on_meta(ckpt.config)
-    report = check_keys(model, ckpt, UNUSED_KEY_PREFIXES)
-    return assign_weights(model, ckpt.weight_map, dtype, device), report
+    return load_strict(build_on_meta(ckpt.config), ckpt.path, ckpt.weight_map, dtype, device, UNUSED_KEY_PREFIXES)

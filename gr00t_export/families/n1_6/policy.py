@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.checkpoint import torch_dtype
 from gr00t_export.families.n1_6.config import Gr00tN16Config
 from gr00t_export.families.n1_6.load import load_model, open_checkpoint
 from gr00t_export.families.n1_6.model import Gr00tN16
@@ -33,6 +32,7 @@ from gr00t_export.families.n1_6.processor_files import (
 from gr00t_export.families.n1_6.state_action import ActionDecoder, StateEncoder
 from gr00t_export.families.n1_6.tokenizer import N16Tokenizer
 from gr00t_export.families.n1_6.video import VideoPreprocessor
+from gr00t_export.weights import torch_dtype
 
 LANGUAGE_FALLBACK_KEYS = ("task", "annotation.human.coarse_action")
 

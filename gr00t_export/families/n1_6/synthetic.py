@@ -19,7 +19,7 @@ import torch
 
 from gr00t_export.errors import InputError
 from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
-from gr00t_export.families.n1_5.synthetic import EAGLE_FILES, init_tensor, write_weights
+from gr00t_export.families.n1_5.synthetic import EAGLE_FILES
 from gr00t_export.families.n1_6.config import Gr00tN16Config, checkpoint_config_dict, eagle_config_dict, preset
 from gr00t_export.families.n1_6.load import build_on_meta
 from gr00t_export.families.n1_6.model import unused_key_shapes
@@ -41,6 +41,7 @@ from gr00t_export.families.n1_6.processor_files import (
     write_json,
 )
 from gr00t_export.util import atomic_output_dir
+from gr00t_export.weights import init_tensor, write_weights
 
 SHARD_BYTES = 5 * 10**9  # Hugging Face's default max_shard_size "5GB": the 3B release is 4.99 GB + 1.58 GB
 GR1_VIDEO_KEY = "ego_view_bg_crop_pad_res256_freq20"

@@ -19,8 +19,8 @@ import torch
 
 from gr00t_export.compare import compare_outputs, worst
 from gr00t_export.errors import ValidationFailure
+from gr00t_export.families.base import RawInputs
 from gr00t_export.families.n1_5.model.layers import onnxruntime_kernels
-from gr00t_export.families.n1_5.policy import RawInputs
 from gr00t_export.pipeline.optimize import OptimizeReport, consolidate, optimize
 from gr00t_export.runtime.runner import OnnxStageRunner, TorchStageRunner, ort_providers, run_pipeline
 from gr00t_export.spec import Partition, StageSpec

@@ -68,6 +68,9 @@ def open_checkpoint(model_path: str | Path, eagle_path: str | Path | None = None
 
 def load_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
                ) -> tuple[Gr00tN15, LoadReport]:
+    """Strictly checked load (one InputError naming every bad key), then the RoPE tables where the weights are."""
     with torch.device("meta"):
         model = Gr00tN15(ckpt.config)
-    return load_strict(model, ckpt.path, ckpt.weight_map, dtype, device, UNUSED_KEY_PREFIXES)
+    model, report = load_strict(model, ckpt.path, ckpt.weight_map, dtype, device, UNUSED_KEY_PREFIXES)
+    model.setup_caches()
+    return model, report

@@ -8,7 +8,9 @@ cross-attention blocks alternate between the non-image and the image tokens of t
 
 The Euler sampler takes its initial noise as an input and uses one timestep for the whole batch, so the
 timestep embedding and every AdaLN scale/shift derived from it fold to constants at export (as in N1.5).
-Qwen3 layers, the DiT blocks, the timestep encoder and the category-specific layers are N1.5's modules.
+Qwen3, the SigLIP encoder, the DiT blocks, the timestep encoder and the category-specific layers are the shared
+blocks of `gr00t_export.nn`. Modules are named for what they are; `CHECKPOINT_NAMES` maps the checkpoint's names
+onto them at load.
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gr00t_export.families.n1_5.model.action_head import CategorySpecificMLP, MultiEmbodimentActionEncoder
-from gr00t_export.families.n1_5.model.dit import Attention, TimestepEncoder, TransformerBlock
-from gr00t_export.families.n1_5.model.language import Qwen3ForCausalLM
-from gr00t_export.families.n1_5.model.layers import attention
 from gr00t_export.families.n1_6.config import ActionHeadConfig, AlternateVLDiTConfig, Gr00tN16Config
 from gr00t_export.families.n1_6.vision import POOLING_HEAD_PREFIX, Siglip2VisionModel
+from gr00t_export.nn.dit import DIFFUSERS_NAMES, TimestepEncoder, TransformerBlock, modulated_output_norm
+from gr00t_export.nn.embodiment import CategorySpecificMLP, MultiEmbodimentActionEncoder
+from gr00t_export.nn.qwen3 import Qwen3Model
+from gr00t_export.weights import CheckpointNames
 
 VISION_PREFIX = "backbone.model.vision_model.vision_model."
 # Keys a real checkpoint carries that N1.6 never reads: the vision pooling head and the tied lm_head.
 UNUSED_KEY_PREFIXES = (VISION_PREFIX + POOLING_HEAD_PREFIX, "backbone.model.language_model.lm_head.")
+CHECKPOINT_NAMES = CheckpointNames((
+    ("model.vision_model.vision_model", "model.vision_model"),  # transformers' vision-model wrapper level
+    ("model.language_model.model", "model.language_model"),  # Qwen3ForCausalLM level (lm_head unused)
+    ("model.mlp1.0", "model.mlp1.norm"), ("model.mlp1.1", "model.mlp1.fc1"),  # an nn.Sequential: LN, Linear, GELU,
+    ("model.mlp1.3", "model.mlp1.fc2"),  # Linear
+    *DIFFUSERS_NAMES,
+))
 
 
 # --- backbone --------------------------------------------------------------------------------------
@@ -50,6 +59,19 @@ def scatter_image_tokens(embeds: Tensor, input_ids: Tensor, image_token_index: i
     return torch.where(is_image[:, None], scattered, flat).reshape(embeds.shape)
 
 
+class VisionConnector(nn.Module):
+    """`mlp1`: LayerNorm -> Linear -> GELU (erf, as NVIDIA's) -> Linear, from unshuffled patches to the LLM width."""
+
+    def __init__(self, merged: int, llm: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(merged, eps=1e-5)
+        self.fc1 = nn.Linear(merged, llm)
+        self.fc2 = nn.Linear(llm, llm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
 class Eagle3VLModel(nn.Module):
     """`backbone.model`: vision tower, connector, LLM."""
 
@@ -60,12 +82,8 @@ class Eagle3VLModel(nn.Module):
         self.unshuffle = cfg.unshuffle_factor
         self.patch_size = cfg.vision.patch_size
         self.vision_model = Siglip2VisionModel(cfg.vision)
-        merged = cfg.vision.hidden_size * self.unshuffle**2
-        llm = cfg.text.hidden_size
-        # nn.GELU() is the erf GELU, as in NVIDIA's connector
-        self.mlp1 = nn.Sequential(nn.LayerNorm(merged, eps=1e-5), nn.Linear(merged, llm), nn.GELU(),
-                                  nn.Linear(llm, llm))
-        self.language_model = Qwen3ForCausalLM(cfg.text, cfg.select_layer)
+        self.mlp1 = VisionConnector(cfg.vision.hidden_size * self.unshuffle**2, cfg.text.hidden_size)
+        self.language_model = Qwen3Model(cfg.text, cfg.select_layer)
 
     def image_tokens(self, pixel_values: Tensor) -> Tensor:
         """(N, 3, H, W) in [-1, 1] -> (N, H/28 * W/28, llm_hidden): each image attends only to itself."""
@@ -75,9 +93,9 @@ class Eagle3VLModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, image_tokens: Tensor) -> Tensor:
         """input_ids/attention_mask (B, L), image_tokens (M, llm_hidden) in prompt order -> features (B, L, llm)."""
-        embeds = self.language_model.model.embed_tokens(input_ids)
+        embeds = self.language_model.embed_tokens(input_ids)
         embeds = scatter_image_tokens(embeds, input_ids, self.image_token_index, image_tokens)
-        return self.language_model.model(embeds, attention_mask)
+        return self.language_model(embeds, attention_mask)
 
 
 class EagleBackbone(nn.Module):
@@ -106,25 +124,6 @@ def cross_attention_biases(image_mask: Tensor, attention_mask: Tensor, dtype: to
     return key_bias(valid & ~image, dtype), key_bias(valid & image, dtype)
 
 
-class MaskedAttention(Attention):
-    """N1.5's biased diffusers-style attention, with an additive key mask."""
-
-    def forward(self, x: Tensor, context: Tensor, bias: Tensor) -> Tensor:
-        return self.to_out[0](attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, bias))
-
-
-class MaskedCrossAttentionBlock(TransformerBlock):
-    """An AdaLN block whose cross-attention sees only the keys its mask keeps."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int, kv_dim: int):
-        super().__init__(dim, heads, head_dim, kv_dim, ada_norm=True)
-        self.attn1 = MaskedAttention(dim, heads, head_dim, kv_dim)
-
-    def forward(self, x: Tensor, context: Tensor, temb: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        x = x + self.attn1(self.norm1(x, temb), context, bias)
-        return x + self.ff(self.norm3(x))
-
-
 class AlternateVLDiT(nn.Module):
     """`action_head.model`: even blocks cross-attend (idx % 4 == 0: non-image tokens, else image tokens), odd
     blocks self-attend over the state + action tokens; AdaLN output layer."""
@@ -137,9 +136,8 @@ class AlternateVLDiT(nn.Module):
         self.text = [cfg.attends_text(i) for i in range(cfg.num_layers)]
         self.timestep_encoder = TimestepEncoder(d)
         self.transformer_blocks = nn.ModuleList(
-            MaskedCrossAttentionBlock(d, cfg.num_attention_heads, cfg.attention_head_dim, cfg.cross_attention_dim)
-            if self.cross[i] else
-            TransformerBlock(d, cfg.num_attention_heads, cfg.attention_head_dim, None, ada_norm=True)
+            TransformerBlock(d, cfg.num_attention_heads, cfg.attention_head_dim,
+                             cfg.cross_attention_dim if self.cross[i] else None, ada_norm=True)
             for i in range(cfg.num_layers)
         )
         self.proj_out_1 = nn.Linear(d, 2 * d)
@@ -156,8 +154,7 @@ class AlternateVLDiT(nn.Module):
                 x = block(x, vl_embs, temb, text_bias if self.text[i] else image_bias)
             else:
                 x = block(x, None, temb)
-        shift, scale = self.proj_out_1(F.silu(temb[0])).chunk(2)  # (shift, scale) here, unlike AdaLayerNorm
-        return self.proj_out_2(F.layer_norm(x, (self.dim,), 1 + scale, shift, 1e-6))
+        return self.proj_out_2(modulated_output_norm(x, temb, self.proj_out_1, self.dim))
 
 
 class Gr00tN16ActionHead(nn.Module):
@@ -211,6 +208,11 @@ class Gr00tN16(nn.Module):
         self.cfg = cfg
         self.backbone = EagleBackbone(cfg)
         self.action_head = Gr00tN16ActionHead(cfg.action_head)
+        CHECKPOINT_NAMES.attach(self)
+
+    def setup_caches(self) -> None:
+        """Recomputes the tables outside the state dict (RoPE), e.g. after weights were assigned on the meta device."""
+        self.backbone.model.language_model.setup_caches()
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, state: Tensor,
                 embodiment_id: Tensor, init_actions: Tensor) -> Tensor:

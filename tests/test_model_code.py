@@ -273,3 +273,27 @@ if __name__ == "__main__" and sys.argv[1:] == ["WRITE_GOLDEN"]:
     GOLDEN.parent.mkdir(exist_ok=True)
     np.savez(GOLDEN, **preds)
     print({k: (v.shape, float(np.abs(v).max())) for k, v in preds.items()})
+
+
+def test_cross_attention_keys_and_values_are_projected_once_per_call():
+    """The VL tokens do not change across Euler steps: each cross block projects them once per sampler call, so the
+    exported graph holds one k/v projection per block whatever the step count (not left to a runtime's CSE)."""
+    from gr00t_export.families.n1_5.model import FlowmatchingActionHead
+
+    torch.manual_seed(0)
+    cfg = n15_preset("tiny").action_head
+    head = FlowmatchingActionHead(cfg).eval()
+    calls: dict[str, int] = {}
+    for i, block in enumerate(head.model.transformer_blocks):
+        for name in ("k_proj", "q_proj"):
+            layer = getattr(block.attn1, name)
+            layer.register_forward_hook(lambda *_, key=f"{i}.{name}": calls.__setitem__(key, calls.get(key, 0) + 1))
+    b, length = 2, 7
+    with torch.no_grad():
+        head.get_action(torch.randn(b, length, cfg.backbone_embedding_dim), torch.randn(b, 1, cfg.max_state_dim),
+                        torch.tensor([3, 5]), torch.randn(b, cfg.action_horizon, cfg.action_dim))
+    steps = cfg.num_inference_timesteps
+    assert steps > 1
+    for i in range(len(head.model.transformer_blocks)):
+        assert calls[f"{i}.q_proj"] == steps  # the queries change every step
+        assert calls[f"{i}.k_proj"] == (1 if head.model.is_cross(i) else steps), i

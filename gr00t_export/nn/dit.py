@@ -73,9 +73,10 @@ class TransformerBlock(nn.Module):
         self.ff = GeluMLP(dim, 4 * dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None, temb: Tensor | None = None,
-                mask: Tensor | None = None) -> Tensor:
+                mask: Tensor | None = None, kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """`kv`: the cross-attention's keys and values, projected once for every call on the same context."""
         h = self.norm1(x, temb) if self.ada_norm else self.norm1(x)
-        x = x + self.attn1(h, context, mask)
+        x = x + self.attn1(h, context, mask, kv)
         return x + self.ff(self.norm3(x))
 
 

@@ -73,9 +73,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(kv_dim, inner)
         self.out_proj = nn.Linear(inner, dim)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        context = x if context is None else context
-        return self.out_proj(attention(self.q_proj(x), self.k_proj(context), self.v_proj(context), self.heads, mask))
+    def kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of a context that several calls attend to (the DiT's VL tokens, every Euler step)."""
+        return self.k_proj(context), self.v_proj(context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """`kv`: keys and values already projected (`kv(context)`), instead of `context`."""
+        k, v = kv if kv is not None else self.kv(x if context is None else context)
+        return self.out_proj(attention(self.q_proj(x), k, v, self.heads, mask))
 
 
 class GeluMLP(nn.Module):

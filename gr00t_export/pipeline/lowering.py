@@ -90,14 +90,20 @@ class FusedAttention(nn.Module):
         self.heads = base.heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = base.q_proj, base.k_proj, base.v_proj, base.out_proj
 
-    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        context = x if context is None else context
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if mask is not None:
             mask = mask.expand(-1, -1, x.shape[1], -1)
+        if kv is not None:  # keys and values projected (biases included) once for several calls
+            return self.out_proj(MultiHeadAttentionOp.apply(self.q_proj(x), *kv, None, mask, self.heads))
+        context = x if context is None else context
         qkv_bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         out = MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), F.linear(context, self.k_proj.weight),
                                          F.linear(context, self.v_proj.weight), qkv_bias, mask, self.heads)
         return self.out_proj(out)
+
+    def kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        return self.k_proj(context), self.v_proj(context)
 
 
 class FusedQwen3Attention(nn.Module):

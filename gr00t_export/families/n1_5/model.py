@@ -139,14 +139,22 @@ class DiT(nn.Module):
         self.proj_out_1 = nn.Linear(d, 2 * d)
         self.proj_out_2 = nn.Linear(d, cfg.output_dim)
 
-    def forward(self, sa_embs: Tensor, vl_embs: Tensor, timesteps: Tensor) -> Tensor:
-        # sa_embs (B, 49, inner), vl_embs (B, L, backbone), timesteps (1,): the sampler's one timestep for the
+    def is_cross(self, i: int) -> bool:
+        return not (self.interleave and i % 2 == 1)
+
+    def cross_kv(self, vl_embs: Tensor) -> list[tuple[Tensor, Tensor] | None]:
+        """Keys and values of the VL tokens for every cross-attention block: the same at every Euler step, so the
+        sampler computes them once per call."""
+        return [block.attn1.kv(vl_embs) if self.is_cross(i) else None
+                for i, block in enumerate(self.transformer_blocks)]
+
+    def forward(self, sa_embs: Tensor, context_kv: list[tuple[Tensor, Tensor] | None], timesteps: Tensor) -> Tensor:
+        # sa_embs (B, 49, inner), context_kv from `cross_kv`, timesteps (1,): the sampler's one timestep for the
         # whole batch -> (B, 49, output_dim)
         temb = self.timestep_encoder(timesteps)
         x = sa_embs
-        for i, block in enumerate(self.transformer_blocks):
-            context = None if (self.interleave and i % 2 == 1) else vl_embs
-            x = block(x, context, temb)
+        for block, kv in zip(self.transformer_blocks, context_kv, strict=True):
+            x = block(x, temb=temb, kv=kv)
         return self.proj_out_2(modulated_output_norm(x, temb, self.proj_out_1, self.dim))
 
 
@@ -176,7 +184,7 @@ class FlowmatchingActionHead(nn.Module):
         # (B, L, backbone) -> vl_embs (B, L, backbone): the DiT's cross-attention keys/values
         return self.vl_self_attention(self.vlln(backbone_features))
 
-    def velocity(self, vl_embs: Tensor, state_features: Tensor, actions: Tensor, timesteps: Tensor,
+    def velocity(self, context_kv: list, state_features: Tensor, actions: Tensor, timesteps: Tensor,
                  embodiment_id: Tensor) -> Tensor:
         """One DiT evaluation: (B, 16, action_dim) noisy actions at `timesteps` (1,) -> predicted velocity."""
         action_features = self.action_encoder(actions, timesteps, embodiment_id)
@@ -184,7 +192,7 @@ class FlowmatchingActionHead(nn.Module):
             action_features = action_features + self.position_embedding.weight[: actions.shape[1]].unsqueeze(0)
         future = self.future_tokens.weight.unsqueeze(0).expand(actions.shape[0], -1, -1)
         sa_embs = torch.cat([state_features, future.to(state_features.dtype), action_features], dim=1)
-        pred = self.action_decoder(self.model(sa_embs, vl_embs, timesteps), embodiment_id)
+        pred = self.action_decoder(self.model(sa_embs, context_kv, timesteps), embodiment_id)
         return pred[:, -actions.shape[1]:]
 
     def get_action(self, backbone_features: Tensor, state: Tensor, embodiment_id: Tensor,
@@ -192,6 +200,7 @@ class FlowmatchingActionHead(nn.Module):
         """Euler integration from the supplied noise; returns normalised action_pred (B, 16, action_dim)."""
         # backbone_features (B, L, backbone), state (B, 1, 64), embodiment_id (B,) int64, init_actions (B, 16, 32)
         vl_embs = self.encode_context(backbone_features)
+        context_kv = self.model.cross_kv(vl_embs)  # once per call, not once per Euler step
         state_features = self.state_encoder(state.to(vl_embs.dtype), embodiment_id)
         actions = init_actions.to(vl_embs.dtype)
         steps = self.cfg.num_inference_timesteps
@@ -200,7 +209,7 @@ class FlowmatchingActionHead(nn.Module):
             # one timestep for the whole batch, broadcast: it does not depend on the inputs, so the exporter folds
             # the step's timestep embedding and every AdaLN scale/shift derived from it into constants
             timesteps = torch.full((1,), t, dtype=torch.long, device=actions.device)
-            actions = actions + dt * self.velocity(vl_embs, state_features, actions, timesteps, embodiment_id)
+            actions = actions + dt * self.velocity(context_kv, state_features, actions, timesteps, embodiment_id)
         return actions
 
 

@@ -31,6 +31,7 @@ from gr00t_export.families.n1_6.partition import (
 from gr00t_export.families.n1_6.policy import ReferencePolicy, Transforms
 from gr00t_export.families.n1_6.processor_files import read_embodiment_ids, read_statistics
 from gr00t_export.families.n1_6.synthetic import make_checkpoint
+from gr00t_export.families.n1_6.tokenizer import N16Tokenizer
 from gr00t_export.families.n1_6.tokenizer_script import ScriptableN16Tokenizer, check_against_python, export_tokenizer
 from gr00t_export.pipeline.export import export_partition, export_torchscript, trace_feeds
 from gr00t_export.runtime.runner import OnnxStageRunner, TorchStageRunner, run_pipeline
@@ -330,6 +331,11 @@ def test_tokenizer_artifact_is_exact(exported, policy: ReferencePolicy, golden, 
     want_ids, want_mask = tokenizer.encode(instructions[:60], [81, 81])
     np.testing.assert_array_equal(two(instructions[:60])[0].numpy(), want_ids)
     np.testing.assert_array_equal(two(instructions[:60])[1].numpy(), want_mask)
+    # a processor with formalize_language false: the instruction goes in as it is
+    raw_tokenizer = N16Tokenizer(tokenizer.eagle, formalize=False)
+    verbatim = torch.jit.script(ScriptableN16Tokenizer(raw_tokenizer, [81]))
+    check_against_python(verbatim, raw_tokenizer, instructions[:80])
+    assert not torch.equal(verbatim(["Pick it!"])[0], artifact(["Pick it!"])[0])
 
 
 def test_tokenizer_artifact_matches_transformers(exported, policy: ReferencePolicy):

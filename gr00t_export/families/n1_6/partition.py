@@ -10,7 +10,8 @@ as the PyTorch twins of the artifacts.
 - `llm`: token embedding, the image-token scatter, the kept Qwen3 layers and the final norm.
 - `denoising_subgraph`: `vlln`, the two cross-attention key masks (from input_ids / attention_mask), the state
   encoder, then the Euler steps over the AlternateVLDiT unrolled on shared weights; the timesteps are the same for
-  every sample, so the exporter folds their embeddings and every AdaLN modulation into constants.
+  every sample, so their embeddings and every AdaLN modulation are computed here once and enter the graph as a
+  constant table.
 - `postprocess`: un-normalised actions, relative keys made absolute against the raw state, one output per key.
 """
 
@@ -162,18 +163,24 @@ class LLMStage(nn.Module):
 
 
 class DenoisingStage(nn.Module):
-    """vlln, masks and state encoder once, then the Euler steps unrolled over shared weights -> action_pred."""
+    """vlln, masks and state encoder once, then the Euler steps unrolled over shared weights -> action_pred.
+
+    The AdaLN modulations of every step (`Gr00tN16ActionHead.conditioning`) depend on the weights only: they are
+    computed here once and enter the graph as a constant table, so neither the timestep MLP nor any AdaLN projection
+    is in the exported graph, however large it is (no optimiser pass needed)."""
 
     def __init__(self, model: Gr00tN16):
         super().__init__()
         self.action_head = model.action_head
         self.image_token_index = model.cfg.image_token_index
+        with torch.no_grad():
+            self.register_buffer("conditioning", model.action_head.conditioning(), persistent=False)
 
     def forward(self, backbone_features: Tensor, backbone_attention_mask: Tensor, input_ids: Tensor, state: Tensor,
                 embodiment_id: Tensor, init_actions: Tensor) -> Tensor:
         image_mask = input_ids == self.image_token_index
         return self.action_head.get_action(backbone_features, backbone_attention_mask, image_mask, state,
-                                           embodiment_id, init_actions)
+                                           embodiment_id, init_actions, self.conditioning)
 
 
 class PostprocessStage(nn.Module):

@@ -126,10 +126,10 @@ def main() -> None:
             log(f"{stage}: fp16 {s16:.0f} MiB, fp8 {s8:.0f} MiB ({s8 / s16 if s16 else float('nan'):.3f}x)")
         save()
     if "fp8" in steps and args.eval is not None:
-        from gr00t_export.families.n1_5.policy import ReferencePolicy
+        from gr00t_export.families import open_reference
         from gr00t_export.runtime.runner import ExportedGr00tRunner
 
-        ref = ReferencePolicy.from_checkpoint(ckpt, dtype="fp32", device=dev)
+        ref = open_reference(ckpt, dtype="fp32", device=dev)
         drift: dict[str, list[float]] = {}
         for label, artifacts in (("fp16", b16), ("fp8", b8)):
             exported = ExportedGr00tRunner(artifacts, device=dev)
@@ -149,7 +149,8 @@ def main() -> None:
         save()
     if "trt" in steps:
         from gr00t_export.errors import InputError
-        from gr00t_export.pipeline.engines import check_engine_build, import_tensorrt
+        from gr00t_export.pipeline.engines import check_engine_build
+        from gr00t_export.runtime.tensorrt import import_tensorrt
 
         try:
             import_tensorrt("tensorrt,tensorrt_rtx_bindings")
@@ -180,12 +181,12 @@ def main() -> None:
         log(f"aoti compile: {failed.note if failed else 'ok'} in {report['aoti_compile_s']:.1f} s")
         save()
     if "parity" in steps:
-        from gr00t_export.families.n1_5.policy import ReferencePolicy
-        from gr00t_export.pipeline.build import example_observation
+        from gr00t_export.families import open_reference
+        from gr00t_export.families.n1_5.family import example_observation
         from gr00t_export.runtime.runner import ExportedGr00tRunner
 
-        ref = ReferencePolicy.from_checkpoint(ckpt, dtype="fp32", device=dev)
-        o = obs or example_observation(ref.spec.modality, ref.spec.metadata, None)
+        ref = open_reference(ckpt, dtype="fp32", device=dev)
+        o = obs or example_observation(ref.transforms.modality, ref.transforms.metadata, None)
         a = ref.get_action(o, seed=7)
         report["prompt_tokens"] = int(ref.transforms(o).input_ids.shape[1])
         for label, artifacts in (("parity_fp16_vs_fp32", b16), ("parity_fp16_ortops_vs_fp32", b16o)):
@@ -201,8 +202,9 @@ def main() -> None:
         save()
     if "bench" in steps:
         from gr00t_export.families.n1_5.checkpoint import open_checkpoint
+        from gr00t_export.families.n1_5.floor import floor_analysis
         from gr00t_export.spec import load_graph_spec
-        from gr00t_export.tools.bench import floor_analysis, fusion_report, kernel_rows, table_rows
+        from gr00t_export.tools.bench import fusion_report, kernel_rows, table_rows
 
         backends = [b for b in args.backends.split(",") if dev.startswith("cuda") or b != "ort-cudagraph"]
         run = dict(iters=args.iters, warmup=args.warmup, device=dev, log=log, observation=obs, profile=True)

@@ -31,7 +31,7 @@ from rich.table import Table
 
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.data.synthetic import make_dataset
-from gr00t_export.families.n1_5.policy import ReferencePolicy
+from gr00t_export.families import open_reference
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.serve import CURRENT, N15, Client, PolicyClient, PolicyServer, current_actions, to_current_observation
 
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         ckpt = args.model_path or make_checkpoint(Path(tmp) / "ckpt", "tiny", seed=0, show_progress=False)
-        policy = ReferencePolicy.from_checkpoint(ckpt)
-        cfg = policy.spec.modality
+        policy = open_reference(ckpt)
+        cfg = policy.transforms.modality
         make_dataset(Path(tmp) / "ds", cfg, num_episodes=1, episode_length=POOL + args.batch,
                      image_size=args.image_size)
         dataset = LeRobotDataset(Path(tmp) / "ds")

@@ -126,13 +126,15 @@ def make_checkpoint_cmd(
                                                     "Eagle dir instead of training a tiny BPE.")] = None,
     force: Annotated[bool, typer.Option(help="Replace a non-empty OUT.")] = False,
 ):
-    """Generate a checkpoint with random weights in the exact GR00T N1.5 layout."""
+    """Generate a checkpoint with random weights in the exact layout of the preset's model family."""
     import time
 
-    from gr00t_export.families.n1_5.synthetic import make_checkpoint
+    from gr00t_export.families import family_for_preset
 
     start = time.perf_counter()
-    path = make_checkpoint(out, preset, seed, embodiment, modality_config, dataset_path, eagle_path, force)
+    path = family_for_preset(preset).make_checkpoint(out, preset, seed, embodiment=embodiment,
+                                                      modality_config=modality_config, dataset_path=dataset_path,
+                                                      eagle_path=eagle_path, force=force)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     console.print(f"[green]wrote[/] {path} ({size / 2**20:.1f} MiB, preset {preset}, "
                   f"{time.perf_counter() - start:.1f} s)")
@@ -158,10 +160,10 @@ def write_dataset(out: Path, modality_config: str, episodes: int = 2, length: in
                   force: bool = False):
     """`make_dataset` into `out`, all or nothing, marked as gr00t-export's (so --force may replace it later)."""
     from gr00t_export.data.synthetic import make_dataset
-    from gr00t_export.families.n1_5.embodiments import load_modality_config
+    from gr00t_export.families import data_config
     from gr00t_export.util import atomic_output_dir, file_input
 
-    cfg = load_modality_config(modality_config)
+    cfg = data_config(modality_config)
     inputs = {"--modality_config": file_input(modality_config)}
     with atomic_output_dir(out, force=force, inputs=inputs, kind="dataset") as tmp:
         make_dataset(tmp / "dataset", cfg, num_episodes=episodes, episode_length=length, seed=seed)
@@ -249,17 +251,18 @@ def predict(
         check_denoising_steps(artifacts, denoising_steps)
         policy = ExportedGr00tRunner(artifacts, device=device)
     elif model_path is not None:
-        from gr00t_export.families.n1_5.policy import ReferencePolicy
+        from gr00t_export.families import open_reference
 
-        policy = ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config,
-                                                 dtype, device, denoising_steps)
+        policy = open_reference(model_path, eagle_path, embodiment_tag=embodiment_tag,
+                                modality_config=modality_config, dtype=dtype, device=device,
+                                denoising_steps=denoising_steps)
     else:
         raise InputError("no policy given: pass --model_path CKPT (reference) or --artifacts DIR (exported)")
-    observation = load_observation(obs, dataset_path, episode, step, policy.spec.modality)
+    observation = load_observation(obs, dataset_path, episode, step, policy.interface)
     actions = policy.get_action(observation, noise=load_noise(noise), seed=seed)
     print_actions(actions, out, out_inputs)
     if artifacts is None:
-        note_chosen_config(modality_config, policy.spec.modality.name)
+        note_chosen_config(modality_config, policy.interface.name)
 
 
 def print_actions(actions: dict, out: Path | None = None, inputs: dict | None = None, title: str = "actions") -> None:
@@ -312,15 +315,14 @@ def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path
     if dataset_path is not None:
         if backend is not None:
             raise InputError(f"--dataset_path replays recorded actions; --backend {backend} applies to ARTIFACT_DIR")
-        from gr00t_export.families.n1_5.embodiments import load_modality_config
-        from gr00t_export.families.n1_5.metadata import metadata_from_lerobot_stats
-        from gr00t_export.families.n1_5.policy import select_data_config
+        from gr00t_export.families import data_config, match_data_config
         from gr00t_export.serve.replay import ReplayPolicy
 
         if modality_config is None:  # the one built-in config the dataset's modality.json fits, as for checkpoints
-            modality_config = select_data_config(metadata_from_lerobot_stats(dataset_path, None, embodiment_tag))
+            modality_config = match_data_config(dataset_path, embodiment_tag)
             note_chosen_config(None, modality_config)
-        return ReplayPolicy(dataset_path, load_modality_config(modality_config), episode, execution_horizon)
+        keys = data_config(modality_config)
+        return ReplayPolicy(dataset_path, keys, episode, execution_horizon, name=keys.name)
     if execution_horizon is not None:
         raise InputError("--execution_horizon applies to the replay (--dataset_path); a model answers every call")
     if backend not in (None, "ort", "trt", "torch"):
@@ -331,10 +333,10 @@ def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path
     if model_path is not None:
         if backend not in (None, "torch"):
             raise InputError(f"--model_path runs the PyTorch reference; --backend {backend} applies to ARTIFACT_DIR")
-        from gr00t_export.families.n1_5.policy import ReferencePolicy
+        from gr00t_export.families import open_reference
 
-        return ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config, "fp32", device,
-                                               denoising_steps)
+        return open_reference(model_path, eagle_path, embodiment_tag=embodiment_tag, modality_config=modality_config,
+                              device=device, denoising_steps=denoising_steps)
     from gr00t_export.runtime.runner import ExportedGr00tRunner, check_denoising_steps
 
     check_denoising_steps(artifact_dir, denoising_steps)
@@ -400,7 +402,7 @@ def serve(
                           log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
                           modality_config_protocol=modality_config_protocol)
     if model_path is not None:
-        note_chosen_config(modality_config, policy.spec.modality.name)
+        note_chosen_config(modality_config, policy.interface.name)
     server.run()
 
 
@@ -497,22 +499,23 @@ def build(
 ):
     """Export a checkpoint into the deployable stages (TorchScript + ONNX), each checked against PyTorch."""
     from gr00t_export.errors import InputError
-    from gr00t_export.families.n1_5.checkpoint import require_denoising_steps
+    from gr00t_export.families.base import require_denoising_steps
     from gr00t_export.pipeline.build import BuildOptions
     from gr00t_export.pipeline.build import build as run_build
     from gr00t_export.util import step_progress
 
     require_denoising_steps(denoising_steps)  # a usage error before any work, --demo's included
     if demo:
-        from gr00t_export.families.n1_5.synthetic import make_checkpoint
+        from gr00t_export.families import family_for_preset
 
         output = output or Path("out/demo_export")
         root = output.resolve().parent / "demo_inputs"
         model_path, dataset_path = root / "tiny_checkpoint", root / "dataset"
         if not (model_path / "config.json").is_file():
             console.print(f"making the tiny demo checkpoint in {model_path}")
-            make_checkpoint(model_path, "tiny", 0, embodiment_tag, modality_config or "fourier_gr1_arms_only",
-                            force=True, show_progress=False)
+            family_for_preset("tiny").make_checkpoint(model_path, "tiny", 0, embodiment=embodiment_tag,
+                                                      modality_config=modality_config or "fourier_gr1_arms_only",
+                                                      force=True, show_progress=False)
         if not (dataset_path / "meta" / "info.json").is_file():
             console.print(f"making the synthetic demo dataset in {dataset_path}")
             write_dataset(dataset_path, modality_config or "fourier_gr1_arms_only", force=True)

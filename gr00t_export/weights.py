@@ -1,6 +1,7 @@
 """Safetensors checkpoints, whatever the model family: find the weight files, compare their headers strictly with a
 model built on the meta device (one error naming every offender), assign the tensors in place, and write seeded
-checkpoints in the same layout (one file, or shards with an index).
+checkpoints in the same layout (one file, or shards with an index). A family whose module names differ from its
+checkpoint's attaches `CheckpointNames` to its model, so all of this sees checkpoint names.
 
 Weights are read from safetensors only (never unpickled) and memory-mapped, so a 3B checkpoint loads without a
 second copy.
@@ -8,6 +9,7 @@ second copy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +32,44 @@ SINGLE_FILE = "model.safetensors"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 EMBEDDINGS = ("embed_tokens.weight", "position_embedding.weight", "future_tokens.weight", ".probe")
+
+
+@dataclass(frozen=True)
+class CheckpointNames:
+    """How a family's checkpoint names differ from its module names, as (checkpoint, module) pairs of dotted name
+    fragments: `("ff.net.2", "ff.fc2")` renames that fragment wherever it stands as whole name components.
+
+    `attach(model)` absorbs the difference at the model's state-dict boundary (as gpt-fast's load hook absorbs
+    wq/wk/wv): `state_dict()` returns checkpoint names and `load_state_dict()` takes them. So the strict key check,
+    its errors, the in-place assignment and the synthetic-checkpoint writers all speak the names a user's
+    safetensors files hold, while the modules are named for what they are.
+    """
+
+    renames: tuple[tuple[str, str], ...]
+
+    @staticmethod
+    def _rename(key: str, pairs: Iterable[tuple[str, str]]) -> str:
+        for old, new in pairs:
+            key = re.sub(rf"(?:^|(?<=\.)){re.escape(old)}(?=\.)", lambda _, new=new: new, key)
+        return key
+
+    def to_module(self, key: str) -> str:
+        return self._rename(key, self.renames)
+
+    def to_checkpoint(self, key: str) -> str:
+        return self._rename(key, ((new, old) for old, new in reversed(self.renames)))
+
+    def attach(self, model: torch.nn.Module) -> None:
+        model.register_state_dict_post_hook(functools.partial(_rename_keys, self.to_checkpoint))
+        model.register_load_state_dict_pre_hook(functools.partial(_rename_keys, self.to_module))
+
+
+def _rename_keys(rename: Callable[[str], str], module: torch.nn.Module, state: dict, prefix: str, *_) -> None:
+    """A state-dict hook: renames the keys under `prefix` in place, keeping their order (writers iterate it)."""
+    items = list(state.items())
+    state.clear()
+    for key, value in items:
+        state[prefix + rename(key[len(prefix):]) if key.startswith(prefix) else key] = value
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from gr00t_export.families.n1_5.config import preset
+from gr00t_export.families.n1_5.floor import floor_analysis
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.pipeline.build import BuildOptions, build
-from gr00t_export.tools.bench import bench, floor_analysis, table_rows, write_json
+from gr00t_export.tools.bench import bench, table_rows, write_json
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +94,19 @@ def test_aoti_package_of_a_stage_matches_its_twin(tiny_build, tmp_path):
     """The `.pt2` path bench's aoti backend takes, on the tiny vit: compiled, loaded back, same outputs as eager."""
     import torch
 
+    from gr00t_export.families import open_reference
+    from gr00t_export.families.base import make_noise
+    from gr00t_export.families.n1_5.family import example_observation
     from gr00t_export.families.n1_5.partition import partition
-    from gr00t_export.families.n1_5.policy import ReferencePolicy
-    from gr00t_export.pipeline.build import example_observation
     from gr00t_export.pipeline.export import trace_feeds
     from gr00t_export.tools.bench import AotiStageRunner, compile_aoti
 
     ckpt, _ = tiny_build
-    policy = ReferencePolicy.from_checkpoint(ckpt)
+    policy = open_reference(ckpt)
     part = partition(policy.model, policy.transforms, "fp32")
-    raw = policy.transforms.reader(example_observation(policy.spec.modality, policy.spec.metadata, None))
+    raw = policy.transforms.reader(example_observation(policy.transforms.modality, policy.transforms.metadata, None))
     outputs: dict = {}
-    feeds = trace_feeds(part, raw, policy.spec.noise(raw.batch, None, 0), outputs=outputs)
+    feeds = trace_feeds(part, raw, make_noise((raw.batch, *policy.interface.noise_shape), None, 0), outputs=outputs)
     stage = part.spec.stage("vit")
     package = compile_aoti(part.modules["vit"], stage, feeds["vit"], tmp_path / "vit.pt2", torch.device("cpu"))
     got = AotiStageRunner(package, stage, feeds["vit"], torch.device("cpu")).infer(feeds["vit"])

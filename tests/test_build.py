@@ -31,6 +31,7 @@ from gr00t_export.cli import app
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.data.synthetic import make_dataset
 from gr00t_export.errors import ValidationFailure
+from gr00t_export.families import open_reference
 from gr00t_export.families.n1_5.checkpoint import load_model, open_checkpoint
 from gr00t_export.families.n1_5.embodiments import (
     ModalityConfig,
@@ -141,7 +142,7 @@ def runners(builds: dict[str, Path]) -> dict[str, ExportedGr00tRunner]:
 
 @pytest.fixture(scope="module")
 def reference(ckpt: Path) -> ReferencePolicy:
-    return ReferencePolicy.from_checkpoint(ckpt, modality_config=ARMS_ONLY)
+    return open_reference(ckpt, modality_config=ARMS_ONLY)
 
 
 @pytest.fixture(scope="module")
@@ -504,7 +505,8 @@ def test_preprocess_video_artifact_golden_and_exact(runners, golden_vectors: dic
 
 def test_preprocess_state_artifact_reproduces_golden_state(runners, golden_vectors: dict):
     raw = runners["fp32"].reader(_golden_obs(golden_vectors))
-    got = runners["fp32"].stages["preprocess_state_action"].infer({"raw_state": torch.from_numpy(raw.raw_state)})
+    raw_state = torch.from_numpy(raw.external["raw_state"])
+    got = runners["fp32"].stages["preprocess_state_action"].infer({"raw_state": raw_state})
     want = golden_vectors["transformed.state"]
     assert got["state"].dtype == torch.float32 and got["state"].shape == want.shape == (1, 1, 64)
     np.testing.assert_allclose(got["state"].numpy(), want, rtol=0, atol=1e-6)
@@ -566,7 +568,7 @@ def test_two_views_match_reference_and_force_replaced(two_views: dict):
     assert manifest["views"] == 2 and manifest["modality_config"]["video_keys"] == list(modality.video_keys)
     assert manifest["profiles"]["views_2"]["num_images"]["max"] == 2
     runner = ExportedGr00tRunner(out)
-    reference = ReferencePolicy.from_checkpoint(two_views["ckpt"], modality_config=two_views["yaml"])
+    reference = open_reference(two_views["ckpt"], modality_config=two_views["yaml"])
     ds = LeRobotDataset(two_views["dataset"])
     first, second = ds.observation(0, 3, modality), ds.observation(1, 12, modality)
     assert not np.array_equal(first["video.ego_view"], first["video.wrist_view"])  # two real, different views
@@ -681,7 +683,7 @@ def test_build_records_each_step_and_its_time(builds, two_views):
         exports = [f"export {s.name}" for s in result.stages]
         assert exports == [f"export {s.name}" for s in load_graph_spec(graph_spec_path()).stages]
         assert list(result.step_seconds) == ["load checkpoint", "partition", *exports,
-                                             "self-check the tokenizer stage", "manifest", "emit IGG config"], name
+                                             "self-check the artifacts", "manifest", "emit IGG config"], name
         assert all(seconds >= 0 for seconds in result.step_seconds.values()), result.step_seconds
         assert sum(result.step_seconds.values()) <= result.seconds <= outside, (name, result.step_seconds)
         assert result.staging_dir is None and result.output.is_dir()

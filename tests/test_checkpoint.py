@@ -14,10 +14,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from gr00t_export.errors import InputError
+from gr00t_export.families import open_reference
+from gr00t_export.families.base import make_noise
 from gr00t_export.families.n1_5.checkpoint import load_model, open_checkpoint
 from gr00t_export.families.n1_5.config import preset
 from gr00t_export.families.n1_5.model import UNUSED_KEY_PREFIXES
-from gr00t_export.families.n1_5.policy import ReferencePolicy
 from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
 from gr00t_export.families.n1_5.synthetic import make_checkpoint, weight_shapes
 from gr00t_export.weights import INDEX_FILE, SINGLE_FILE, init_tensor
@@ -348,11 +349,11 @@ def _golden_like_obs(seed: int) -> dict[str, np.ndarray]:
 def test_bf16_forward_is_finite_and_close_to_fp32(tiny: Path):
     obs = _golden_like_obs(0)
     noise = np.random.default_rng(1).standard_normal((16, 32)).astype(np.float32)
-    fp32 = ReferencePolicy.from_checkpoint(tiny, dtype="fp32")
-    bf16 = ReferencePolicy.from_checkpoint(tiny, dtype="bf16")
+    fp32 = open_reference(tiny, dtype="fp32")
+    bf16 = open_reference(tiny, dtype="bf16")
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     inputs = bf16.transforms(obs)
-    init = bf16.spec.noise(1, noise, 0)
+    init = make_noise((1, *bf16.interface.noise_shape), noise, 0)
     pred16 = bf16.action_pred(inputs, init)
     pred32 = fp32.action_pred(inputs, init)
     assert pred16.shape == (1, 16, 32) and pred16.dtype == torch.float32

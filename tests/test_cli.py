@@ -26,10 +26,10 @@ from typer.testing import CliRunner
 from gr00t_export import __version__
 from gr00t_export.cli import _serve_policy, app
 from gr00t_export.data.synthetic import make_dataset
+from gr00t_export.families import open_reference
+from gr00t_export.families.base import synthetic_observation
 from gr00t_export.families.n1_5.embodiments import load_modality_config
-from gr00t_export.families.n1_5.policy import ReferencePolicy
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
-from gr00t_export.pipeline.build import example_observation
 from gr00t_export.pipeline.validate import Reporter, validate
 from gr00t_export.runtime.runner import ExportedGr00tRunner
 from gr00t_export.tools.inspect import describe_onnx_file, describe_torchscript_file
@@ -157,11 +157,11 @@ def test_denoising_steps_build_matches_the_reference_at_those_steps(piped_build,
     igg = yaml.safe_load(next((out / "igg").glob("*.yaml")).read_text())
     assert igg["pipeline"]["configs"]["denoising_steps"] == 2  # Isaac Deploy is told the same count
     exported = ExportedGr00tRunner(out)
-    obs = example_observation(exported.spec.modality, exported.spec.metadata, None)
+    obs = synthetic_observation(exported.interface)
     noise = np.random.default_rng(3).standard_normal((16, 32)).astype(np.float32)
     got = exported.get_action(obs, noise=noise)
-    at_two = ReferencePolicy.from_checkpoint(ckpt, denoising_steps=2).get_action(obs, noise=noise)
-    at_four = ReferencePolicy.from_checkpoint(ckpt).get_action(obs, noise=noise)  # the checkpoint's 4
+    at_two = open_reference(ckpt, denoising_steps=2).get_action(obs, noise=noise)
+    at_four = open_reference(ckpt).get_action(obs, noise=noise)  # the checkpoint's 4
     for key in ACTION_KEYS:
         np.testing.assert_allclose(got[key], at_two[key], rtol=0, atol=1e-4, err_msg=key)
     assert max(float(np.abs(got[k] - at_four[k]).max()) for k in ACTION_KEYS) > 1e-2

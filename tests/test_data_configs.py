@@ -20,12 +20,13 @@ from typer.testing import CliRunner
 from gr00t_export.cli import app
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.data.synthetic import make_dataset
+from gr00t_export.families import open_reference
 from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, ModalityConfig, load_modality_config
+from gr00t_export.families.n1_5.interface import action_spans
 from gr00t_export.families.n1_5.metadata import read_metadata
-from gr00t_export.families.n1_5.policy import ReferencePolicy
 from gr00t_export.pipeline.build import BuildOptions, build
 from gr00t_export.pipeline.igg import check_igg_config, load_igg_config
-from gr00t_export.pipeline.validate import consistency_check, joint_spans, load_suite
+from gr00t_export.pipeline.validate import consistency_check, load_suite
 from gr00t_export.runtime.runner import ExportedGr00tRunner
 
 NAMES = list(DATA_CONFIGS)
@@ -66,8 +67,8 @@ def test_data_config_end_to_end(name: str, root: Path):
     case = _make(root, name)
     cfg: ModalityConfig = case["cfg"]
     metadata = read_metadata(case["ckpt"], cfg.embodiment_tag)  # make-checkpoint wrote the config's own tag
-    reference = ReferencePolicy.from_checkpoint(case["ckpt"])  # no tag, no config: both from the metadata
-    assert reference.spec.modality == cfg
+    reference = open_reference(case["ckpt"])  # no tag, no config: both from the metadata
+    assert reference.transforms.modality == cfg
     runners = {p: ExportedGr00tRunner(path) for p, path in case["builds"].items()}
     ds = LeRobotDataset(case["dataset"])
     observations = [ds.observation(e, s, cfg) for e, s in STEPS]
@@ -126,7 +127,7 @@ def test_data_config_end_to_end(name: str, root: Path):
             worst["fp16"] = max(worst["fp16"], float(np.abs(got[key] - want[key]).max()))
     for key in cfg.action_keys:
         if refs[key]:
-            span = joint_spans(cfg, metadata, key)
+            span = np.asarray(action_spans(cfg, metadata)[key])
             check = consistency_check(key, np.stack(refs[key]), np.stack(exps[key]), tuple(map(str, range(len(span)))),
                                       span, limits, "fp16")
             assert check.status == "passed", check.message

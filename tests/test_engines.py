@@ -26,15 +26,14 @@ from gr00t_export.errors import InputError, ValidationFailure
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.pipeline.build import BuildOptions, build
 from gr00t_export.pipeline.engines import (
-    NO_TENSORRT,
     build_engines,
     check_engine_build,
     compare_backends,
     engine_profiles,
-    engines_step,
     write_build_plan,
 )
 from gr00t_export.runtime.runner import ExportedGr00tRunner
+from gr00t_export.runtime.tensorrt import NO_TENSORRT
 from gr00t_export.spec import load_graph_spec
 from gr00t_export.tools.pack import pack
 from gr00t_export.util import sha256_file
@@ -279,9 +278,6 @@ def test_build_engines_without_tensorrt_is_a_clear_input_error(built: Path, tmp_
     assert (root / "engines" / "build_engines.sh").is_file()  # the message's promise holds
     with pytest.raises(InputError, match="TensorRT is not installed"):
         check_engine_build(root / "eagle2" / "vit.onnx", trt_module="tensorrt_not_installed_here")
-    outcome = engines_step(root, "fp16", log=lambda m: None)
-    assert outcome.plan == root / "engines" / "build_engines.sh"
-    assert engines_step(root, "none").plan is None
 
 
 def test_polygraphy_log_goes_to_the_file_only(tmp_path: Path, capsys):
@@ -289,11 +285,11 @@ def test_polygraphy_log_goes_to_the_file_only(tmp_path: Path, capsys):
     collected for the report, and nothing reaches the console; the logger is restored afterwards."""
     from polygraphy.logger import G_LOGGER
 
-    from gr00t_export.pipeline.engines import _polygraphy_log
+    from gr00t_export.runtime.tensorrt import polygraphy_log
 
     log = tmp_path / "engines" / "vit.build.log"
     before = (G_LOGGER.use_python_logging_system, G_LOGGER.colors)
-    with _polygraphy_log(log) as errors:
+    with polygraphy_log(log) as errors:
         G_LOGGER.extra_verbose("[TRT] tactic 0x1 took 1.0 ms")  # TensorRT's VERBOSE level
         G_LOGGER.error("In node 3 (MatMul): unsupported type")
     assert "tactic 0x1" in log.read_text() and "unsupported type" in log.read_text()
@@ -303,7 +299,7 @@ def test_polygraphy_log_goes_to_the_file_only(tmp_path: Path, capsys):
 
 
 def test_polygraphy_backend_needs_tensorrt():
-    from gr00t_export.pipeline.engines import polygraphy_trt
+    from gr00t_export.runtime.tensorrt import polygraphy_trt
 
     with pytest.raises(InputError) as err:
         polygraphy_trt("tensorrt_not_installed_here")
@@ -354,8 +350,9 @@ def test_check_engine_build(built: Path):
 
 @requires_trt
 def test_build_reports_profile_errors_and_the_runner_matches_onnxruntime(built: Path, tmp_path: Path):
-    from gr00t_export.pipeline.engines import TrtStageRunner, _build, profiles_for_onnx
+    from gr00t_export.pipeline.engines import _build, profiles_for_onnx
     from gr00t_export.runtime.runner import OnnxStageRunner
+    from gr00t_export.runtime.tensorrt import TrtStageRunner
 
     vit = built / "eagle2" / "vit.onnx"
     profiles = profiles_for_onnx(vit)

@@ -14,9 +14,11 @@ import pytest
 import yaml
 
 from gr00t_export.errors import InputError
+from gr00t_export.families.base import make_noise
+from gr00t_export.families.n1_5.family import example_observation
 from gr00t_export.families.n1_5.partition import graph_spec_path
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
-from gr00t_export.pipeline.build import BuildOptions, build, example_observation
+from gr00t_export.pipeline.build import BuildOptions, build
 from gr00t_export.pipeline.igg import LEAPP_DTYPES, check_igg_config, emit_igg_config, load_igg_config
 from gr00t_export.spec import load_graph_spec
 from gr00t_export.util import sha256_file
@@ -193,18 +195,19 @@ def leapp_python() -> str:
 
 
 def test_leapp_inference_manager_reproduces_the_reference_policy(drop, tmp_path):
-    from gr00t_export.families.n1_5.policy import ReferencePolicy
+    from gr00t_export.families import open_reference
 
     root, ckpt = drop
-    policy = ReferencePolicy.from_checkpoint(ckpt)
-    obs = example_observation(policy.spec.modality, policy.spec.metadata, None)
-    obs[policy.spec.modality.language_key] = np.array(["wave at the camera"])  # a prompt length other than opt
+    policy = open_reference(ckpt)
+    obs = example_observation(policy.transforms.modality, policy.transforms.metadata, None)
+    obs[policy.interface.language_key] = np.array(["wave at the camera"])  # a prompt length other than opt
     expected = policy.get_action(obs, seed=7)
     from gr00t_export.runtime.runner import ExportedGr00tRunner
 
     raw = ExportedGr00tRunner(root).reader(obs)
-    np.savez(tmp_path / "in.npz", **raw.external(),
-             init_actions=policy.spec.noise(raw.batch, None, 7).numpy(), instructions=np.array(raw.instructions))
+    arrays = {k: np.asarray(v) for k, v in raw.external.items()}  # instructions: a str array
+    np.savez(tmp_path / "in.npz", **arrays,
+             init_actions=make_noise((raw.batch, *policy.interface.noise_shape), None, 7).numpy())
     python = leapp_python()
     run = subprocess.run([python, str(REPO / "tests" / "leapp_conformance.py"), str(root / "igg" / f"{NAME}.yaml"),
                           str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], capture_output=True, text=True,

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gr00t_export.families.n1_5.config import TextConfig, VisionConfig
-from gr00t_export.families.n1_5.model.language import Qwen3Model
-from gr00t_export.families.n1_5.model.vision import SiglipVisionModel
+from gr00t_export.families.n1_5.model import SiglipVisionModel
+from gr00t_export.nn.qwen3 import Qwen3Model
 
 transformers = pytest.importorskip("transformers")
 

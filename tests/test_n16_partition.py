@@ -20,7 +20,7 @@ import torch
 from onnx import numpy_helper
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.policy import RawInputs
+from gr00t_export.families.base import RawInputs
 from gr00t_export.families.n1_6.partition import (
     action_key_dims,
     graph_spec_path,
@@ -85,8 +85,9 @@ def _raw(transforms: Transforms, obs: dict) -> RawInputs:
     frames = transforms.frames(obs)
     batch = frames[0].shape[0]
     state = transforms.state.concat({k: obs["state"][k] for k, _, _ in transforms.state.key_slices})
-    return RawInputs(frames=frames, raw_state=state, instructions=transforms.instructions(obs, batch), batch=batch,
-                     batched=True)
+    external = {f"frames_{i}": f for i, f in enumerate(frames)}
+    external |= {"raw_state": state, "instructions": transforms.instructions(obs, batch)}
+    return RawInputs(external=external, batch=batch, batched=True)
 
 
 def _noise(batch: int, seed: int = 0) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from gr00t_export.cli import app
 from gr00t_export.data.lerobot import LeRobotDataset
+from gr00t_export.families import open_reference
 from gr00t_export.families.n1_5.checkpoint import open_checkpoint
 from gr00t_export.families.n1_5.embodiments import ModalityConfig, load_modality_config
 from gr00t_export.families.n1_5.metadata import EmbodimentMetadata, read_metadata
@@ -60,7 +61,7 @@ def real_ckpt(tmp_path_factory, pick_n_place: Path) -> Path:
 @pytest.fixture(scope="module")
 def real_policy(real_ckpt: Path) -> ReferencePolicy:
     # PickNPlace's metadata serves arms_only and arms_waist alike, so the config is named
-    return ReferencePolicy.from_checkpoint(real_ckpt, modality_config=ARMS_ONLY)
+    return open_reference(real_ckpt, modality_config=ARMS_ONLY)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_transforms_reproduce_golden(real_tok_ckpt: Path, golden_vectors: dict):
 
 
 def test_golden_observation_through_real_tokenizer_policy(real_tok_ckpt: Path, golden_vectors: dict):
-    policy = ReferencePolicy.from_checkpoint(real_tok_ckpt)
+    policy = open_reference(real_tok_ckpt)
     obs = {k.removeprefix("obs."): v for k, v in golden_vectors.items() if k.startswith("obs.")}
     actions = policy.get_action(obs, noise=_noise(2))
     assert {k: v.shape for k, v in actions.items()} == ACTION_SHAPES
@@ -282,7 +283,7 @@ def test_cli_predict_equals_library(cli_ckpt: Path, obs_file: Path, tmp_path: Pa
     _ok(["predict", "--model_path", str(cli_ckpt), "--obs", str(obs_file), "--noise", str(noise_file),
          "--out", str(out)])
     got = _load(out)
-    want = ReferencePolicy.from_checkpoint(cli_ckpt).get_action(_synthetic_obs(0), noise=_noise(9))
+    want = open_reference(cli_ckpt).get_action(_synthetic_obs(0), noise=_noise(9))
     assert {k: v.shape for k, v in got.items()} == ACTION_SHAPES
     for key in ACTION_SHAPES:
         np.testing.assert_array_equal(got[key], want[key])
@@ -295,7 +296,7 @@ def test_cli_predict_seed_is_reproducible(cli_ckpt: Path, obs_file: Path, tmp_pa
         _ok(["predict", "--model_path", str(cli_ckpt), "--obs", str(obs_file), "--seed", str(seed),
              "--out", str(paths[name])])
     a, b, c = (_load(paths[n]) for n in "abc")
-    want = ReferencePolicy.from_checkpoint(cli_ckpt).get_action(_synthetic_obs(0), seed=3)
+    want = open_reference(cli_ckpt).get_action(_synthetic_obs(0), seed=3)
     for key in ACTION_SHAPES:
         np.testing.assert_array_equal(a[key], b[key])
         np.testing.assert_array_equal(a[key], want[key])
@@ -307,7 +308,7 @@ def test_cli_predict_from_dataset_equals_library(cli_ckpt: Path, pick_n_place: P
     _ok(["predict", "--model_path", str(cli_ckpt), "--dataset_path", str(pick_n_place), "--episode", "1",
          "--step", "5", "--seed", "2", "--out", str(out)])
     obs = LeRobotDataset(pick_n_place).observation(1, 5, cfg)
-    want = ReferencePolicy.from_checkpoint(cli_ckpt).get_action(obs, seed=2)
+    want = open_reference(cli_ckpt).get_action(obs, seed=2)
     got = _load(out)
     for key in ACTION_SHAPES:
         np.testing.assert_array_equal(got[key], want[key])

@@ -13,10 +13,10 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from gr00t_export.data.rotation import ROTATION_TYPES, RotationConversion, convert, rotation_width
 from gr00t_export.errors import InputError
 from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, modality_config_from_dict
 from gr00t_export.families.n1_5.metadata import EmbodimentMetadata, KeyStats, check_against, key_plans
-from gr00t_export.families.n1_5.preprocess.rotation import ROTATION_TYPES, RotationConversion, convert, rotation_width
 from gr00t_export.families.n1_5.preprocess.state_action import ActionPostprocessor, StatePreprocessor
 
 # N1.5's letters -> scipy's intrinsic (upper-case) axis sequences

@@ -44,13 +44,13 @@ SERVER_MAX_SECONDS = 120  # a safety net: no server thread outlives the module e
 def env(tmp_path_factory):
     from gr00t_export.data.lerobot import LeRobotDataset
     from gr00t_export.data.synthetic import make_dataset
-    from gr00t_export.families.n1_5.policy import ReferencePolicy
+    from gr00t_export.families import open_reference
     from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
     root = tmp_path_factory.mktemp("serve")
     ckpt = make_checkpoint(root / "ckpt", preset_name="tiny", seed=0, show_progress=False)
-    policy = ReferencePolicy.from_checkpoint(ckpt)
-    cfg = policy.spec.modality
+    policy = open_reference(ckpt)
+    cfg = policy.transforms.modality
     make_dataset(root / "ds", cfg, num_episodes=1, episode_length=8, image_size=64, seed=0)
     obs = LeRobotDataset(root / "ds").observation(0, 3, cfg)
     return SimpleNamespace(ckpt=ckpt, policy=policy, cfg=cfg, obs=obs)
@@ -269,7 +269,7 @@ def test_oversize_beyond_transport_cap_times_out_and_server_survives(server):
 
 def test_policy_exception_is_an_error_reply(env):
     class Broken:
-        spec = SimpleNamespace(modality=env.cfg)  # the bare Policy protocol: no metadata, no noise shape
+        interface = env.policy.interface  # the bare Policy protocol: an interface and get_action
 
         def get_action(self, obs, noise=None, seed=0):
             raise RuntimeError("boom")

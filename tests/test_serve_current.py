@@ -113,8 +113,8 @@ def flat(n15: dict, cfg) -> dict:
 def env(tmp_path_factory):
     from gr00t_export.data.lerobot import LeRobotDataset
     from gr00t_export.data.synthetic import make_dataset
+    from gr00t_export.families import open_reference
     from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, save_modality_config
-    from gr00t_export.families.n1_5.policy import ReferencePolicy
     from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
     root = tmp_path_factory.mktemp("serve_current")
@@ -122,8 +122,8 @@ def env(tmp_path_factory):
                               video_keys=("video.ego_view", "video.wrist_view"))
     yaml_path = save_modality_config(two, root / "two_cameras.yaml")
     ckpt = make_checkpoint(root / "ckpt", "tiny", seed=0, modality_config=yaml_path, show_progress=False)
-    policy = ReferencePolicy.from_checkpoint(ckpt, modality_config=yaml_path)
-    cfg = policy.spec.modality
+    policy = open_reference(ckpt, modality_config=yaml_path)
+    cfg = policy.transforms.modality
     dataset_path = make_dataset(root / "ds", cfg, num_episodes=2, episode_length=24, image_size=48, seed=0)
     dataset = LeRobotDataset(dataset_path)
 

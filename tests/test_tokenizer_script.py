@@ -304,7 +304,7 @@ def test_build_self_checks_the_tokenizer_it_wrote(tmp_path: Path, monkeypatch) -
     with pytest.raises(ValidationFailure, match=r"preprocess/eagle2_tokenizer.pt failed its self-check: TorchScript "
                                                 r"tokenizer differs from EagleTokenizer .*; nothing was written"):
         build(BuildOptions(model_path=ckpt, output=out, simplify=False), on_step=steps.append)
-    assert "export eagle2_tokenizer" in steps and steps[-1] == "self-check the tokenizer stage"
+    assert "export eagle2_tokenizer" in steps and steps[-1] == "self-check the artifacts"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no output, no temp dir
 
 

@@ -1,7 +1,7 @@
 """Thin reader for LeRobot v2 datasets: builds the explicit observation dict a GR00T policy consumes.
 
 The dataset layout (``meta/*.json[l]``, one parquet and one mp4 per episode) is the interface; this
-module only maps a `ModalityConfig`'s keys onto it:
+module only maps a policy's observation keys (`ObservationKeys`) onto it:
 
 - ``state.<k>`` / ``action.<k>``: columns sliced by the start/end in ``meta/modality.json``;
 - ``video.<k>``: the mp4 of ``modality.json`` video ``original_key``, decoded with PyAV;
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from gr00t_export.errors import InputError
 
 if TYPE_CHECKING:
-    from gr00t_export.families.n1_5.embodiments import ModalityConfig
+    from gr00t_export.families.base import ObservationKeys
 
 META_FILES = ("info.json", "modality.json", "episodes.jsonl", "tasks.jsonl")
 
@@ -125,7 +125,7 @@ class LeRobotDataset:
         self._video_cache_size = max(1, video_cache_size)
         self._table_cache_size = max(1, table_cache_size)
         # Keyed by id; holding the config keeps its id from being reused by another one.
-        self._checked_configs: dict[int, ModalityConfig] = {}
+        self._checked_configs: dict[int, ObservationKeys] = {}
         self._validate_layout()
 
     # ------------------------------------------------------------------ layout and meta
@@ -237,7 +237,7 @@ class LeRobotDataset:
                                      "set the data config's language_key to one of those")
         return entry.get("original_key", f"annotation.{name}")
 
-    def check_config(self, cfg: ModalityConfig) -> None:
+    def check_config(self, cfg: ObservationKeys) -> None:
         """Fail early, with one clear line, if the dataset cannot serve every key ``cfg`` asks for."""
         if self._checked_configs.get(id(cfg)) is cfg:
             return
@@ -341,7 +341,7 @@ class LeRobotDataset:
 
     # ------------------------------------------------------------------ public reads
 
-    def observation(self, episode: int, step: int, cfg: ModalityConfig) -> dict[str, np.ndarray]:
+    def observation(self, episode: int, step: int, cfg: ObservationKeys) -> dict[str, np.ndarray]:
         """The observation dict at (episode, step), as the policy takes it.
 
         ``video.*`` (T,H,W,C) uint8, ``state.*`` (T,d) float64, ``annotation.*`` (T,) str, with
@@ -370,7 +370,7 @@ class LeRobotDataset:
             obs[cfg.language_key] = np.asarray(texts, dtype=str)
         return obs
 
-    def actions(self, episode: int, step: int, cfg: ModalityConfig) -> dict[str, np.ndarray]:
+    def actions(self, episode: int, step: int, cfg: ObservationKeys) -> dict[str, np.ndarray]:
         """Ground-truth ``action.*`` chunks (len(cfg.action_indices), d) at (episode, step), clamped."""
         self.check_config(cfg)
         steps = self._steps(episode, step, cfg.action_indices)
@@ -380,7 +380,7 @@ class LeRobotDataset:
             out[key] = self._column(episode, sl.column)[steps, sl.start : sl.end].astype(np.float64)
         return out
 
-    def iter_steps(self, cfg: ModalityConfig, num_steps: int, stride: int = 10) -> Iterator[tuple[int, int]]:
+    def iter_steps(self, cfg: ObservationKeys, num_steps: int, stride: int = 10) -> Iterator[tuple[int, int]]:
         """``num_steps`` (episode, step) pairs, every ``stride`` steps, shared out over the episodes.
 
         Steps whose history and action horizon fit inside the episode are preferred, so ground-truth

@@ -15,17 +15,28 @@ import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gr00t_export.data.rotation import convert
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.embodiments import KeyLayout, ModalityConfig, key_layout
-from gr00t_export.families.n1_5.preprocess.rotation import convert
+from gr00t_export.families.base import KeyLayout
 from gr00t_export.util import ordinary_permissions
+
+if TYPE_CHECKING:
+    from gr00t_export.families.base import ObservationKeys
+
+    class DatasetKeys(ObservationKeys, Protocol):
+        """A policy's keys plus how a dataset stores each (N1.5's data configs and `PolicyInterface` both fit)."""
+
+        name: str
+        joint_names: dict[str, tuple[str, ...]]
+
+        def key_layouts(self) -> dict[str, KeyLayout]: ...
 
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
@@ -43,12 +54,12 @@ def video_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
-def _layout(cfg: ModalityConfig, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+def _layout(keys: tuple[str, ...], layouts: dict[str, KeyLayout]) -> dict[str, tuple[int, int]]:
     """[start, end) of each key in the concatenated column, in the config's concat order."""
     out: dict[str, tuple[int, int]] = {}
     start = 0
     for key in keys:
-        end = start + key_layout(cfg, key).dim
+        end = start + layouts[key].dim
         out[key.split(".", 1)[1]] = (start, end)
         start = end
     return out
@@ -160,7 +171,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def make_dataset(
     out_dir: str | Path,
-    cfg: ModalityConfig,
+    cfg: DatasetKeys,
     num_episodes: int = 2,
     episode_length: int = 48,
     image_size: int = 256,
@@ -185,9 +196,9 @@ def make_dataset(
             f"fps={fps} are out of range; use num_episodes>=1, episode_length>=2, images >= 16 px, fps>0"
         )
     codec = video_codec()
-    layouts = {key: key_layout(cfg, key) for key in (*cfg.state_keys, *cfg.action_keys)}
-    state_layout = _layout(cfg, cfg.state_keys)
-    action_layout = _layout(cfg, cfg.action_keys)
+    layouts = cfg.key_layouts()
+    state_layout = _layout(cfg.state_keys, layouts)
+    action_layout = _layout(cfg.action_keys, layouts)
     state_dim = max((end for _, end in state_layout.values()), default=0)
     action_dim = max((end for _, end in action_layout.values()), default=0)
     lang_col = cfg.language_key

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.policy import ObservationReader
+from gr00t_export.families.base import ObservationReader
 from gr00t_export.pipeline.optimize import move_onnx, save_onnx
 from gr00t_export.pipeline.quantize import QuantReport, quantize_fp8
 from gr00t_export.runtime.runner import OnnxStageRunner, StageRunner, TorchStageRunner, run_pipeline

@@ -18,16 +18,12 @@ build's tokenizer for that view count; model widths from `model.config`.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
-import logging
 import os
 import shlex
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,15 +34,14 @@ import torch
 from gr00t_export import __version__
 from gr00t_export.compare import compare_outputs
 from gr00t_export.errors import InputError, ValidationFailure
-from gr00t_export.runtime.runner import SPEC_FILE, read_manifest, verify_file
-from gr00t_export.spec import GraphSpec, StageSpec, load_graph_spec
+from gr00t_export.manifest import Manifest
+from gr00t_export.runtime.tensorrt import ENGINE_DIR, PLAN_SCRIPT, polygraphy_log, polygraphy_trt
+from gr00t_export.spec import SPEC_FILE, GraphSpec, load_graph_spec
 from gr00t_export.util import current_umask
 
 Shape = tuple[int, ...]
 Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
 
-ENGINE_DIR = "engines"
-PLAN_SCRIPT = "build_engines.sh"
 PLAN_README = "README.md"
 TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
 BUILD_REPORT = f"{ENGINE_DIR}/build_report.json"
@@ -55,22 +50,10 @@ ENGINE_PRECISIONS = ("fp16", "fp8")  # what the CLI offers; the build's own fp32
 FP8_SUFFIX = "_fp8"  # eagle2/vit.onnx -> eagle2/vit_fp8.onnx (NVIDIA's naming)
 DEFAULT_WORKSPACE_MB = 4096
 POINTS = ("min", "opt", "max")
-NO_TENSORRT = (f"TensorRT is not installed (pip install gr00t-export[tensorrt]); the on-target build plan is in "
-               f"{ENGINE_DIR}/{PLAN_SCRIPT}")
 _ONNX_FLOAT = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
 
 
 # --------------------------------------------------------------------------------------------- profiles
-
-
-def model_widths(config: Mapping[str, Any]) -> dict[str, int]:
-    """The graph spec's width names, read from the manifest's `model.config`."""
-    ah = config["action_head"]
-    return {"vision_hidden": int(config["vision"]["hidden_size"]),
-            "backbone_dim": int(ah["backbone_embedding_dim"]),
-            "max_state_dim": int(ah["max_state_dim"]),
-            "action_horizon": int(ah["action_horizon"]),
-            "action_dim": int(ah["action_dim"])}
 
 
 def _points(prof: Mapping[str, Any], dim: str, where: str) -> dict[str, int]:
@@ -103,13 +86,12 @@ def engine_profiles(manifest: Mapping[str, Any], graph_spec: GraphSpec, views: i
     if "num_images" in prof and _points(prof, "num_images", where) != images:
         raise ValidationFailure(f"{where} num_images {prof['num_images']} is not batch x {views} views {images}; "
                                 "re-run `gr00t-export build`")
-    config = manifest["model"]["config"]
-    tokens = int(config.get("tokens_per_image", 0))
+    widths = {k: int(v) for k, v in manifest["model"]["dims"].items()}  # the graph spec's named model widths
+    tokens = widths.get("tokens_per_image", 0)
     if seq["min"] < views * tokens:
         raise ValidationFailure(f"{where} seq_len min {seq['min']} cannot hold {views} x {tokens} image tokens; "
                                 "the profile was made for fewer views, re-run `gr00t-export build`")
     symbols = {"batch": batch, "num_images": images, "seq_len": seq}
-    widths = model_widths(config)
     out: dict[str, dict[str, Profile]] = {}
     for stage in graph_spec.stages:
         if stage.format != "onnx":
@@ -186,7 +168,7 @@ def _check_against_profile(graph: EngineGraph, inputs: dict, profiles: dict[str,
                                         f"{lo[i]}/{opt[i]}/{hi[i]}; the manifest config and the graph disagree")
 
 
-def engine_graphs(artifact_dir: Path, manifest: Mapping[str, Any], graph_spec: GraphSpec, precision: str,
+def engine_graphs(artifact_dir: Path, manifest: Manifest, graph_spec: GraphSpec, precision: str,
                   profiles: dict[str, dict[str, Profile]]) -> dict[str, EngineGraph]:
     """Which ONNX file each engine is built from, checked against the manifest hashes and the profiles.
 
@@ -228,7 +210,7 @@ def engine_graphs(artifact_dir: Path, manifest: Mapping[str, Any], graph_spec: G
                 raise ValidationFailure(f"manifest lists no {data_rel} (external data of {rel}); re-run the build")
             graph.files.append(data_rel)
         for f in graph.files:
-            verify_file(artifact_dir, files[f])
+            manifest.verify_file(artifact_dir, f)
         _check_against_profile(graph, inputs, profiles[stage.name])
         out[stage.name] = graph
     if precision == "fp8" and not any(g.qdq_nodes for g in out.values()):
@@ -387,11 +369,8 @@ def render_build_plan(artifact_dir: str | Path, precision: str, target: str = "t
         raise InputError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
     if not root.is_dir():
         raise InputError(f"artifact dir {root} does not exist; run `gr00t-export build` first")
-    manifest = read_manifest(root)
-    files = {f["path"]: f for f in manifest["files"]}
-    if SPEC_FILE in files:
-        verify_file(root, files[SPEC_FILE])
-    graph = load_graph_spec(root / SPEC_FILE)
+    manifest = Manifest.read(root)
+    graph = load_graph_spec(manifest.verify_file(root, SPEC_FILE))
     profiles = engine_profiles(manifest, graph)
     graphs = engine_graphs(root, manifest, graph, precision, profiles)
     return {f"{ENGINE_DIR}/{PLAN_SCRIPT}": _render_script(manifest, graphs, profiles, precision, target, workspace_mb),
@@ -424,78 +403,6 @@ def write_build_plan(artifact_dir: str | Path, precision: str, target: str = "th
 # --------------------------------------------------------------------------------------------- TensorRT API
 
 
-def import_tensorrt(module: str = "tensorrt"):
-    """The TensorRT Python module; `module` may list fallbacks ("tensorrt,tensorrt_rtx_bindings")."""
-    names = [m.strip() for m in module.split(",") if m.strip()]
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise InputError(f"the {name} module is installed but needs {err.name}; reinstall TensorRT") from None
-        except (ImportError, OSError) as err:
-            raise InputError(f"the {name} module failed to load ({err}); check LD_LIBRARY_PATH points at the "
-                             "TensorRT libraries") from None
-    raise InputError(NO_TENSORRT)
-
-
-def polygraphy_trt(trt_module: str = "tensorrt"):
-    """(the TensorRT module, Polygraphy's TensorRT backend bound to it); InputError without TensorRT.
-
-    Polygraphy chooses its TensorRT module once per process, when `polygraphy.backend.trt` is first imported:
-    `tensorrt`, or with `config.USE_TENSORRT_RTX` the `tensorrt_rtx` module, which is how TensorRT-RTX's bindings
-    (`tensorrt_rtx_bindings`, as the lent GPU has them) are handed to it."""
-    trt = import_tensorrt(trt_module)
-    from polygraphy import config
-
-    rtx = trt.__name__ != "tensorrt"
-    if "polygraphy.backend.trt" not in sys.modules:
-        config.USE_TENSORRT_RTX = rtx
-    elif config.USE_TENSORRT_RTX != rtx:
-        raise InputError(f"this process already drives {'TensorRT-RTX' if config.USE_TENSORRT_RTX else 'TensorRT'} "
-                         f"through Polygraphy; use {trt.__name__} from a fresh process")
-    if rtx:
-        sys.modules.setdefault("tensorrt_rtx", trt)
-    from polygraphy.backend import trt as backend
-
-    return trt, backend
-
-
-@contextlib.contextmanager
-def _polygraphy_log(path: Path) -> Iterator[list[str]]:
-    """Polygraphy's messages, TensorRT's verbose builder log among them, into `path` and nowhere else; yields the
-    error lines (the latest 50 explain a failure)."""
-    from polygraphy.logger import G_LOGGER
-
-    class Errors(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.ERROR)
-            self.lines: list[str] = []
-
-        def emit(self, record: logging.LogRecord) -> None:
-            self.lines.append(record.getMessage())
-            del self.lines[:-50]
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    python_logger = logging.getLogger("Polygraphy")
-    errors, sink = Errors(), logging.FileHandler(path, mode="w")
-    saved = G_LOGGER.use_python_logging_system, G_LOGGER.colors, python_logger.propagate, python_logger.level
-    G_LOGGER.use_python_logging_system, G_LOGGER.colors = True, False
-    python_logger.propagate = False
-    python_logger.setLevel(1)
-    python_logger.addHandler(sink)
-    python_logger.addHandler(errors)
-    try:
-        with G_LOGGER.verbosity(G_LOGGER.EXTRA_VERBOSE):  # TensorRT's VERBOSE level arrives as EXTRA_VERBOSE
-            yield errors.lines
-    finally:
-        python_logger.removeHandler(sink)
-        python_logger.removeHandler(errors)
-        sink.close()
-        G_LOGGER.use_python_logging_system, G_LOGGER.colors, python_logger.propagate, level = saved
-        python_logger.setLevel(level)
-
-
 class BuildCheck(NamedTuple):
     ok: bool
     seconds: float
@@ -512,7 +419,7 @@ def _build(trt_module: str, onnx_path: Path, profiles: Mapping[str, Profile], wo
 
     trt, pg = polygraphy_trt(trt_module)
     start = time.perf_counter()
-    with _polygraphy_log(log_path) as errors:
+    with polygraphy_log(log_path) as errors:
         try:
             # TensorRT-RTX networks are always strongly typed and have no flag for it
             typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
@@ -580,7 +487,7 @@ def build_engines(artifact_dir: str | Path, precision: str, workspace_mb: int = 
     write_build_plan(root, precision, "local", workspace_mb)
     trt, _ = polygraphy_trt(trt_module)
     _require_gpu()
-    manifest = read_manifest(root)
+    manifest = Manifest.read(root)
     graph = load_graph_spec(root / SPEC_FILE)
     profiles = engine_profiles(manifest, graph)
     graphs = engine_graphs(root, manifest, graph, precision, profiles)
@@ -614,7 +521,7 @@ def profiles_for_onnx(onnx_path: str | Path) -> dict[str, Profile]:
     path = Path(onnx_path)
     root = _find_artifact_dir(path)
     rel = str(path.resolve().relative_to(root))
-    manifest = read_manifest(root)
+    manifest = Manifest.read(root)
     graph = load_graph_spec(root / SPEC_FILE)
     for stage in graph.stages:
         if stage.format == "onnx" and rel in (stage.file, fp8_graph_file(stage.file)):
@@ -640,88 +547,6 @@ def check_engine_build(onnx_path: str | Path, profiles: Mapping[str, Profile] | 
     return check
 
 
-# --------------------------------------------------------------------------------------------- runtime
-
-
-class TrtStageRunner:
-    """One engine behind the runner interface, run by Polygraphy's `TrtRunner`; device-resident torch tensors in and
-    out. Polygraphy enqueues on its own CUDA stream and synchronises it before returning, so torch's stream is
-    synchronised first (the inputs are complete) and the outputs are copied out of Polygraphy's reused buffers."""
-
-    def __init__(self, engine_path: str | Path, spec: StageSpec, device: str | torch.device = "cuda",
-                 trt_module: str = "tensorrt"):
-        from polygraphy.datatype import DataType
-        from polygraphy.exception import PolygraphyException
-
-        _, pg = polygraphy_trt(trt_module)
-        self.spec, self.device = spec, torch.device(device)
-        if self.device.type != "cuda":
-            raise InputError(f"TensorRT engines run on CUDA; use --device cuda, not {self.device}")
-        engine_path = Path(engine_path)
-        log = Path(tempfile.gettempdir()) / f"gr00t_export_{spec.name}.engine.log"
-        with _polygraphy_log(log) as errors:
-            try:
-                self.runner = pg.TrtRunner(pg.EngineFromBytes(engine_path.read_bytes()), name=spec.name)
-                self.runner.activate()
-            except PolygraphyException as err:
-                why = errors[-1].splitlines()[0] if errors else str(err) or "built by another TensorRT or GPU?"
-                raise ValidationFailure(f"{engine_path} does not deserialize here ({why}); rebuild it on this "
-                                        f"machine with {ENGINE_DIR}/{PLAN_SCRIPT}") from None
-        inputs = self.runner.get_input_metadata()
-        self.dtypes = {name: DataType.to_dtype(meta.dtype, "torch") for name, meta in inputs.items()}
-        engine = self.runner.engine
-        outputs = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)} - set(inputs)
-        missing = (set(spec.input_names) ^ set(inputs)) | (set(spec.output_names) - outputs)
-        if missing:
-            self.close()
-            raise ValidationFailure(f"{engine_path} I/O does not match stage {spec.name} ({sorted(missing)}); "
-                                    "rebuild the engines from this build's ONNX")
-
-    def infer(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        from polygraphy.exception import PolygraphyException
-
-        inputs = {name: torch.as_tensor(feeds[name]).to(self.device, dtype).contiguous()
-                  for name, dtype in self.dtypes.items()}
-        torch.cuda.current_stream(self.device).synchronize()
-        try:
-            out = self.runner.infer(inputs, check_inputs=True, copy_outputs_to_host=False)
-        except PolygraphyException as err:  # e.g. shapes outside the engine's profile
-            raise ValidationFailure(f"stage {self.spec.name}: TensorRT cannot run inputs "
-                                    f"{[tuple(t.shape) for t in inputs.values()]} ({str(err).splitlines()[0]}); "
-                                    "rebuild the engines with a wider profile") from None
-        return {name: out[name].clone() for name in self.spec.output_names}
-
-    def close(self) -> None:
-        if getattr(self, "runner", None) is not None and self.runner.is_active:
-            self.runner.deactivate()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def require_engines(artifact_dir: str | Path, graph_spec: GraphSpec, device: str, trt_module: str = "tensorrt"
-                    ) -> None:
-    """Before a trt runner loads anything: every engine present, a CUDA device, TensorRT importable."""
-    missing = [f"{ENGINE_DIR}/{s.name}.engine" for s in graph_spec.stages
-               if s.format == "onnx" and not (Path(artifact_dir) / ENGINE_DIR / f"{s.name}.engine").is_file()]
-    if missing:
-        raise InputError(f"backend trt needs {', '.join(missing)}; build the engines on this GPU: bash "
-                         f"{ENGINE_DIR}/{PLAN_SCRIPT} (or gr00t-export engines DIR --precision fp16 --target local)")
-    if not str(device).startswith("cuda"):
-        raise InputError(f"backend trt runs TensorRT engines on CUDA; pass --device cuda, not {device}")
-    polygraphy_trt(trt_module)
-
-
-def trt_stage_runner(artifact_dir: str | Path, spec: StageSpec, device: str = "cuda",
-                     trt_module: str = "tensorrt") -> TrtStageRunner:
-    """`engines/<stage>.engine` as a runner; the error says how to build it when it is missing."""
-    path = Path(artifact_dir) / ENGINE_DIR / f"{spec.name}.engine"
-    if not path.is_file():
-        raise InputError(f"backend trt needs {ENGINE_DIR}/{spec.name}.engine, which is missing; build the engines "
-                         f"on this GPU: bash {ENGINE_DIR}/{PLAN_SCRIPT} (or gr00t-export engines DIR --target local)")
-    return TrtStageRunner(path, spec, device, trt_module)
-
-
 def compare_backends(artifact_dir: str | Path, candidate: tuple[str, str] = ("trt", "cuda"),
                      reference: tuple[str, str] = ("ort", "cpu"), reference_dir: str | Path | None = None,
                      seed: int = 0) -> dict[str, dict[str, float]]:
@@ -729,40 +554,12 @@ def compare_backends(artifact_dir: str | Path, candidate: tuple[str, str] = ("tr
 
     reference_dir: another build to compare against (e.g. fp8 engines vs the fp16 build); default the same dir.
     """
-    from gr00t_export.pipeline.build import example_observation
+    from gr00t_export.families.base import synthetic_observation
     from gr00t_export.runtime.runner import ExportedGr00tRunner
 
     ref = ExportedGr00tRunner(reference_dir or artifact_dir, device=reference[1], backend=reference[0])
     cand = ExportedGr00tRunner(artifact_dir, device=candidate[1], backend=candidate[0])
-    obs = example_observation(ref.spec.modality, ref.spec.metadata, None)
+    obs = synthetic_observation(ref.interface)
     comparisons = compare_outputs(cand.get_action(obs, seed=seed), ref.get_action(obs, seed=seed), check_dtypes=False)
     return {key: {"max_abs_diff": c.max_abs, "cosine": c.cosine, "max_rel": c.max_rel}
             for key, c in comparisons.items()}
-
-
-# --------------------------------------------------------------------------------------------- pipeline hook
-
-
-@dataclass
-class EnginesOutcome:
-    plan: Path | None
-    reports: list[EngineReport]
-    note: str
-
-
-def engines_step(artifact_dir: str | Path, mode: str, target: str = "local",
-                 workspace_mb: int = DEFAULT_WORKSPACE_MB, log: Callable[[str], None] = print) -> EnginesOutcome:
-    """`build --engines fp16|fp8|none`: always the plan; engines too when target is local and TensorRT and a GPU
-    are here. A missing TensorRT/GPU is a note, not an error: the export itself succeeded."""
-    if mode == "none":
-        return EnginesOutcome(None, [], "engines: skipped (--engines none)")
-    if mode not in ENGINE_PRECISIONS:
-        raise InputError(f"unknown --engines {mode!r}; use fp16, fp8 or none")
-    plan = write_build_plan(artifact_dir, mode, target, workspace_mb)
-    if target != "local":
-        return EnginesOutcome(plan, [], f"engines: plan written to {plan}; run it on the {target}")
-    try:
-        reports = build_engines(artifact_dir, mode, workspace_mb, log=log)
-    except InputError as err:
-        return EnginesOutcome(plan, [], f"engines: not built here ({err})")
-    return EnginesOutcome(plan, reports, f"engines: {sum(r.ok for r in reports)}/{len(reports)} built")

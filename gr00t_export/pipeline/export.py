@@ -19,8 +19,8 @@ import torch
 
 from gr00t_export.compare import compare_outputs, worst
 from gr00t_export.errors import ValidationFailure
-from gr00t_export.families.n1_5.model.layers import onnxruntime_kernels
-from gr00t_export.families.n1_5.policy import RawInputs
+from gr00t_export.families.base import RawInputs
+from gr00t_export.pipeline.lowering import onnxruntime_contrib_ops
 from gr00t_export.pipeline.optimize import OptimizeReport, consolidate, optimize
 from gr00t_export.runtime.runner import OnnxStageRunner, TorchStageRunner, ort_providers, run_pipeline
 from gr00t_export.spec import Partition, StageSpec
@@ -111,10 +111,10 @@ def export_onnx(module: torch.nn.Module, stage: StageSpec, feeds: dict[str, Any]
     and honours dynamic axes; >2 GB graphs are re-saved with all weights in one `.onnx_data` file.
 
     `onnx_ops="onnxruntime"` writes attention, RoPE and bias+GELU as onnxruntime's fused contrib ops (see
-    `model.layers`); "standard" keeps plain ONNX, the form TensorRT parses and fuses.
+    `pipeline.lowering`); "standard" keeps plain ONNX, the form TensorRT parses and fuses.
     """
     args = tuple(feeds[n] for n in stage.input_names)
-    kernels = onnxruntime_kernels() if onnx_ops == "onnxruntime" else contextlib.nullcontext()
+    kernels = onnxruntime_contrib_ops(module) if onnx_ops == "onnxruntime" else contextlib.nullcontext()
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
         raw_path = Path(scratch) / path.name
         with warnings.catch_warnings(), torch.no_grad(), kernels:

@@ -29,15 +29,15 @@ import yaml
 
 from gr00t_export import __version__
 from gr00t_export.errors import InputError
-from gr00t_export.runtime.runner import MANIFEST, SPEC_FILE, policy_spec_from_manifest, read_manifest
-from gr00t_export.spec import GraphSpec, load_graph_spec
+from gr00t_export.families.base import PolicyInterface
+from gr00t_export.manifest import Manifest
+from gr00t_export.spec import SPEC_FILE, GraphSpec, load_graph_spec
 from gr00t_export.util import save_torchscript, sha256_file
 
 IGG_DIR = "igg"
 CONFIG_VERSION = "1.3"
 REPORT = Path("validation") / "validation_report.json"
 POSTPROCESS_ADAPTER = "postprocess_outputs.pt"
-PRE_GRAPH_STAGES = ("eagle2_tokenizer",)  # host-side: their inputs are not tensors
 LEAPP_DTYPES = ("float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "uint16",
                 "uint32", "uint64", "bool")
 VARYING_DIMS = ("batch", "num_images", "seq_len")
@@ -66,7 +66,7 @@ def md5_file(path: Path) -> str:
 
 
 def default_name(manifest: dict) -> str:
-    return f"gr00t_n1_5_{manifest['embodiment_tag']}_{manifest['precision']}"
+    return f"{Manifest(manifest).family}_{manifest['embodiment_tag']}_{manifest['precision']}"
 
 
 def _rel(path: Path, yaml_dir: Path) -> str:
@@ -105,13 +105,13 @@ def _port(name: str, dtype: str, shape: list[int], symbolic: list | None = None,
     return port
 
 
-def element_names(modality, metadata, keys: tuple[str, ...], kind: str) -> list[str]:
-    """Joint names per key when the modality config lists them (and they fit), else `<key>_<i>`."""
+def element_names(iface: PolicyInterface, keys: tuple[str, ...], kind: str) -> list[str]:
+    """Joint names per key when the config lists them (and they fit), else `<key>_<i>`."""
     names: list[str] = []
     for key in keys:
-        short = key.split(".", 1)[1]
-        dim = metadata.state_dim(short) if kind == "state" else metadata.action_dim(short)
-        given = modality.joint_names.get(key)
+        short = iface.short(key)
+        dim = iface.state_dims[key] if kind == "state" else iface.action_dims[key]
+        given = iface.joint_names.get(key)
         names += list(given) if given and len(given) == dim else [f"{short}_{i}" for i in range(dim)]
     return names
 
@@ -184,14 +184,13 @@ def measure_stage_timings(artifact_dir: Path, runs: int = 5, warmup: int = 2) ->
     """
     import torch
 
-    from gr00t_export.pipeline.build import example_observation
+    from gr00t_export.families.base import make_noise, synthetic_observation
     from gr00t_export.runtime.runner import ExportedGr00tRunner
 
     runner = ExportedGr00tRunner(artifact_dir, device="cpu")
-    obs = example_observation(runner.spec.modality, runner.spec.metadata, None)
-    raw = runner.reader(obs)
+    raw = runner.reader(synthetic_observation(runner.interface))
     trace: dict[str, dict[str, Any]] = {}
-    runner.run_raw(raw, runner.spec.noise(raw.batch, None, 0), trace)  # also the warm-up
+    runner.run_raw(raw, make_noise((raw.batch, *runner.interface.noise_shape), None, 0), trace)  # also the warm-up
     timings: dict[str, float] = {}
     with torch.no_grad():
         for name, feeds in trace.items():
@@ -263,12 +262,11 @@ def _dump(section: str, body: Any, sort_keys: bool) -> str:
 def igg_document(root: Path, yaml_dir: Path, manifest: dict, graph: GraphSpec, frequency_hz: float,
                  timings_file: str, adapter: Path, prefer_engines: bool = True) -> dict[str, Any]:
     """The config as plain data (models in execution order); files are hashed as they are now."""
-    spec = policy_spec_from_manifest(manifest)
-    modality, metadata = spec.modality, spec.metadata
+    iface = Manifest(manifest).interface
     dims = profile_dims(manifest)
     seen = {s["name"]: s for s in manifest["stages"]}
     period_ms = round(1000.0 / frequency_hz, 3)
-    pre_graph = [s for s in graph.stages if s.name in PRE_GRAPH_STAGES]
+    pre_graph = [s for s in graph.stages if any(t.dtype == "string" for t in s.inputs)]  # host-side, not tensors
     pre_outputs = {f"{s.name}/{t.name}" for s in pre_graph for t in s.outputs}
 
     def ports(stage, direction: str) -> dict[str, dict[str, Any]]:
@@ -303,15 +301,14 @@ def igg_document(root: Path, yaml_dir: Path, manifest: dict, graph: GraphSpec, f
             src = sources.get(name, "external")
             port = ins[name]
             if name.startswith("frames_"):  # one camera each, at its own resolution
-                port["camera"] = modality.video_keys[int(name.rsplit("_", 1)[1])]
+                port["camera"] = iface.video_keys[int(name.rsplit("_", 1)[1])]
             if name == "raw_state":
                 port["kind"] = STATE_KIND
                 axes: list[Any] = [None] * (len(port["shape"]) - 1)
-                if modality.state_horizon > 1:
+                if iface.state_horizon > 1:
                     axes[1] = TEMPORAL_AXIS
                     port["temporal_period_ms"] = period_ms
-                port["element_names"] = FlowList([*axes, element_names(modality, metadata, modality.state_keys,
-                                                                       "state")])
+                port["element_names"] = FlowList([*axes, element_names(iface, iface.state_keys, "state")])
             if src == "external" or src in pre_outputs:
                 externals.setdefault(stage.name, []).append(name)
                 port["source"] = name if src == "external" else src
@@ -319,13 +316,12 @@ def igg_document(root: Path, yaml_dir: Path, manifest: dict, graph: GraphSpec, f
                 data_flow.setdefault(src, []).append(f"{stage.name}/{name}")
                 port["source"] = src
         if stage.name == "postprocess":
-            for key in modality.action_keys:
+            for key in iface.action_keys:
                 port = outs[key]
                 port["kind"] = ACTION_KIND
-                port["element_names"] = FlowList([None, TEMPORAL_AXIS,
-                                                  element_names(modality, metadata, (key,), "action")])
+                port["element_names"] = FlowList([None, TEMPORAL_AXIS, element_names(iface, (key,), "action")])
                 port["temporal_period_ms"] = period_ms
-            outs = {k: outs[k] for k in modality.action_keys}
+            outs = {k: outs[k] for k in iface.action_keys}
             params = _parameters(root, yaml_dir, _rel(adapter, root), "jit")
             params["wraps"] = _rel(root / file, yaml_dir)
         elif stage.format == "onnx":
@@ -344,13 +340,12 @@ def igg_document(root: Path, yaml_dir: Path, manifest: dict, graph: GraphSpec, f
     consumed = set(data_flow)
     outputs = {name: FlowList([o["name"] for o in node["outputs"] if f"{name}/{o['name']}" not in consumed])
                for name, node in models.items()}
-    model_cfg = manifest["model"]["config"]
     configs: dict[str, Any] = {
         "action_horizon": int(manifest["model"]["action_horizon"]),
-        "denoising_steps": int(model_cfg["action_head"]["num_inference_timesteps"]),
+        "denoising_steps": int(Manifest(manifest).denoising_steps),
         "embodiment_tag": manifest["embodiment_tag"],
         "frequency": float(frequency_hz),
-        "modality_config": modality.name,
+        "modality_config": iface.name,
         "precision": manifest["precision"],
         "pre_graph": FlowList([s.name for s in pre_graph]),
         "profile": {"name": f"views_{manifest['views']}", **dims},
@@ -407,34 +402,22 @@ def render_igg_yaml(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _refresh_manifest(root: Path, written: list[Path]) -> None:
-    """Keeps manifest.json's file list true for the files this emitter (re)wrote."""
-    path = root / MANIFEST
-    manifest = json.loads(path.read_text())
-    entries = {f["path"]: f for f in manifest.get("files", [])}
-    for f in written:
-        rel = f.relative_to(root).as_posix()
-        entries[rel] = {"path": rel, "sha256": sha256_file(f), "size": f.stat().st_size}
-    manifest["files"] = [entries[k] for k in sorted(entries)]
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)
-
-
 def emit_igg_config(artifact_dir: str | Path, name: str | None = None, frequency_hz: float = 20.0,
-                    timings: dict | None = None, measure_timings: bool = True, prefer_engines: bool = True) -> Path:
+                    timings: dict | None = None, measure_timings: bool = True, prefer_engines: bool = True,
+                    manifest: Manifest | None = None) -> Path:
     """Writes `igg/<name>.yaml` (+ `<name>_timings.json` and the postprocess adapter); returns the YAML path.
 
     Timings come from `timings`, else `validation/validation_report.json`'s `stage_timings_ms`, else one
-    CPU run of the drop (`measure_timings`); the sidecar records which.
+    CPU run of the drop (`measure_timings`); the sidecar records which. The files written are hashed into the
+    drop's manifest (`manifest`, the build's own, else the one on disk).
     """
     root = Path(artifact_dir)
     if not root.is_dir():
         raise InputError(f"artifact dir {root} does not exist; run `gr00t-export build` first")
     if not frequency_hz > 0:
         raise InputError(f"frequency must be > 0 Hz, got {frequency_hz}")
-    manifest = read_manifest(root)
-    graph = load_graph_spec(root / SPEC_FILE if (root / SPEC_FILE).is_file() else None, views=int(manifest["views"]))
+    manifest = manifest if manifest is not None else Manifest.read(root)
+    graph = load_graph_spec(root / SPEC_FILE, views=manifest.views)
     name = name or default_name(manifest)
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise InputError(f"config name {name!r} must be a plain file name (no folders); pick another --name")
@@ -443,7 +426,7 @@ def emit_igg_config(artifact_dir: str | Path, name: str | None = None, frequency
     adapter = yaml_dir / POSTPROCESS_ADAPTER
     post = next(s for s in manifest["stages"] if s["name"] == "postprocess")
     post_in = post["inputs"][0]
-    keys = list(policy_spec_from_manifest(manifest).modality.action_keys)
+    keys = list(manifest.interface.action_keys)
     save_postprocess_adapter(root, post.get("file", graph.stage("postprocess").file), keys,
                              [1, *post_in["shape"][1:]], post_in["dtype"], adapter)
 
@@ -462,7 +445,7 @@ def emit_igg_config(artifact_dir: str | Path, name: str | None = None, frequency
     doc = igg_document(root, yaml_dir, manifest, graph, frequency_hz, timings_path.name, adapter, prefer_engines)
     path = yaml_dir / f"{name}.yaml"
     path.write_text(render_igg_yaml(doc))
-    _refresh_manifest(root, [adapter, timings_path, path])
+    manifest.add_files(root, [adapter, timings_path, path])
     return path
 
 

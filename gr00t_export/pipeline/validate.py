@@ -35,10 +35,11 @@ import yaml
 from gr00t_export import __version__
 from gr00t_export.compare import compare_outputs
 from gr00t_export.errors import Gr00tExportError, InputError, ValidationFailure
-from gr00t_export.families.n1_5.embodiments import ModalityConfig, modality_config_from_dict
-from gr00t_export.families.n1_5.policy import Observation, RawInputs
-from gr00t_export.runtime.runner import MANIFEST, SPEC_FILE, StageRunner, build_denoising_steps, read_manifest
-from gr00t_export.spec import PRECISIONS, StageSpec
+from gr00t_export.families import family_named
+from gr00t_export.families.base import Observation, PolicyInterface, RawInputs, make_noise, synthetic_observation
+from gr00t_export.manifest import MANIFEST, Manifest
+from gr00t_export.runtime.runner import StageRunner
+from gr00t_export.spec import PRECISIONS, SPEC_FILE, StageSpec
 from gr00t_export.util import atomic_output_dir, check_output_dir, refuse_overlap, sha256_file
 
 REPORT_JSON = "validation_report.json"
@@ -599,7 +600,7 @@ class Sample:
     truth: dict[str, np.ndarray] | None = None
 
 
-def dataset_steps(dataset, modality: ModalityConfig, num_steps: int, stride: int) -> list[tuple[int, int]]:
+def dataset_steps(dataset, modality: PolicyInterface, num_steps: int, stride: int) -> list[tuple[int, int]]:
     """`num_steps` (episode, step) pairs at the suite's stride, a smaller stride when the dataset is short."""
     for s in range(stride, 0, -1):
         try:
@@ -610,7 +611,7 @@ def dataset_steps(dataset, modality: ModalityConfig, num_steps: int, stride: int
     raise AssertionError("unreachable")
 
 
-def open_dataset(dataset_path: Path, modality: ModalityConfig, num_steps: int, stride: int
+def open_dataset(dataset_path: Path, modality: PolicyInterface, num_steps: int, stride: int
                  ) -> tuple[Any, list[tuple[int, int]]]:
     """The dataset and its (episode, step) pairs, opened before any check so a bad dataset is a usage error."""
     from gr00t_export.data.lerobot import LeRobotDataset
@@ -620,13 +621,11 @@ def open_dataset(dataset_path: Path, modality: ModalityConfig, num_steps: int, s
     return dataset, dataset_steps(dataset, modality, num_steps, stride)
 
 
-def iter_samples(modality: ModalityConfig, metadata, dataset: Any | None, pairs: list[tuple[int, int]],
+def iter_samples(modality: PolicyInterface, dataset: Any | None, pairs: list[tuple[int, int]],
                  num_steps: int, seed: int) -> tuple[list[dict[str, Any]], Iterator[Sample]]:
     """Descriptions of the steps (for the report) and a lazy iterator over them (videos decode on demand)."""
     if dataset is None:
-        from gr00t_export.pipeline.build import example_observation
-
-        obs = example_observation(modality, metadata, None)
+        obs = synthetic_observation(modality)
         desc = [{"episode": None, "step": None, "seed": seed + i, "source": "synthetic"} for i in range(num_steps)]
         return desc, (Sample(f"synthetic #{i}", None, None, seed + i, obs) for i in range(num_steps))
     desc = [{"episode": e, "step": s, "seed": seed + i, "source": "dataset"} for i, (e, s) in enumerate(pairs)]
@@ -639,7 +638,7 @@ def iter_samples(modality: ModalityConfig, metadata, dataset: Any | None, pairs:
     return desc, gen()
 
 
-def resolve_plot_keys(requested: list[str] | None, suite: Suite, modality: ModalityConfig) -> list[str]:
+def resolve_plot_keys(requested: list[str] | None, suite: Suite, modality: PolicyInterface) -> list[str]:
     """`--plot_actions` (else the suite's list for this modality config, else every action key) as full action keys;
     unknown -> InputError."""
     if requested:
@@ -659,15 +658,16 @@ def resolve_plot_keys(requested: list[str] | None, suite: Suite, modality: Modal
     return keys
 
 
-def key_groups(modality: ModalityConfig, suite: Suite, action_dims: dict[str, int]):
+def key_groups(modality: PolicyInterface, suite: Suite):
     from gr00t_export.pipeline.plots import KeyGroup
 
     groups = []
     for key in modality.action_keys:
         names = suite.joint_names.get(key) or list(modality.joint_names.get(key, ()))
-        short = ModalityConfig.short(key)
-        if len(names) != action_dims[key]:
-            names = [f"{short}[{j}]" for j in range(action_dims[key])]
+        short = modality.short(key)
+        dims = modality.action_dims[key]
+        if len(names) != dims:
+            names = [f"{short}[{j}]" for j in range(dims)]
         groups.append(KeyGroup(key, tuple(names), suite.units.get(key, "a.u.")))
     return groups
 
@@ -684,22 +684,12 @@ class Reference:
     fingerprint: str
 
 
-def load_reference(model_path: Path, eagle_path: Path | None, manifest: dict, precision: str) -> Reference:
-    from gr00t_export.families.n1_5.checkpoint import load_model, open_checkpoint
-    from gr00t_export.families.n1_5.metadata import read_metadata
-    from gr00t_export.families.n1_5.partition import partition
-    from gr00t_export.families.n1_5.policy import ReferencePolicy, Transforms
-    from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
-
-    # the reference integrates as many Euler steps as the build unrolled, so like is compared with like
-    ckpt = open_checkpoint(model_path, eagle_path, build_denoising_steps(manifest))
-    modality = modality_config_from_dict(manifest["modality_config"], where="manifest modality_config")
-    metadata = read_metadata(ckpt.metadata_path, modality.embodiment_tag)
-    tokenizer = EagleTokenizer.from_dir(ckpt.eagle_dir)
-    model, _ = load_model(ckpt, dtype=PRECISIONS[precision])
-    transforms = Transforms(modality, metadata, tokenizer, ckpt.config.action_head.max_state_dim)
-    return Reference(ReferencePolicy(model, transforms), partition(model, transforms, precision), precision,
-                     ckpt.fingerprint())
+def load_reference(model_path: Path, eagle_path: Path | None, manifest: Manifest, precision: str) -> Reference:
+    """The checkpoint opened as the build opened it (same embodiment, config and Euler steps), loaded in `precision`,
+    with its stage twins."""
+    opened = family_named(manifest.family).open_for_manifest(model_path, eagle_path, manifest)
+    model = opened.load(PRECISIONS[precision])
+    return Reference(opened.reference(model), opened.partition(model, precision), precision, opened.fingerprint())
 
 
 def twin_run(ref: Reference, raw: RawInputs, init_actions: torch.Tensor
@@ -778,21 +768,6 @@ def determinism_issue(first: dict[str, dict[str, Any]], second: dict[str, dict[s
             if not same:
                 return name, out
     return None
-
-
-def joint_spans(modality: ModalityConfig, metadata, key: str) -> np.ndarray:
-    """What `joint_range_frac` divides a joint's error by: the statistics' range of a key normalised from them; 2
-    (the span of the model's normalised space) for a key the model emits un-normalised (identity mode, or a
-    rotation converted back from its target), so it is held to the same model-space error; 1 for binary."""
-    from gr00t_export.families.n1_5.metadata import key_plans
-
-    plan = next(p for p in key_plans(metadata, modality, "action") if p.key == key)
-    stats = metadata.action.get(ModalityConfig.short(key))
-    if plan.mode == "binary":
-        return np.ones(plan.raw_dim)
-    if plan.mode == "identity" or plan.conversion is not None or stats is None:
-        return np.full(plan.raw_dim, 2.0)
-    return np.asarray(stats.max - stats.min, dtype=np.float64)
 
 
 def consistency_check(key: str, ref: np.ndarray, exp: np.ndarray, joint_names: tuple[str, ...],
@@ -1038,16 +1013,16 @@ def validate(artifact_dir: str | Path, model_path: str | Path | None = None, eag
             raise InputError(f"cannot write validation output to {target} ({err.strerror}); pass --output_dir "
                              "(and --report/--junit) somewhere writable") from None
     try:
-        manifest: dict | None = read_manifest(artifact_dir)
+        manifest: Manifest | None = Manifest.read(artifact_dir)
         manifest_error = None
     except ValidationFailure as err:
         manifest, manifest_error = None, str(err)
     modality = plot_keys = None
     if manifest is not None:
         try:
-            modality = modality_config_from_dict(manifest["modality_config"], where="manifest modality_config")
-        except (KeyError, TypeError):
-            manifest_error = f"{MANIFEST} has no usable modality_config; re-run the build"
+            modality = manifest.interface
+        except (ValidationFailure, KeyError, TypeError) as err:
+            manifest_error = f"{MANIFEST} has no usable policy interface ({err}); re-run the build"
     dataset, pairs = None, []
     if modality is not None:
         plot_keys = resolve_plot_keys(plot_actions, suite_obj, modality)
@@ -1150,7 +1125,7 @@ class _Steps:
         return min((len(v) for v in side.values()), default=0)
 
 
-def _load_exported(run: _Run, artifact_dir: Path, manifest: dict, modality: ModalityConfig, suite: Suite,
+def _load_exported(run: _Run, artifact_dir: Path, manifest: Manifest, modality: PolicyInterface, suite: Suite,
                    threads: int) -> _Exported | None:
     from gr00t_export.runtime.runner import ExportedGr00tRunner
 
@@ -1164,17 +1139,13 @@ def _load_exported(run: _Run, artifact_dir: Path, manifest: dict, modality: Moda
         return None
     timed = {name: TimedRunner(name, r) for name, r in runner.stages.items()}
     runner.stages = timed  # the runner now times and records every stage it runs
-    model_cfg = manifest.get("model", {})
-    fixed = {k: model_cfg[k] for k in ("action_horizon", "action_dim") if isinstance(model_cfg.get(k), int)}
-    max_state = model_cfg.get("config", {}).get("action_head", {}).get("max_state_dim")
-    if isinstance(max_state, int):
-        fixed["max_state_dim"] = max_state
+    fixed = {k: int(v) for k, v in manifest.get("model", {}).get("dims", {}).items()}  # the spec's named widths
     precision = manifest["precision"]
     float_dtype = _precision_float(precision, suite)
     bindings = DimBindings(fixed)
     static = {s.name: static_conformance(s, artifact_dir / s.file, timed[s.name].inner, float_dtype, bindings)
               for s in runner.graph.stages}
-    action_dims = {k: runner.spec.metadata.action_dim(ModalityConfig.short(k)) for k in modality.action_keys}
+    action_dims = dict(modality.action_dims)
     return _Exported(runner, timed, precision, float_dtype, bindings, action_dims, static)
 
 
@@ -1199,8 +1170,9 @@ def _load_reference_checked(run: _Run, model_path: Path, eagle_path: Path | None
 
 def _compare_stages(exported: _Exported, reference: Reference, sample: Sample, suite: Suite, steps: _Steps) -> None:
     """Tier 1 on one step: every artifact on the feeds its twin received when the twins ran this step."""
-    raw = reference.policy.transforms.reader(sample.obs)
-    feeds, twin_out = twin_run(reference, raw, reference.policy.spec.noise(raw.batch, None, sample.seed))
+    raw = exported.runner.reader(sample.obs)
+    feeds, twin_out = twin_run(reference, raw, make_noise((raw.batch, *exported.runner.interface.noise_shape), None,
+                                                          sample.seed))
     for stage in exported.stages:
         start = time.perf_counter()
         got = exported.timed[stage.name].infer(feeds[stage.name])
@@ -1213,7 +1185,7 @@ def _compare_stages(exported: _Exported, reference: Reference, sample: Sample, s
 
 
 def _run_steps(run: _Run, exported: _Exported, reference: Reference | None, samples: Iterator[Sample],
-               modality: ModalityConfig, suite: Suite, per_module_steps: int, out_dir: Path, total: int,
+               modality: PolicyInterface, suite: Suite, per_module_steps: int, out_dir: Path, total: int,
                verbose: bool) -> _Steps:
     """One loop over the validation steps: tier 1 feeds, both policies' actions, determinism re-runs.
 
@@ -1320,10 +1292,10 @@ def _add_tier2_checks(run: _Run, exported: _Exported, reference: Reference | Non
             run.skip(f"consistency/{g.key}", 2, f"{why}")
         return
     limits = suite.thresholds(exported.precision)
-    spec = exported.runner.spec
+    spans = exported.runner.interface.action_spans
     before = len(run.report.failures)
     for g in groups:
-        span = joint_spans(spec.modality, spec.metadata, g.key)
+        span = np.asarray(spans.get(g.key, np.ones(len(g.joints))), dtype=np.float64)
         run.add(consistency_check(g.key, np.stack(steps.reference[g.key][:done]), np.stack(steps.exported[g.key]),
                                   g.joints, span, limits, exported.precision))
     if len(run.report.failures) == before and steps.nondeterministic is None:
@@ -1354,7 +1326,7 @@ def _add_plots(run: _Run, exported: _Exported, reference: Reference | None, step
 
 
 def _validate_checks(run: _Run, artifact_dir: Path, manifest: dict | None, manifest_error: str | None,
-                     modality: ModalityConfig | None, suite: Suite, num_steps: int, plot_keys: list[str] | None,
+                     modality: PolicyInterface | None, suite: Suite, num_steps: int, plot_keys: list[str] | None,
                      model_path: Path | None, eagle_path: Path | None, dataset: Any | None,
                      pairs: list[tuple[int, int]], out_dir: Path, threads: int, verbose: bool = False) -> None:
     """Integrity first (nothing is loaded from a drop that fails it), then the tiers in order."""
@@ -1370,7 +1342,7 @@ def _validate_checks(run: _Run, artifact_dir: Path, manifest: dict | None, manif
     if exported is None:
         return
     reference = None if model_path is None else _load_reference_checked(run, model_path, eagle_path, manifest, suite)
-    desc, samples = iter_samples(modality, exported.runner.spec.metadata, dataset, pairs, num_steps, suite.seed)
+    desc, samples = iter_samples(modality, dataset, pairs, num_steps, suite.seed)
     run.report.inputs["samples"] = desc
     if dataset is None:
         run.reporter.line("no --dataset_path: using the build's seeded synthetic observation with a new noise seed "
@@ -1381,7 +1353,7 @@ def _validate_checks(run: _Run, artifact_dir: Path, manifest: dict | None, manif
     steps = _run_steps(run, exported, reference, samples, modality, suite, per_module_steps, out_dir, len(desc),
                        verbose)
     run.phase("steps")
-    groups = key_groups(modality, suite, exported.action_dims)
+    groups = key_groups(modality, suite)
     _add_spec_checks(run, exported, steps)
     _add_accuracy_checks(run, exported, reference, steps, suite, per_module_steps)
     _add_tier2_checks(run, exported, reference, steps, suite, groups)

@@ -7,8 +7,6 @@ all the same way (the shape of Polygraphy's runners, without its dependency on t
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,15 +14,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gr00t_export.errors import InputError, ValidationFailure
-from gr00t_export.families.n1_5.embodiments import ModalityConfig, modality_config_from_dict
-from gr00t_export.families.n1_5.metadata import EmbodimentMetadata, KeyStats
-from gr00t_export.families.n1_5.policy import Observation, ObservationReader, PolicySpec, RawInputs, batch_observation
-from gr00t_export.spec import GraphSpec, StageSpec, load_graph_spec
-from gr00t_export.util import sha256_file
+from gr00t_export.errors import InputError
+from gr00t_export.families import family_named
+from gr00t_export.families.base import Observation, RawInputs, make_noise
+from gr00t_export.manifest import Manifest
+from gr00t_export.spec import SPEC_FILE, GraphSpec, StageSpec, load_graph_spec
 
-MANIFEST = "manifest.json"
-SPEC_FILE = "graph_spec.yaml"
 ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16,
              "tensor(int64)": torch.int64, "tensor(uint8)": torch.uint8, "tensor(double)": torch.float64}
 
@@ -168,8 +163,8 @@ def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInp
 
     With `trace`, records each stage's feeds (so a stage can be re-run alone on real inputs).
     """
-    external = {**{k: torch.from_numpy(v) for k, v in raw.external().items()},
-                "instructions": raw.instructions, "init_actions": init_actions}
+    external = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in raw.external.items()}
+    external["init_actions"] = init_actions
     produced: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     for stage in spec.stages:
@@ -181,73 +176,14 @@ def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInp
     return outputs
 
 
-def read_manifest(artifact_dir: Path) -> dict:
-    path = artifact_dir / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{artifact_dir} has no {MANIFEST}, so it is not a complete gr00t-export build; "
-                         "re-run `gr00t-export build`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValidationFailure(f"{path} is not valid JSON ({err}); the drop was edited or truncated") from None
-
-
-def build_denoising_steps(manifest: dict) -> int | None:
-    """The Euler steps a build's denoising graph has unrolled (manifests before `denoising_steps`: the config's)."""
-    model = manifest.get("model", {})
-    steps = model.get("denoising_steps", model.get("config", {}).get("action_head", {}).get("num_inference_timesteps"))
-    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
-
-
 def check_denoising_steps(artifact_dir: Path, requested: int | None) -> None:
     """An exported denoiser runs the steps it was built with; asking for others is a usage error, not a silent no-op."""
     if requested is None:
         return
-    built = build_denoising_steps(read_manifest(Path(artifact_dir)))
+    built = Manifest.read(Path(artifact_dir)).denoising_steps
     if requested != built:
         raise InputError(f"{artifact_dir} was built with {built} denoising steps, unrolled into its graph; rebuild "
                          f"with `gr00t-export build --denoising_steps {requested}`, or leave out --denoising_steps")
-
-
-def manifest_seal(manifest: dict) -> str:
-    """`manifest_sha256`: sha256 of the manifest's canonical JSON, less `files` (every file there carries its own
-    sha256, and emitters that add files update that list) and the seal itself.
-
-    It makes a hand-edited manifest (precision, key order, dims: fields the runner acts on) fail like a modified
-    artifact. It guards against edits and corruption, not forgery: whoever rewrites the manifest can recompute it.
-    """
-    body = {k: v for k, v in manifest.items() if k not in ("files", "manifest_sha256")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def verify_manifest_seal(artifact_dir: Path, manifest: dict) -> None:
-    """Manifests written before the seal existed carry none and are taken as they are."""
-    want = manifest.get("manifest_sha256")
-    if want is not None and want != manifest_seal(manifest):
-        raise ValidationFailure(f"{artifact_dir / MANIFEST} was edited after the build (it no longer matches its "
-                                "manifest_sha256); re-run the build or restore the drop")
-
-
-def verify_file(artifact_dir: Path, entry: dict) -> None:
-    """Hash check before anything is loaded: a TorchScript file is code and must be the one we wrote."""
-    path = artifact_dir / entry["path"]
-    if not path.is_file():
-        raise ValidationFailure(f"artifact {entry['path']} is missing; re-run the build or restore the drop")
-    if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
-        raise ValidationFailure(f"artifact {entry['path']} does not match its manifest sha256 (modified or "
-                                "corrupt); re-run the build or restore the drop")
-
-
-def policy_spec_from_manifest(manifest: dict) -> PolicySpec:
-    modality = modality_config_from_dict(manifest["modality_config"], where="manifest modality_config")
-    meta = manifest["metadata"]
-    metadata = EmbodimentMetadata(
-        tag=meta["embodiment_tag"],
-        state={k: KeyStats.from_dict(v, k) for k, v in meta["statistics"]["state"].items()},
-        action={k: KeyStats.from_dict(v, k) for k, v in meta["statistics"]["action"].items()},
-        modalities=meta["modalities"],
-    )
-    return PolicySpec(modality, metadata, manifest["model"]["action_horizon"], manifest["model"]["action_dim"])
 
 
 class ExportedGr00tRunner:
@@ -263,45 +199,37 @@ class ExportedGr00tRunner:
         self.dir = Path(artifact_dir)
         if not self.dir.is_dir():
             raise InputError(f"artifact dir {self.dir} does not exist; run `gr00t-export build` first")
-        self.manifest = read_manifest(self.dir)
-        verify_manifest_seal(self.dir, self.manifest)
-        files = {f["path"]: f for f in self.manifest["files"]}
-        if SPEC_FILE in files:
-            verify_file(self.dir, files[SPEC_FILE])
-        self.graph = load_graph_spec(self.dir / SPEC_FILE, views=int(self.manifest["views"]))
-        self.spec = policy_spec_from_manifest(self.manifest)
+        self.manifest = Manifest.read(self.dir)
+        self.manifest.verify_seal(self.dir)
+        spec_path = self.manifest.verify_file(self.dir, SPEC_FILE)
+        self.graph = load_graph_spec(spec_path, views=self.manifest.views)
+        self.interface = self.manifest.interface
+        self.reader = family_named(self.manifest.family).reader(self.manifest)
         self.device, self.backend = device, backend
         if backend == "trt":
-            from gr00t_export.pipeline.engines import require_engines
+            from gr00t_export.runtime.tensorrt import require_engines
 
             require_engines(self.dir, self.graph, device)
         providers = ort_providers(device) if backend == "ort" else []
         self.stages: dict[str, StageRunner] = {}
         for stage in self.graph.stages:
-            entry = files.get(stage.file)
-            if entry is None:
-                raise ValidationFailure(f"manifest lists no {stage.file}; the drop is incomplete, re-run the build")
-            verify_file(self.dir, entry)
-            path = self.dir / stage.file
+            path = self.manifest.verify_file(self.dir, stage.file)
             if stage.format == "onnx" and backend == "trt":
-                from gr00t_export.pipeline.engines import trt_stage_runner
+                from gr00t_export.runtime.tensorrt import trt_stage_runner
 
                 self.stages[stage.name] = trt_stage_runner(self.dir, stage, device)
             elif stage.format == "onnx":
                 self.stages[stage.name] = OnnxStageRunner(path, stage, providers, threads)
             else:
-                on_cpu = stage.name == "eagle2_tokenizer"
+                on_cpu = "instructions" in stage.input_names  # the tokenizer: strings in, on the host
                 module = torch.jit.load(str(path), map_location="cpu" if on_cpu else device)
                 runner = TorchStageRunner(module, stage, device)
                 self.stages[stage.name] = InstructionCache(runner) if on_cpu else runner
-        state_dims = [self.spec.metadata.state_dim(ModalityConfig.short(k)) for k in self.spec.modality.state_keys]
-        self.reader = ObservationReader(self.spec.modality, state_dims)
 
     def run_raw(self, raw: RawInputs, init_actions: torch.Tensor, trace: dict | None = None) -> dict[str, Any]:
         return run_pipeline(self.graph, self.stages, raw, init_actions, trace)
 
     def get_action(self, obs: Observation, noise: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-        _, batched = batch_observation(obs, self.spec.modality)
         raw = self.reader(obs)
-        actions = self.run_raw(raw, self.spec.noise(raw.batch, noise, seed))
-        return {k: (v.float().cpu().numpy() if batched else v[0].float().cpu().numpy()) for k, v in actions.items()}
+        actions = self.run_raw(raw, make_noise((raw.batch, *self.interface.noise_shape), noise, seed))
+        return {k: (v.float().cpu().numpy() if raw.batched else v[0].float().cpu().numpy()) for k, v in actions.items()}

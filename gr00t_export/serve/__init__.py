@@ -84,7 +84,7 @@ import numpy as np
 import zmq
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.embodiments import ModalityConfig
+from gr00t_export.families.base import PolicyInterface, short_key
 
 DEFAULT_PORT = 5555
 DEFAULT_TIMEOUT_MS = 15000
@@ -94,7 +94,6 @@ ENDPOINTS = ("ping", "kill", "get_action", "reset", "get_modality_config")
 N15, CURRENT = "n1.5", "current"
 PROTOCOLS = (N15, CURRENT)
 CURRENT_DEFAULT_LANGUAGE_KEY = "task"  # what the current dialect names the instruction when a config has none
-RESERVED_KEYS = ("noise", "seed")
 POLL_MS = 100  # how often the loop wakes up to notice stop() and signals
 
 
@@ -106,10 +105,6 @@ class ServerError(RuntimeError):
     """The server answered `{"error": ...}`; `str(err)` is its message."""
 
 
-class _Spec(Protocol):
-    modality: ModalityConfig
-
-
 class Policy(Protocol):
     """What the server needs from a policy: ReferencePolicy, ExportedGr00tRunner and ReplayPolicy all fit.
 
@@ -117,7 +112,7 @@ class Policy(Protocol):
     `reset(options) -> info` for stateful policies (the replay); without them info is `{}` and reset is a no-op.
     """
 
-    spec: _Spec
+    interface: PolicyInterface
 
     def get_action(self, obs: dict[str, np.ndarray], noise: np.ndarray | None = None,
                    seed: int = 0) -> dict[str, np.ndarray]: ...
@@ -258,7 +253,7 @@ def decode(payload: bytes) -> Any:
 # --- observation checks ---------------------------------------------------------------------------------
 
 
-def modality_config_reply(modality: ModalityConfig, protocol: str = N15) -> dict[str, WireModalityConfig]:
+def modality_config_reply(modality: PolicyInterface, protocol: str = N15) -> dict[str, WireModalityConfig]:
     """What `get_modality_config` answers: NVIDIA's four modalities, with keys as `protocol` names them.
 
     N1.5: full keys, language only when the config has one. Current: bare keys, the state normalisation lists,
@@ -274,8 +269,8 @@ def modality_config_reply(modality: ModalityConfig, protocol: str = N15) -> dict
         if modality.language_key is not None:
             out["language"] = WireModalityConfig([0], [modality.language_key])
         return out
-    short = ModalityConfig.short
-    state_in = {mode: [short(k) for k in modality.state_keys if modality.state_mode(k) == mode] or None
+    short = short_key
+    state_in = {mode: [short(k) for k in modality.state_keys if modality.state_encodings.get(k) == mode] or None
                 for mode in ("sin_cos", "mean_std")}
     current = {
         "video": WireModalityConfig(list(modality.observation_indices), [short(k) for k in modality.video_keys]),
@@ -288,7 +283,7 @@ def modality_config_reply(modality: ModalityConfig, protocol: str = N15) -> dict
     return {name: config for name, config in current.items() if config.modality_keys}
 
 
-def current_language_key(modality: ModalityConfig) -> str:
+def current_language_key(modality: PolicyInterface) -> str:
     return modality.language_key or CURRENT_DEFAULT_LANGUAGE_KEY
 
 
@@ -299,23 +294,6 @@ def _describe(value: Any) -> str:
         text = repr(value)
         return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
     return type(value).__name__
-
-
-def _state_dims(policy: Policy) -> dict[str, int]:
-    """Per-key state widths: the spec's own (the replay's, from the dataset) or its metadata's (the models')."""
-    given = getattr(policy.spec, "state_dims", None)
-    if given is not None:
-        return dict(given)
-    metadata = getattr(policy.spec, "metadata", None)
-    dims: dict[str, int] = {}
-    if metadata is None:
-        return dims
-    for key in policy.spec.modality.state_keys:
-        try:
-            dims[key] = int(metadata.state_dim(ModalityConfig.short(key)))
-        except Exception:  # the policy itself will complain if it cannot size the key
-            continue
-    return dims
 
 
 def _language(value: Any, batched: bool, batch: int, key: str) -> np.ndarray:
@@ -339,7 +317,7 @@ def _language(value: Any, batched: bool, batch: int, key: str) -> np.ndarray:
     return value
 
 
-def check_observation(data: Any, modality: ModalityConfig, state_dims: dict[str, int] | None = None,
+def check_observation(data: Any, modality: PolicyInterface, state_dims: dict[str, int] | None = None,
                       noise_shape: tuple[int, int] | None = None
                       ) -> tuple[dict[str, np.ndarray], np.ndarray | None, int | None]:
     """Validate a `get_action` data map before the policy sees it; returns (observation, noise, seed).
@@ -414,7 +392,7 @@ NESTED_SHAPES = ('{"video": {camera: uint8 (B, T, H, W, 3)}, "state": {key: floa
 _ABSENT = object()
 
 
-def check_current_observation(observation: Any, modality: ModalityConfig, state_dims: dict[str, int] | None = None
+def check_current_observation(observation: Any, modality: PolicyInterface, state_dims: dict[str, int] | None = None
                               ) -> tuple[dict[str, np.ndarray], bool]:
     """Validate a current-dialect observation, nested or flat (the sim wrapper's); returns it as the batched,
     N1.5-keyed observation the policy takes, and whether it came flat.
@@ -425,7 +403,7 @@ def check_current_observation(observation: Any, modality: ModalityConfig, state_
     if not isinstance(observation, dict):
         raise InputError(f"observation must be a map, got {_describe(observation)}; send {NESTED_SHAPES}")
     flat = any(isinstance(k, str) and k.startswith(("video.", "state.")) for k in observation)
-    short = ModalityConfig.short
+    short = short_key
     language = current_language_key(modality)
     if flat and language == CURRENT_DEFAULT_LANGUAGE_KEY and "annotation.human.coarse_action" in observation:
         language = "annotation.human.coarse_action"  # the sim wrapper's alias for `task`
@@ -520,7 +498,7 @@ def check_current_observation(observation: Any, modality: ModalityConfig, state_
 
 def current_actions(actions: dict[str, np.ndarray], flat: bool) -> dict[str, np.ndarray]:
     """The policy's `action.<k>` arrays in the current dialect: bare keys (nested) or `action.<k>` (flat), float32."""
-    return {(key if flat else ModalityConfig.short(key)): np.ascontiguousarray(value, dtype=np.float32)
+    return {(key if flat else short_key(key)): np.ascontiguousarray(value, dtype=np.float32)
             for key, value in actions.items()}
 
 
@@ -584,10 +562,9 @@ class PolicyServer:
             policy, api_token or None, log_every, default_seed, log)
         self.modality_config_protocol = modality_config_protocol
         self.max_message_bytes = max_message_bytes
-        self.modality = policy.spec.modality
-        self.state_dims = _state_dims(policy)
-        horizon, dim = getattr(policy.spec, "action_horizon", None), getattr(policy.spec, "action_dim", None)
-        self.noise_shape = (int(horizon), int(dim)) if horizon and dim else None
+        self.modality = policy.interface
+        self.state_dims = dict(self.modality.state_dims)
+        self.noise_shape = tuple(self.modality.noise_shape) if all(self.modality.noise_shape) else None
         self._closed = False
         self.latency = LatencyLog()
         self._stop = threading.Event()
@@ -900,7 +877,7 @@ def to_current_observation(obs: dict[str, Any], flat: bool = False) -> dict[str,
         if group in ("video", "state") and value.dtype.kind not in "USO":
             value = value if batched else value[None]
             value = np.ascontiguousarray(value, dtype=np.uint8 if group == "video" else np.float32)
-            nested[group][ModalityConfig.short(key)] = value
+            nested[group][short_key(key)] = value
             flat_obs[key] = value
         elif value.dtype.kind in "US" and value.size:
             texts = ([str(t) for t in value.reshape(value.shape[0], -1)[:, 0]] if batched
@@ -910,9 +887,9 @@ def to_current_observation(obs: dict[str, Any], flat: bool = False) -> dict[str,
     return flat_obs if flat else nested
 
 
-def modality_from_reply(reply: dict[str, Any]) -> ModalityConfig:
-    """A server's `get_modality_config` (either dialect) as a ModalityConfig with full keys, to read dataset steps
-    that match it. Normalisation modes are not part of the protocol, so every key reads as `identity`."""
+def modality_from_reply(reply: dict[str, Any]) -> PolicyInterface:
+    """A server's `get_modality_config` (either dialect) as an interface with full keys, to read the dataset steps
+    that match it. Widths and encodings are not part of the protocol, so they stay unknown (empty)."""
     def keys(group: str) -> list[str]:
         config = reply.get(group)
         names = config.modality_keys if isinstance(config, WireModalityConfig) else []
@@ -923,10 +900,11 @@ def modality_from_reply(reply: dict[str, Any]) -> ModalityConfig:
                          "GR00T policy server?")
     observed = reply.get("video") or reply.get("state")
     language = reply.get("language")
-    return ModalityConfig(
-        name="server", embodiment_tag="new_embodiment", video_keys=tuple(keys("video")),
+    action_indices = tuple(reply["action"].delta_indices)
+    return PolicyInterface(
+        family="server", embodiment_tag="", name="server", video_keys=tuple(keys("video")),
         state_keys=tuple(keys("state")), action_keys=tuple(keys("action")),
         language_key=language.modality_keys[0] if isinstance(language, WireModalityConfig) and
-        language.modality_keys else None, state_modes={}, action_modes={},
+        language.modality_keys else None,
         observation_indices=tuple(observed.delta_indices) if isinstance(observed, WireModalityConfig) else (0,),
-        action_indices=tuple(reply["action"].delta_indices))
+        action_indices=action_indices, state_dims={}, action_dims={}, noise_shape=(len(action_indices), 0))

@@ -10,7 +10,6 @@ is not read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +17,31 @@ import numpy as np
 
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.embodiments import ModalityConfig
+from gr00t_export.families.base import ObservationKeys, PolicyInterface
 
 
-@dataclass(frozen=True)
-class ReplaySpec:
-    """What the server reads from a policy's spec: the config, the dataset's state widths and the horizon."""
-
-    modality: ModalityConfig
-    state_dims: dict[str, int]
-    action_horizon: int
+def replay_interface(dataset: LeRobotDataset, keys: ObservationKeys, name: str) -> PolicyInterface:
+    """What a replay reads and answers: `keys`, with the widths the dataset's meta/modality.json gives them."""
+    dataset.check_config(keys)  # every key is in modality.json with a valid slice
+    widths = {f"{mod}.{short}": int(e["end"]) - int(e["start"])
+              for mod in ("state", "action") for short, e in dataset.modality.get(mod, {}).items()}
+    return PolicyInterface(
+        family="replay", embodiment_tag="", name=name, video_keys=tuple(keys.video_keys),
+        state_keys=tuple(keys.state_keys), action_keys=tuple(keys.action_keys), language_key=keys.language_key,
+        observation_indices=tuple(keys.observation_indices), action_indices=tuple(keys.action_indices),
+        state_dims={k: widths[k] for k in keys.state_keys}, action_dims={k: widths[k] for k in keys.action_keys},
+        noise_shape=(len(keys.action_indices), 0))
 
 
 class ReplayPolicy:
-    def __init__(self, dataset_path: str | Path, modality: ModalityConfig, episode: int = 0,
-                 execution_horizon: int | None = None):
+    def __init__(self, dataset_path: str | Path, keys: ObservationKeys, episode: int = 0,
+                 execution_horizon: int | None = None, name: str = "replay"):
         self.dataset = LeRobotDataset(dataset_path)
-        self.dataset.check_config(modality)
-        state_dims = {}
-        for key in modality.state_keys:  # check_config has validated these modality.json entries
-            entry = self.dataset.modality["state"][ModalityConfig.short(key)]
-            state_dims[key] = int(entry["end"]) - int(entry["start"])
-        self.spec = ReplaySpec(modality, state_dims, modality.action_horizon)
-        horizon = execution_horizon if execution_horizon is not None else modality.action_horizon
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= modality.action_horizon:
-            raise InputError(f"--execution_horizon {horizon} must be an integer in 1..{modality.action_horizon} "
+        self.interface = replay_interface(self.dataset, keys, name)
+        chunk = self.interface.action_horizon
+        horizon = execution_horizon if execution_horizon is not None else chunk
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= chunk:
+            raise InputError(f"--execution_horizon {horizon} must be an integer in 1..{chunk} "
                              "(the action chunk's length): how many recorded steps each call advances")
         self.execution_horizon = horizon
         self.episode = self._episode(episode, "--episode")
@@ -76,11 +75,11 @@ class ReplayPolicy:
                              ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """The recorded chunk at the current step, (B, H, d) for a batched observation, (H, d) otherwise; noise and
         seed have no meaning here."""
-        modality = self.spec.modality
-        first = obs[modality.video_keys[0]] if modality.video_keys else obs[modality.state_keys[0]]
-        batched = np.ndim(first) == (5 if modality.video_keys else 3)
+        iface = self.interface
+        first = obs[iface.video_keys[0]] if iface.video_keys else obs[iface.state_keys[0]]
+        batched = np.ndim(first) == (5 if iface.video_keys else 3)
         info = self.info()
-        chunk = self.dataset.actions(self.episode, min(self.step, self.episode_length - 1), modality)
+        chunk = self.dataset.actions(self.episode, min(self.step, self.episode_length - 1), iface)
         actions = {}
         for key, rows in chunk.items():
             rows = rows.astype(np.float32)

@@ -24,15 +24,14 @@ from pathlib import Path
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.partition import partition
-from gr00t_export.families.n1_5.policy import Observation, RawInputs, ReferencePolicy
+from gr00t_export.families import family_for_checkpoint
+from gr00t_export.families.base import Observation, OpenedPolicy, RawInputs, make_noise, synthetic_observation
 from gr00t_export.runtime.runner import (
     ORT_ELEMENT_TYPES,
     ORT_TYPES,
     ExportedGr00tRunner,
     StageRunner,
     TorchStageRunner,
-    build_denoising_steps,
     check_denoising_steps,
     run_pipeline,
 )
@@ -332,13 +331,13 @@ class AotiStageRunner:
         return {n: t.clone() for n, t in zip(self.spec.output_names, out, strict=True)}
 
 
-def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, compile_: bool
-                 ) -> tuple[object, dict[str, StageRunner]]:
-    part = partition(policy.model, policy.transforms, precision)
+def _twin_stages(opened: OpenedPolicy, model: torch.nn.Module, precision: str, device: torch.device,
+                 compile_: bool) -> tuple[object, dict[str, StageRunner]]:
+    part = opened.partition(model, precision)
     stages: dict[str, StageRunner] = {}
     for spec in part.spec.stages:
         module = part.modules[spec.name]
-        on_cpu = spec.name == "eagle2_tokenizer"
+        on_cpu = "instructions" in spec.input_names  # the tokenizer: strings, on the host
         module = module if on_cpu else module.to(device)
         if compile_ and spec.name in COMPILED_STAGES:
             stages[spec.name] = CompiledStageRunner(torch.compile(module, mode="reduce-overhead", dynamic=False),
@@ -350,7 +349,7 @@ def _twin_stages(policy: ReferencePolicy, precision: str, device: torch.device, 
 
 def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str], dtype: str, iters: int,
           warmup: int, device: str, dataset_path: Path | None = None, eagle_path: Path | None = None,
-          embodiment_tag: str = "gr1", modality_config: str | None = None,
+          embodiment_tag: str | None = None, modality_config: str | None = None,
           log: Callable[[str], None] = print, observation: Observation | None = None, profile: bool = False,
           aoti_dir: Path | None = None, aoti_phase: str = "both", denoising_steps: int | None = None
           ) -> list[BackendResult]:
@@ -372,29 +371,27 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
     runner = ExportedGr00tRunner(artifact_dir, device=device) if artifact_dir else None
     if model_path is None and runner is not None:
         model_path = Path(runner.manifest["source"]["model_path"])
-    if runner is not None:
-        denoising_steps = build_denoising_steps(runner.manifest)
-    policy = None
+    opened = model = None
     if any(b.startswith("torch") or b == "aoti" for b in backends):
         if not (model_path and Path(model_path).is_dir()):
             raise InputError("torch backends need the checkpoint: pass --model_path CKPT")
-        policy = ReferencePolicy.from_checkpoint(model_path, eagle_path, embodiment_tag, modality_config,
-                                                 dtype="fp32", device="cpu", denoising_steps=denoising_steps)
-        policy.model.to(device=dev, dtype=PRECISIONS[dtype])
-    modality = (runner or policy).spec.modality
-    obs = observation if observation is not None else _observation(policy, runner, modality, dataset_path)
-    reader = runner.reader if runner else policy.transforms.reader
-    raw = reader(obs)
-    spec = (runner or policy).spec
-    init = spec.noise(raw.batch, None, 0).to(dev)
+        family = family_for_checkpoint(model_path)
+        opened = family.open_for_manifest(model_path, eagle_path, runner.manifest) if runner is not None else \
+            family.open(model_path, eagle_path, embodiment_tag=embodiment_tag, modality_config=modality_config,
+                        denoising_steps=denoising_steps)
+        model = opened.load(torch.float32, "cpu").to(device=dev, dtype=PRECISIONS[dtype])
+    iface = runner.interface if runner is not None else opened.interface
+    obs = observation if observation is not None else _observation(opened, iface, dataset_path)
+    raw = (runner.reader if runner is not None else opened.reader())(obs)
+    init = make_noise((raw.batch, *iface.noise_shape), None, 0).to(dev)
     results = []
     for backend in backends:
         trace: dict = {}  # each stage's feeds, recorded by the backends that need them to set up
         log(f"timing {backend} ...")
         if backend in ("torch", "torch-compile"):
-            graph, stages = _twin_stages(policy, dtype, dev, backend == "torch-compile")
+            graph, stages = _twin_stages(opened, model, dtype, dev, backend == "torch-compile")
         elif backend == "aoti":
-            graph, stages = _twin_stages(policy, dtype, dev, False)
+            graph, stages = _twin_stages(opened, model, dtype, dev, False)
             run_pipeline(graph, stages, raw, init, trace)
             packages = Path(aoti_dir or tempfile.mkdtemp())
             try:
@@ -477,11 +474,15 @@ def _graph_torchscript_stages(graph, stages: dict[str, StageRunner], trace: dict
     return note + (f"; not capturable: {', '.join(kept)}" if kept else "")
 
 
-def _observation(policy, runner, modality, dataset_path: Path | None):
-    from gr00t_export.pipeline.build import example_observation
+def _observation(opened: OpenedPolicy | None, iface, dataset_path: Path | None) -> Observation:
+    """A dataset's first step, else the checkpoint's example observation, else one of the interface's shapes."""
+    if dataset_path is not None:
+        from gr00t_export.data.lerobot import LeRobotDataset
 
-    metadata = (runner or policy).spec.metadata
-    return example_observation(modality, metadata, dataset_path)
+        dataset = LeRobotDataset(dataset_path)
+        episode, step = next(iter(dataset.iter_steps(iface, 1)))
+        return dataset.observation(episode, step, iface)
+    return opened.example_observation(None) if opened is not None else synthetic_observation(iface)
 
 
 def table_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]]]:
@@ -526,36 +527,3 @@ def is_bench_json(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and {"context", "results"} <= set(data)
-
-
-def floor_analysis(cfg, seq_len: int, views: int, steps: int, bytes_per_param: int = 2,
-                   bandwidth_tbs: float = 3.35, peak_tflops: float = 989.0) -> list[dict]:
-    """Weight bytes and matmul FLOPs per stage from the config: the time below which no runtime can go."""
-    v, t, ah = cfg.vision, cfg.text, cfg.action_head
-    vit_params = v.num_hidden_layers * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size)
-    llm_layer = (t.hidden_size * t.head_dim * (t.num_attention_heads * 2 + t.num_key_value_heads * 2)
-                 + 3 * t.hidden_size * t.intermediate_size)
-    llm_params = cfg.select_layer * llm_layer + v.hidden_size * t.hidden_size
-    d, dit = ah.input_embedding_dim, ah.diffusion_model
-    dit_block = 2 * d * d + 2 * d * (dit.cross_attention_dim or d) + 8 * d * d + 2 * d * d
-    dit_params = dit.num_layers * dit_block + 4 * d * d
-    vl = ah.vl_self_attention.inner_dim
-    vlsa_params = ah.vl_self_attention.num_layers * 12 * vl * vl
-    enc = 3 * d * d + d * ah.action_dim + ah.hidden_size**2
-    images, tokens = views, 49
-    stages = [
-        ("vit", vit_params, 2 * vit_params * 256 * images),
-        ("llm", llm_params, 2 * llm_params * seq_len),
-        ("denoising_subgraph", vlsa_params + dit_params + enc,
-         2 * vlsa_params * seq_len + steps * 2 * (dit_params + enc) * tokens),
-    ]
-    out = []
-    for name, params, flops in stages:
-        read_ms = params * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
-        # the DiT re-reads its weights every Euler step
-        if name == "denoising_subgraph":
-            read_ms = (vlsa_params + steps * (dit_params + enc)) * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
-        compute_ms = flops / (peak_tflops * 1e12) * 1e3
-        out.append({"stage": name, "params_M": params / 1e6, "gflop": flops / 1e9, "weight_read_ms": read_ms,
-                    "compute_ms": compute_ms, "floor_ms": max(read_ms, compute_ms)})
-    return out

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gr00t_export.errors import InputError
-from gr00t_export.runtime.runner import SPEC_FILE, read_manifest
-from gr00t_export.spec import GraphSpec, load_graph_spec
+from gr00t_export.manifest import Manifest
+from gr00t_export.spec import SPEC_FILE, GraphSpec, load_graph_spec
 
 REPORT = Path("validation") / "validation_report.json"
 FORMAT_LABEL = {"torchscript": "TorchScript", "onnx": "ONNX", "trt": "TensorRT"}
@@ -113,10 +113,8 @@ def describe_drop(artifact_dir: str | Path) -> DropView:
     root = Path(artifact_dir)
     if not root.is_dir():
         raise InputError(f"artifact dir {root} does not exist; run `gr00t-export build` first")
-    manifest = read_manifest(root)
-    views = manifest.get("views")
-    graph = load_graph_spec(root / SPEC_FILE if (root / SPEC_FILE).is_file() else None,
-                            views=int(views) if views else None)
+    manifest = Manifest.read(root)
+    graph = load_graph_spec(root / SPEC_FILE, views=manifest.views)
     files = {f["path"]: f for f in manifest.get("files", [])}
     seen = {s["name"]: s for s in manifest.get("stages", [])}
     overall, per_stage = validation_status(root)

@@ -18,8 +18,8 @@ from typing import Any
 
 from gr00t_export import __version__
 from gr00t_export.errors import InputError
+from gr00t_export.manifest import MANIFEST, Manifest
 from gr00t_export.pipeline.engines import DEFAULT_WORKSPACE_MB, ENGINE_DIR, PLAN_SCRIPT, TARGETS, render_build_plan
-from gr00t_export.runtime.runner import MANIFEST, read_manifest, verify_file
 from gr00t_export.util import ordinary_permissions, refuse_overlap
 
 TARGET_README = "README_TARGET.md"
@@ -148,9 +148,9 @@ def pack(artifact_dir: str | Path, target: str = "thor", precision: str | None =
         raise InputError(f"unknown --target {target!r}; use {' or '.join(TARGETS)}")
     if not root.is_dir():
         raise InputError(f"artifact dir {root} does not exist; run `gr00t-export build` first")
-    manifest = read_manifest(root)
-    for entry in manifest["files"]:
-        verify_file(root, entry)  # refuses a tampered or incomplete drop before anything is written
+    manifest = Manifest.read(root)
+    for rel in manifest.files:
+        manifest.verify_file(root, rel)  # refuses a tampered or incomplete drop before anything is written
     validation = validation_status(root, manifest)
     if validation["status"] != "validated" and not allow_unvalidated:
         raise InputError(f"{root} has not passed a full validation ({validation['status']}: {validation['why']}); "

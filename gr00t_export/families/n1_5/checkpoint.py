@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from gr00t_export.errors import InputError
+from gr00t_export.families.base import require_denoising_steps
 from gr00t_export.families.n1_5.config import Gr00tConfig, read_config
 from gr00t_export.families.n1_5.model import UNUSED_KEY_PREFIXES, Gr00tN15
 from gr00t_export.weights import LoadReport, find_weights, fingerprint, load_strict
@@ -35,13 +36,6 @@ class Checkpoint:
 
     def fingerprint(self) -> str:
         return fingerprint([self.path / "config.json", *self.weight_files])
-
-
-def require_denoising_steps(steps: int | None) -> None:
-    """None (the checkpoint's count) or a whole number of Euler steps >= 1."""
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise InputError(f"--denoising_steps must be an integer >= 1 (Euler steps of the action head), got {steps!r}; "
-                         "leave it out for the checkpoint's num_inference_timesteps")
 
 
 def with_denoising_steps(cfg: Gr00tConfig, steps: int | None) -> Gr00tConfig:
@@ -74,6 +68,9 @@ def open_checkpoint(model_path: str | Path, eagle_path: str | Path | None = None
 
 def load_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
                ) -> tuple[Gr00tN15, LoadReport]:
+    """Strictly checked load (one InputError naming every bad key), then the RoPE tables where the weights are."""
     with torch.device("meta"):
         model = Gr00tN15(ckpt.config)
-    return load_strict(model, ckpt.path, ckpt.weight_map, dtype, device, UNUSED_KEY_PREFIXES)
+    model, report = load_strict(model, ckpt.path, ckpt.weight_map, dtype, device, UNUSED_KEY_PREFIXES)
+    model.setup_caches()
+    return model, report

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gr00t_export.errors import InputError
+from gr00t_export.nn.dit import TransformerConfig
+from gr00t_export.nn.qwen3 import TextConfig
 
 
 @dataclass
@@ -31,39 +33,6 @@ class VisionConfig:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-
-@dataclass
-class TextConfig:
-    """Qwen3 decoder (Qwen3-1.7B in the real model), before truncation to `select_layer` layers."""
-
-    vocab_size: int = 151680
-    hidden_size: int = 2048
-    intermediate_size: int = 6144
-    num_hidden_layers: int = 28
-    num_attention_heads: int = 16
-    num_key_value_heads: int = 8
-    head_dim: int = 128
-    rope_theta: float = 1_000_000.0
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 40960
-    tie_word_embeddings: bool = True
-
-
-@dataclass
-class TransformerConfig:
-    """A diffusers-style transformer stack: the DiT and the VL self-attention share this shape."""
-
-    num_attention_heads: int
-    attention_head_dim: int
-    num_layers: int
-    output_dim: int = 1024
-    cross_attention_dim: int | None = None
-    interleave_self_attention: bool = False
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
 
 
 @dataclass

@@ -42,8 +42,9 @@ from typing import Any
 
 import yaml
 
+from gr00t_export.data.rotation import ROTATION_TYPES, rotation_width
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.preprocess.rotation import ROTATION_TYPES, rotation_width
+from gr00t_export.families.base import KeyLayout
 
 # N1.5 projector indices (gr00t/data/embodiment_tags.py@4af2b62). N1.6 uses a different table.
 EMBODIMENT_TAG_TO_INDEX: dict[str, int] = {
@@ -159,6 +160,10 @@ class ModalityConfig:
     def short(key: str) -> str:
         """'state.left_arm' -> 'left_arm' (the name used in metadata.json)."""
         return key.split(".", 1)[1] if "." in key else key
+
+    def key_layouts(self) -> dict[str, KeyLayout]:
+        """How a dataset stores each state and action key (widths of the public dataset layouts)."""
+        return {key: key_layout(self, key) for key in (*self.state_keys, *self.action_keys)}
 
     def state_mode(self, key: str) -> str:
         return self.state_modes.get(key, "identity")
@@ -296,16 +301,6 @@ DATA_CONFIGS: dict[str, ModalityConfig] = {
          "head_position", "waist_position", "robot_velocity"),
         "annotation.language.action_text", "min_max", "min_max"),
 }
-
-
-@dataclass(frozen=True)
-class KeyLayout:
-    """How a dataset stores one state/action key: what `meta/modality.json` says about it."""
-
-    dim: int
-    rotation_type: str | None = None
-    absolute: bool = True
-    continuous: bool = True
 
 
 def _layout(**keys: int | tuple) -> dict[str, KeyLayout]:

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from gr00t_export.data.rotation import ROTATION_BOUNDS, ROTATION_TYPES, family, rotation_width
 from gr00t_export.errors import InputError
 from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, NORMALIZING_MODES, ModalityConfig
-from gr00t_export.families.n1_5.preprocess.rotation import ROTATION_BOUNDS, ROTATION_TYPES, family, rotation_width
 
 STAT_NAMES: tuple[str, ...] = ("max", "min", "mean", "std", "q01", "q99")
 

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.checkpoint import Checkpoint, load_model, open_checkpoint
+from gr00t_export.families.base import Observation, RawInputs, make_noise
+from gr00t_export.families.n1_5.checkpoint import Checkpoint
 from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, ModalityConfig, embodiment_index, load_modality_config
+from gr00t_export.families.n1_5.interface import interface
 from gr00t_export.families.n1_5.metadata import (
     EmbodimentMetadata,
     check_against,
@@ -27,9 +29,6 @@ from gr00t_export.families.n1_5.model import Gr00tN15
 from gr00t_export.families.n1_5.preprocess.state_action import ActionPostprocessor, StatePreprocessor
 from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
 from gr00t_export.families.n1_5.preprocess.video import MultiViewVideo
-from gr00t_export.weights import torch_dtype
-
-Observation = dict[str, np.ndarray]
 
 
 @dataclass
@@ -41,48 +40,6 @@ class ModelInputs:
     attention_mask: torch.Tensor  # (B, L) int64
     state: torch.Tensor  # (B, 1, 64) float32
     embodiment_id: torch.Tensor  # (B,) int64
-
-
-@dataclass
-class RawInputs:
-    """An observation after checks, before any transform: what the preprocessing stages consume."""
-
-    frames: list[np.ndarray]  # per camera in video-key order: (B, T, H_i, W_i, 3) uint8, each its own size
-    raw_state: np.ndarray  # (B, T, D_raw) float64, keys concatenated in modality order
-    instructions: list[str]  # B strings
-    batch: int
-    batched: bool  # False: the caller passed one unbatched observation
-
-    @property
-    def images_per_sample(self) -> int:
-        """Image blocks in each prompt: time steps x camera views."""
-        return sum(f.shape[1] for f in self.frames)
-
-    def external(self) -> dict[str, np.ndarray]:
-        """The graph's external inputs by name (frames_<i>, raw_state), as the spec's stages take them."""
-        return {**{f"frames_{i}": f for i, f in enumerate(self.frames)}, "raw_state": self.raw_state}
-
-
-@dataclass
-class PolicySpec:
-    """Everything about a policy except its weights: shared by the reference and the exported runner."""
-
-    modality: ModalityConfig
-    metadata: EmbodimentMetadata
-    action_horizon: int
-    action_dim: int
-
-    def noise(self, batch: int, noise: np.ndarray | None, seed: int) -> torch.Tensor:
-        """The initial actions of the Euler sampler: given (16,32)/(B,16,32), else seeded N(0, 1)."""
-        shape = (batch, self.action_horizon, self.action_dim)
-        if noise is None:
-            return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-        arr = np.asarray(noise, dtype=np.float32)
-        if arr.shape == shape[1:]:  # one (16, 32) noise for every sample; other shapes fail below
-            arr = np.broadcast_to(arr, shape)
-        if arr.shape != shape:
-            raise InputError(f"noise has shape {arr.shape}, expected {shape[1:]} or {shape}; regenerate it")
-        return torch.from_numpy(arr.copy())
 
 
 def batch_observation(obs: Observation, modality: ModalityConfig) -> tuple[Observation, bool]:
@@ -146,11 +103,13 @@ class ObservationReader:
         return np.concatenate(parts, axis=-1)  # (B, T, D_raw)
 
     def __call__(self, obs: Observation) -> RawInputs:
+        """The graph's external inputs: frames_<i> per camera (each its own size), raw_state, instructions."""
         obs, batched = batch_observation(obs, self.modality)
         frames = self.frames(obs)
         batch = np.asarray(obs[self.modality.video_keys[0]]).shape[0]
-        return RawInputs(frames=frames, raw_state=self.raw_state(obs),
-                         instructions=instructions(obs, self.modality, batch), batch=batch, batched=batched)
+        external = {**{f"frames_{i}": f for i, f in enumerate(frames)}, "raw_state": self.raw_state(obs),
+                    "instructions": instructions(obs, self.modality, batch)}
+        return RawInputs(external, batch=batch, batched=batched)
 
 
 class Transforms:
@@ -168,10 +127,12 @@ class Transforms:
 
     def __call__(self, obs: Observation) -> ModelInputs:
         raw = self.reader(obs)
+        frames = [torch.from_numpy(v) for k, v in raw.external.items() if k.startswith("frames_")]
         with torch.no_grad():
-            pixel_values = self.video([torch.from_numpy(f) for f in raw.frames])
-            state, _ = self.state(torch.from_numpy(raw.raw_state))
-        ids, mask = self.tokenizer.encode(raw.instructions, raw.images_per_sample)
+            pixel_values = self.video(frames)
+            state, _ = self.state(torch.from_numpy(raw.external["raw_state"]))
+        images_per_sample = sum(f.shape[1] for f in frames)  # time steps x camera views
+        ids, mask = self.tokenizer.encode(raw.external["instructions"], images_per_sample)
         return ModelInputs(
             pixel_values=pixel_values,
             input_ids=torch.from_numpy(ids),
@@ -181,7 +142,8 @@ class Transforms:
         )
 
 
-def resolve_policy_inputs(ckpt: Checkpoint, embodiment_tag: str | None, modality_config: str | Path | None
+def resolve_policy_inputs(ckpt: Checkpoint, embodiment_tag: str | None,
+                          modality_config: str | Path | ModalityConfig | None
                           ) -> tuple[ModalityConfig, EmbodimentMetadata]:
     """The modality config and metadata entry a policy runs with.
 
@@ -189,7 +151,8 @@ def resolve_policy_inputs(ckpt: Checkpoint, embodiment_tag: str | None, modality
     config whose keys the metadata's entry matches (`matching_data_configs`; the CLI says which it took); none
     or several is an InputError naming the candidates.
     """
-    modality = load_modality_config(modality_config) if modality_config is not None else None
+    modality = modality_config if isinstance(modality_config, ModalityConfig) or modality_config is None else \
+        load_modality_config(modality_config)
     if embodiment_tag is None:
         tags = metadata_tags(ckpt.metadata_path)
         if modality is not None and modality.embodiment_tag in tags:
@@ -227,26 +190,8 @@ class ReferencePolicy:
     def __init__(self, model: Gr00tN15, transforms: Transforms, device: str | torch.device = "cpu"):
         self.model, self.transforms, self.device = model, transforms, torch.device(device)
         ah = model.cfg.action_head
-        self.spec = PolicySpec(transforms.modality, transforms.metadata, ah.action_horizon, ah.action_dim)
+        self.interface = interface(transforms.modality, transforms.metadata, (ah.action_horizon, ah.action_dim))
         self.postprocess = ActionPostprocessor(transforms.modality, transforms.metadata)
-
-    @classmethod
-    def from_checkpoint(cls, model_path: str | Path, eagle_path: str | Path | None = None,
-                        embodiment_tag: str | None = None, modality_config: str | Path | None = None,
-                        dtype: str = "fp32", device: str = "cpu", denoising_steps: int | None = None
-                        ) -> ReferencePolicy:
-        """`denoising_steps`: Euler steps of the action head (None: the checkpoint's num_inference_timesteps)."""
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
-        ckpt = open_checkpoint(model_path, eagle_path, denoising_steps)
-        modality, metadata = resolve_policy_inputs(ckpt, embodiment_tag, modality_config)
-        model, _ = load_model(ckpt, dtype=torch_dtype(dtype), device=device)
-        tokenizer = EagleTokenizer.from_dir(ckpt.eagle_dir)
-        if tokenizer.image_token_id != ckpt.config.image_token_index:
-            raise InputError(f"tokenizer's <IMG_CONTEXT> id {tokenizer.image_token_id} != image_token_index "
-                             f"{ckpt.config.image_token_index}; use the Eagle dir that matches the checkpoint")
-        transforms = Transforms(modality, metadata, tokenizer, model.cfg.action_head.max_state_dim)
-        return cls(model, transforms, device)
 
     @torch.no_grad()
     def action_pred(self, inputs: ModelInputs, init_actions: torch.Tensor) -> torch.Tensor:
@@ -258,9 +203,9 @@ class ReferencePolicy:
         return out.float().cpu()
 
     def get_action(self, obs: Observation, noise: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-        _, batched = batch_observation(obs, self.spec.modality)
+        _, batched = batch_observation(obs, self.transforms.modality)
         inputs = self.transforms(obs)
-        init = self.spec.noise(inputs.input_ids.shape[0], noise, seed)
+        init = make_noise((inputs.input_ids.shape[0], *self.interface.noise_shape), noise, seed)
         return decode_actions(self.postprocess, self.action_pred(inputs, init), batched)
 
 

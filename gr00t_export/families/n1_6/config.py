@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.config import TextConfig
+from gr00t_export.nn.qwen3 import TextConfig
 
 MODEL_TYPE = "Gr00tN1d6"
 EAGLE_MODEL_TYPE = "eagle_3_vl"

@@ -82,5 +82,9 @@ def build_on_meta(cfg: Gr00tN16Config) -> Gr00tN16:
 
 def load_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
                ) -> tuple[Gr00tN16, LoadReport]:
-    """Strictly checked load: one InputError naming missing / unexpected / mis-shaped keys or a bad shard."""
-    return load_strict(build_on_meta(ckpt.config), ckpt.path, ckpt.weight_map, dtype, device, UNUSED_KEY_PREFIXES)
+    """Strictly checked load: one InputError naming missing / unexpected / mis-shaped keys or a bad shard; then the
+    RoPE tables where the weights are."""
+    model, report = load_strict(build_on_meta(ckpt.config), ckpt.path, ckpt.weight_map, dtype, device,
+                                UNUSED_KEY_PREFIXES)
+    model.setup_caches()
+    return model, report

@@ -9,8 +9,10 @@ cross-attention blocks alternate between the non-image and the image tokens of t
 The Euler sampler takes its initial noise as an input and uses one timestep for the whole batch, so the
 timestep embedding and every AdaLN scale/shift derived from it depend on the weights only: `conditioning()` computes
 them for all Euler steps at once, and an export holds that table as a constant (no timestep MLP or AdaLN projection
-in the graph, whatever its size). Qwen3 layers, the DiT blocks, the timestep encoder and the category-specific
-layers are N1.5's modules.
+in the graph, whatever its size).
+Qwen3, the SigLIP encoder, the DiT blocks, the timestep encoder and the category-specific layers are the shared
+blocks of `gr00t_export.nn`. Modules are named for what they are; `CHECKPOINT_NAMES` maps the checkpoint's names
+onto them at load.
 """
 
 from __future__ import annotations
@@ -19,16 +21,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gr00t_export.families.n1_5.model.action_head import CategorySpecificMLP, MultiEmbodimentActionEncoder
-from gr00t_export.families.n1_5.model.dit import Attention, TimestepEncoder, TransformerBlock
-from gr00t_export.families.n1_5.model.language import Qwen3ForCausalLM
-from gr00t_export.families.n1_5.model.layers import attention
 from gr00t_export.families.n1_6.config import ActionHeadConfig, AlternateVLDiTConfig, Gr00tN16Config
 from gr00t_export.families.n1_6.vision import POOLING_HEAD_PREFIX, Siglip2VisionModel
+from gr00t_export.nn.dit import DIFFUSERS_NAMES, TimestepEncoder, TransformerBlock
+from gr00t_export.nn.embodiment import CategorySpecificMLP, MultiEmbodimentActionEncoder
+from gr00t_export.nn.qwen3 import Qwen3Model
+from gr00t_export.weights import CheckpointNames
 
 VISION_PREFIX = "backbone.model.vision_model.vision_model."
 # Keys a real checkpoint carries that N1.6 never reads: the vision pooling head and the tied lm_head.
 UNUSED_KEY_PREFIXES = (VISION_PREFIX + POOLING_HEAD_PREFIX, "backbone.model.language_model.lm_head.")
+CHECKPOINT_NAMES = CheckpointNames((
+    ("model.vision_model.vision_model", "model.vision_model"),  # transformers' vision-model wrapper level
+    ("model.language_model.model", "model.language_model"),  # Qwen3ForCausalLM level (lm_head unused)
+    ("model.mlp1.0", "model.mlp1.norm"), ("model.mlp1.1", "model.mlp1.fc1"),  # an nn.Sequential: LN, Linear, GELU,
+    ("model.mlp1.3", "model.mlp1.fc2"),  # Linear
+    *DIFFUSERS_NAMES,
+))
 
 
 # --- backbone --------------------------------------------------------------------------------------
@@ -52,6 +61,19 @@ def scatter_image_tokens(embeds: Tensor, input_ids: Tensor, image_token_index: i
     return torch.where(is_image[:, None], scattered, flat).reshape(embeds.shape)
 
 
+class VisionConnector(nn.Module):
+    """`mlp1`: LayerNorm -> Linear -> GELU (erf, as NVIDIA's) -> Linear, from unshuffled patches to the LLM width."""
+
+    def __init__(self, merged: int, llm: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(merged, eps=1e-5)
+        self.fc1 = nn.Linear(merged, llm)
+        self.fc2 = nn.Linear(llm, llm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
 class Eagle3VLModel(nn.Module):
     """`backbone.model`: vision tower, connector, LLM."""
 
@@ -62,12 +84,8 @@ class Eagle3VLModel(nn.Module):
         self.unshuffle = cfg.unshuffle_factor
         self.patch_size = cfg.vision.patch_size
         self.vision_model = Siglip2VisionModel(cfg.vision)
-        merged = cfg.vision.hidden_size * self.unshuffle**2
-        llm = cfg.text.hidden_size
-        # nn.GELU() is the erf GELU, as in NVIDIA's connector
-        self.mlp1 = nn.Sequential(nn.LayerNorm(merged, eps=1e-5), nn.Linear(merged, llm), nn.GELU(),
-                                  nn.Linear(llm, llm))
-        self.language_model = Qwen3ForCausalLM(cfg.text, cfg.select_layer)
+        self.mlp1 = VisionConnector(cfg.vision.hidden_size * self.unshuffle**2, cfg.text.hidden_size)
+        self.language_model = Qwen3Model(cfg.text, cfg.select_layer)
 
     def image_tokens(self, pixel_values: Tensor) -> Tensor:
         """(N, 3, H, W) in [-1, 1] -> (N, H/28 * W/28, llm_hidden): each image attends only to itself."""
@@ -77,9 +95,9 @@ class Eagle3VLModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, image_tokens: Tensor) -> Tensor:
         """input_ids/attention_mask (B, L), image_tokens (M, llm_hidden) in prompt order -> features (B, L, llm)."""
-        embeds = self.language_model.model.embed_tokens(input_ids)
+        embeds = self.language_model.embed_tokens(input_ids)
         embeds = scatter_image_tokens(embeds, input_ids, self.image_token_index, image_tokens)
-        return self.language_model.model(embeds, attention_mask)
+        return self.language_model(embeds, attention_mask)
 
 
 class EagleBackbone(nn.Module):
@@ -108,41 +126,13 @@ def cross_attention_biases(image_mask: Tensor, attention_mask: Tensor, dtype: to
     return key_bias(valid & ~image, dtype), key_bias(valid & image, dtype)
 
 
-class MaskedAttention(Attention):
-    """N1.5's biased diffusers-style attention, with an additive key mask."""
-
-    def forward(self, x: Tensor, context: Tensor, bias: Tensor) -> Tensor:
-        return self.to_out[0](attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, bias))
-
-
-def ada_layer_norm(x: Tensor, dim: int, scale: Tensor, shift: Tensor, eps: float) -> Tensor:
-    """LN(x) * (1 + scale) + shift over the last `dim` features, without affine parameters of its own: one
-    LayerNormalization with constant weight and bias once the modulation is a constant."""
-    return F.layer_norm(x, (dim,), 1 + scale, shift, eps)
-
-
-class SelfAttentionBlock(TransformerBlock):
-    """An AdaLN block attending over the state + action tokens; `modulated` takes its (scale, shift) precomputed."""
-
-    def modulated(self, x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-        x = x + self.attn1(ada_layer_norm(x, self.norm1.dim, scale, shift, self.norm1.eps))
-        return x + self.ff(self.norm3(x))
-
-
-class MaskedCrossAttentionBlock(TransformerBlock):
-    """An AdaLN block whose cross-attention sees only the keys its mask keeps."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int, kv_dim: int):
-        super().__init__(dim, heads, head_dim, kv_dim, ada_norm=True)
-        self.attn1 = MaskedAttention(dim, heads, head_dim, kv_dim)
-
-    def forward(self, x: Tensor, context: Tensor, temb: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        scale, shift = self.norm1.linear(F.silu(temb[0])).chunk(2)
-        return self.modulated(x, context, bias, scale, shift)
-
-    def modulated(self, x: Tensor, context: Tensor, bias: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-        x = x + self.attn1(ada_layer_norm(x, self.norm1.dim, scale, shift, self.norm1.eps), context, bias)
-        return x + self.ff(self.norm3(x))
+def modulated_block(block: TransformerBlock, x: Tensor, scale: Tensor, shift: Tensor, context: Tensor | None = None,
+                    mask: Tensor | None = None) -> Tensor:
+    """An AdaLN `block` with its (scale, shift) given rather than computed from the timestep embedding: the same
+    maths as `block(x, context, temb, mask)`, LN(x) * (1 + scale) + shift before the attention."""
+    h = F.layer_norm(x, (block.norm1.dim,), 1 + scale, shift, block.norm1.eps)
+    x = x + block.attn1(h, context, mask)
+    return x + block.ff(block.norm3(x))
 
 
 class AlternateVLDiT(nn.Module):
@@ -157,9 +147,8 @@ class AlternateVLDiT(nn.Module):
         self.text = [cfg.attends_text(i) for i in range(cfg.num_layers)]
         self.timestep_encoder = TimestepEncoder(d)
         self.transformer_blocks = nn.ModuleList(
-            MaskedCrossAttentionBlock(d, cfg.num_attention_heads, cfg.attention_head_dim, cfg.cross_attention_dim)
-            if self.cross[i] else
-            SelfAttentionBlock(d, cfg.num_attention_heads, cfg.attention_head_dim, None, ada_norm=True)
+            TransformerBlock(d, cfg.num_attention_heads, cfg.attention_head_dim,
+                             cfg.cross_attention_dim if self.cross[i] else None, ada_norm=True)
             for i in range(cfg.num_layers)
         )
         self.proj_out_1 = nn.Linear(d, 2 * d)
@@ -180,11 +169,11 @@ class AlternateVLDiT(nn.Module):
         for i, block in enumerate(self.transformer_blocks):
             scale, shift = conditioning[i, 0], conditioning[i, 1]
             if self.cross[i]:
-                x = block.modulated(x, vl_embs, text_bias if self.text[i] else image_bias, scale, shift)
+                x = modulated_block(block, x, scale, shift, vl_embs, text_bias if self.text[i] else image_bias)
             else:
-                x = block.modulated(x, scale, shift)
+                x = modulated_block(block, x, scale, shift)
         shift, scale = conditioning[-1, 0], conditioning[-1, 1]
-        return self.proj_out_2(ada_layer_norm(x, self.dim, scale, shift, 1e-6))
+        return self.proj_out_2(F.layer_norm(x, (self.dim,), 1 + scale, shift, 1e-6))
 
 
 class Gr00tN16ActionHead(nn.Module):
@@ -247,6 +236,11 @@ class Gr00tN16(nn.Module):
         self.cfg = cfg
         self.backbone = EagleBackbone(cfg)
         self.action_head = Gr00tN16ActionHead(cfg.action_head)
+        CHECKPOINT_NAMES.attach(self)
+
+    def setup_caches(self) -> None:
+        """Recomputes the tables outside the state dict (RoPE), e.g. after weights were assigned on the meta device."""
+        self.backbone.model.language_model.setup_caches()
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, state: Tensor,
                 embodiment_id: Tensor, init_actions: Tensor) -> Tensor:

@@ -133,7 +133,7 @@ class VisionStage(nn.Module):
     def __init__(self, model: Gr00tN16, size: int):
         super().__init__()
         eagle = model.backbone.model
-        tower = eagle.vision_model.vision_model
+        tower = eagle.vision_model
         self.embeddings = tower.embeddings
         self.encoder = tower.encoder
         self.post_layernorm = tower.post_layernorm

@@ -1,11 +1,11 @@
-"""The SigLIP2-style vision tower of Eagle-Block2A-2B-v2, under `backbone.model.vision_model.vision_model.*`.
+"""The SigLIP2-style vision tower of Eagle-Block2A-2B-v2 (`backbone.model.vision_model.vision_model.*` in checkpoints).
 
 Differences from N1.5's SigLIP: the patch embedding is a Linear on flattened 14 x 14 patches (not a Conv2d), and
 the learned 16 x 16 position table is resized bilinearly (antialiased, in fp32) to each image's patch grid, so
 any image whose sides are multiples of 28 works. RoPE and windowed attention are off in the release, so every
 layer is full attention over one image; NVIDIA packs the images of a batch into one sequence with per-image
-`cu_seqlens`, which equals running each image as its own batch element, as done here. The encoder layers are
-N1.5's (same names and maths).
+`cu_seqlens`, which equals running each image as its own batch element, as done here. The encoder layers are the
+shared SigLIP ones (same names and maths as N1.5's).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gr00t_export.families.n1_5.model.vision import SiglipEncoder
 from gr00t_export.families.n1_6.config import Siglip2VisionConfig
+from gr00t_export.nn.siglip import SiglipEncoder
 
 # Keys of the vision tower the checkpoint carries but N1.6 never runs: the attention-pooling head.
 POOLING_HEAD_PREFIX = "head."
@@ -54,27 +54,18 @@ class Siglip2Embeddings(nn.Module):
         return x + self.position_table(grid_h, grid_w).to(x.dtype)
 
 
-class Siglip2VisionTransformer(nn.Module):
+class Siglip2VisionModel(nn.Module):
+    """Patch embedding, the shared SigLIP encoder (LN, biased attention, LN, tanh-GELU MLP), `post_layernorm`."""
+
     def __init__(self, cfg: Siglip2VisionConfig):
         super().__init__()
         self.embeddings = Siglip2Embeddings(cfg)
-        self.encoder = SiglipEncoder(cfg)  # N1.5's layers: LN, attention (biased q/k/v/out), LN, tanh-GELU MLP
+        self.encoder = SiglipEncoder(cfg)
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         # (N, 3, H, W) -> (N, H/14 * W/14, hidden): last_hidden_state after post_layernorm
         return self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
-
-
-class Siglip2VisionModel(nn.Module):
-    """The extra `.vision_model` level mirrors the checkpoint's `vision_model.vision_model.*` names."""
-
-    def __init__(self, cfg: Siglip2VisionConfig):
-        super().__init__()
-        self.vision_model = Siglip2VisionTransformer(cfg)
-
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        return self.vision_model(pixel_values)
 
 
 def pooling_head_shapes(cfg: Siglip2VisionConfig) -> dict[str, tuple[int, ...]]:

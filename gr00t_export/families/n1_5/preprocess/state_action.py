@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gr00t_export.data.rotation import RotationConversion
 from gr00t_export.errors import InputError
 from gr00t_export.families.n1_5.embodiments import MODES, ModalityConfig
 from gr00t_export.families.n1_5.metadata import EmbodimentMetadata, KeyPlan, KeyStats, key_plans
-from gr00t_export.families.n1_5.preprocess.rotation import RotationConversion
 
 
 def _bounds(stats: KeyStats, mode: str) -> tuple[np.ndarray, np.ndarray]:

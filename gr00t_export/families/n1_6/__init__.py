@@ -3,7 +3,8 @@ pre/postprocessing modules, reference policy and synthetic checkpoints.
 
 Modules: `config` (dataclasses, presets, config.json readers), `processor_files` (processor_config.json,
 statistics.json, embodiment_id.json), `load` (strict reader), `vision` + `model` (the network), `video`,
-`tokenizer`, `state_action` (preprocessing / decoding), `policy` (reference policy), `synthetic` (checkpoints).
+`tokenizer`, `state_action` (preprocessing / decoding), `policy` (reference policy), `synthetic` (checkpoints),
+`partition` + `graph_spec.yaml` (the deployable stages), `tokenizer_script` (the TorchScript tokenizer stage).
 """
 
 from gr00t_export.families.n1_6.config import MODEL_TYPE, Gr00tN16Config, preset, read_config

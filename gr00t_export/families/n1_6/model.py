@@ -7,7 +7,9 @@ state/action encoders and decoder, a position embedding on the action tokens, an
 cross-attention blocks alternate between the non-image and the image tokens of the prompt.
 
 The Euler sampler takes its initial noise as an input and uses one timestep for the whole batch, so the
-timestep embedding and every AdaLN scale/shift derived from it fold to constants at export (as in N1.5).
+timestep embedding and every AdaLN scale/shift derived from it depend on the weights only: `conditioning()` computes
+them for all Euler steps at once, and an export holds that table as a constant (no timestep MLP or AdaLN projection
+in the graph, whatever its size).
 Qwen3, the SigLIP encoder, the DiT blocks, the timestep encoder and the category-specific layers are the shared
 blocks of `gr00t_export.nn`. Modules are named for what they are; `CHECKPOINT_NAMES` maps the checkpoint's names
 onto them at load.
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from gr00t_export.families.n1_6.config import ActionHeadConfig, AlternateVLDiTConfig, Gr00tN16Config
 from gr00t_export.families.n1_6.vision import POOLING_HEAD_PREFIX, Siglip2VisionModel
-from gr00t_export.nn.dit import DIFFUSERS_NAMES, TimestepEncoder, TransformerBlock, modulated_output_norm
+from gr00t_export.nn.dit import DIFFUSERS_NAMES, TimestepEncoder, TransformerBlock
 from gr00t_export.nn.embodiment import CategorySpecificMLP, MultiEmbodimentActionEncoder
 from gr00t_export.nn.qwen3 import Qwen3Model
 from gr00t_export.weights import CheckpointNames
@@ -124,6 +126,15 @@ def cross_attention_biases(image_mask: Tensor, attention_mask: Tensor, dtype: to
     return key_bias(valid & ~image, dtype), key_bias(valid & image, dtype)
 
 
+def modulated_block(block: TransformerBlock, x: Tensor, scale: Tensor, shift: Tensor, context: Tensor | None = None,
+                    mask: Tensor | None = None) -> Tensor:
+    """An AdaLN `block` with its (scale, shift) given rather than computed from the timestep embedding: the same
+    maths as `block(x, context, temb, mask)`, LN(x) * (1 + scale) + shift before the attention."""
+    h = F.layer_norm(x, (block.norm1.dim,), 1 + scale, shift, block.norm1.eps)
+    x = x + block.attn1(h, context, mask)
+    return x + block.ff(block.norm3(x))
+
+
 class AlternateVLDiT(nn.Module):
     """`action_head.model`: even blocks cross-attend (idx % 4 == 0: non-image tokens, else image tokens), odd
     blocks self-attend over the state + action tokens; AdaLN output layer."""
@@ -143,18 +154,26 @@ class AlternateVLDiT(nn.Module):
         self.proj_out_1 = nn.Linear(d, 2 * d)
         self.proj_out_2 = nn.Linear(d, cfg.output_dim)
 
-    def forward(self, sa_embs: Tensor, vl_embs: Tensor, timesteps: Tensor, text_bias: Tensor,
+    def conditioning(self, timesteps: Tensor) -> Tensor:
+        """(num_layers + 1, 2, inner) for one timestep (1,) shared by the batch: each block's AdaLN (scale, shift),
+        then the output layer's (shift, scale) (the reverse order, as NVIDIA's `proj_out_1` chunks it)."""
+        temb = F.silu(self.timestep_encoder(timesteps)[0])
+        rows = [block.norm1.linear(temb).view(2, -1) for block in self.transformer_blocks]
+        return torch.stack([*rows, self.proj_out_1(temb).view(2, -1)])
+
+    def forward(self, sa_embs: Tensor, vl_embs: Tensor, conditioning: Tensor, text_bias: Tensor,
                 image_bias: Tensor) -> Tensor:
-        # sa_embs (B, 1 + 50, inner), vl_embs (B, L, backbone), timesteps (1,): one timestep for the whole batch;
+        # sa_embs (B, 1 + 50, inner), vl_embs (B, L, backbone), conditioning (num_layers + 1, 2, inner) of the step;
         # text_bias / image_bias (B, 1, 1, L) additive key masks -> (B, 1 + 50, output_dim)
-        temb = self.timestep_encoder(timesteps)
         x = sa_embs
         for i, block in enumerate(self.transformer_blocks):
+            scale, shift = conditioning[i, 0], conditioning[i, 1]
             if self.cross[i]:
-                x = block(x, vl_embs, temb, text_bias if self.text[i] else image_bias)
+                x = modulated_block(block, x, scale, shift, vl_embs, text_bias if self.text[i] else image_bias)
             else:
-                x = block(x, None, temb)
-        return self.proj_out_2(modulated_output_norm(x, temb, self.proj_out_1, self.dim))
+                x = modulated_block(block, x, scale, shift)
+        shift, scale = conditioning[-1, 0], conditioning[-1, 1]
+        return self.proj_out_2(F.layer_norm(x, (self.dim,), 1 + scale, shift, 1e-6))
 
 
 class Gr00tN16ActionHead(nn.Module):
@@ -170,34 +189,43 @@ class Gr00tN16ActionHead(nn.Module):
         if cfg.add_pos_embed:
             self.position_embedding = nn.Embedding(cfg.max_seq_len, cfg.input_embedding_dim)
 
+    def conditioning(self) -> Tensor:
+        """(steps, num_layers + 1, 2, inner): the DiT's AdaLN modulations at every Euler step. They depend on the
+        weights only (one timestep per step for the whole batch), so an export computes them once."""
+        device = self.model.proj_out_1.weight.device
+        return torch.stack([self.model.conditioning(torch.full((1,), t, dtype=torch.long, device=device))
+                            for t in self.cfg.timestep_buckets()])
+
     def velocity(self, vl_embs: Tensor, text_bias: Tensor, image_bias: Tensor, state_features: Tensor,
-                 actions: Tensor, timesteps: Tensor, embodiment_id: Tensor) -> Tensor:
-        """One DiT evaluation: noisy actions (B, 50, action_dim) at `timesteps` (1,) -> velocity (B, 50, action_dim)."""
+                 actions: Tensor, timesteps: Tensor, conditioning: Tensor, embodiment_id: Tensor) -> Tensor:
+        """One DiT evaluation: noisy actions (B, 50, action_dim) at `timesteps` (1,) with that step's `conditioning`
+        -> velocity (B, 50, action_dim)."""
         action_features = self.action_encoder(actions, timesteps, embodiment_id)
         if self.cfg.add_pos_embed:
             action_features = action_features + self.position_embedding.weight[: actions.shape[1]].unsqueeze(0)
         sa_embs = torch.cat([state_features, action_features], dim=1)
-        out = self.model(sa_embs, vl_embs, timesteps, text_bias, image_bias)
+        out = self.model(sa_embs, vl_embs, conditioning, text_bias, image_bias)
         return self.action_decoder(out, embodiment_id)[:, -actions.shape[1]:]
 
     def get_action(self, backbone_features: Tensor, attention_mask: Tensor, image_mask: Tensor, state: Tensor,
-                   embodiment_id: Tensor, init_actions: Tensor) -> Tensor:
+                   embodiment_id: Tensor, init_actions: Tensor, conditioning: Tensor | None = None) -> Tensor:
         """Euler integration from the given noise -> normalised action_pred (B, 50, action_dim).
 
         backbone_features (B, L, 2048); attention_mask (B, L) 0/1; image_mask (B, L) bool (input_ids ==
-        <IMG_CONTEXT>); state (B, 1, 128); embodiment_id (B,) int64; init_actions (B, 50, 128).
+        <IMG_CONTEXT>); state (B, 1, 128); embodiment_id (B,) int64; init_actions (B, 50, 128); `conditioning`:
+        `self.conditioning()`, computed here when not given (an export passes it as a constant).
         """
         vl_embs = self.vlln(backbone_features)
         text_bias, image_bias = cross_attention_biases(image_mask, attention_mask, vl_embs.dtype)
         state_features = self.state_encoder(state.to(vl_embs.dtype), embodiment_id)
         actions = init_actions.to(vl_embs.dtype)
         dt = 1.0 / self.cfg.num_inference_timesteps
-        for t in self.cfg.timestep_buckets():
-            # one timestep for the whole batch, independent of the inputs: the exporter folds its embedding and
-            # every AdaLN modulation derived from it into constants
+        for step, t in enumerate(self.cfg.timestep_buckets()):
+            # one timestep for the whole batch, independent of the inputs
             timesteps = torch.full((1,), t, dtype=torch.long, device=actions.device)
+            step_conditioning = self.model.conditioning(timesteps) if conditioning is None else conditioning[step]
             actions = actions + dt * self.velocity(vl_embs, text_bias, image_bias, state_features, actions,
-                                                   timesteps, embodiment_id)
+                                                   timesteps, step_conditioning, embodiment_id)
         return actions
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
+from gr00t_export.families.n1_5.preprocess.tokenizer import train_tiny_tokenizer
 from gr00t_export.families.n1_5.synthetic import EAGLE_FILES
 from gr00t_export.families.n1_6.config import Gr00tN16Config, checkpoint_config_dict, eagle_config_dict, preset
 from gr00t_export.families.n1_6.load import build_on_meta
@@ -40,6 +40,7 @@ from gr00t_export.families.n1_6.processor_files import (
     statistics_dict,
     write_json,
 )
+from gr00t_export.families.n1_6.tokenizer import EagleBlockTokenizer
 from gr00t_export.util import atomic_output_dir
 from gr00t_export.weights import init_tensor, write_weights
 
@@ -99,7 +100,7 @@ def synthetic_statistics(modalities: EmbodimentModalities, dims: dict[str, int],
     return out
 
 
-def _eagle_dir(out: Path, eagle_path: Path | None, seed: int) -> EagleTokenizer:
+def _eagle_dir(out: Path, eagle_path: Path | None, seed: int) -> EagleBlockTokenizer:
     """Tokenizer files into `out`: copied from a real Eagle dir, else a tiny trained BPE (real added-token layout)."""
     out.mkdir()
     if eagle_path is None:
@@ -111,7 +112,7 @@ def _eagle_dir(out: Path, eagle_path: Path | None, seed: int) -> EagleTokenizer:
         for f in EAGLE_FILES:
             if (eagle_path / f).is_file():
                 shutil.copy2(eagle_path / f, out / f)
-    return EagleTokenizer.from_dir(out)
+    return EagleBlockTokenizer.from_dir(out)
 
 
 def make_checkpoint(out: str | Path, preset_name: str = "n1.6-tiny", seed: int = 0,

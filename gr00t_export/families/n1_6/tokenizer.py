@@ -4,7 +4,8 @@ NVIDIA's `Gr00tN1d6Processor` lower-cases the instruction and strips every `[^\\
 turn `[text, image_1, ..., image_n]` (text first), renders Eagle's chat template without a generation prompt, and
 the Eagle processor replaces each `<image-k>` with the literal `<image k>`, `<img>`, one `<IMG_CONTEXT>` per
 LLM image token and `</img>`; Qwen2's tokenizer pads on the left with `<|endoftext|>`. The tokenizer itself
-(vocab.json + merges.txt + Eagle's added tokens, through the `tokenizers` library) is N1.5's `EagleTokenizer`.
+(vocab.json + merges.txt + Eagle's added tokens, through the `tokenizers` library) is the shared
+`gr00t_export.text.qwen2.Qwen2BPETokenizer`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.preprocess.tokenizer import (
-    IM_END,
-    IM_START,
-    IMAGE_TOKEN,
-    IMG_END,
-    IMG_START,
-    SYSTEM_PROMPT,
-    EagleTokenizer,
-)
+from gr00t_export.text.qwen2 import IM_END, IM_START, IMAGE_TOKEN, IMG_END, IMG_START, SYSTEM_PROMPT, Qwen2BPETokenizer
 
 _NOT_WORD_OR_SPACE = re.compile(r"[^\w\s]")
 
@@ -45,10 +38,16 @@ def build_prompt(instruction: str, tokens_per_image: Sequence[int], formalize: b
     return f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{text}{images}{IM_END}\n"
 
 
+class EagleBlockTokenizer(Qwen2BPETokenizer):
+    """The Qwen3 tokenizer files of Eagle-Block2A-2B-v2 (same BPE machinery and added tokens as Eagle 2.5)."""
+
+    DIR_HINT = "the Eagle-Block2A-2B-v2 dir (Isaac-GR00T's gr00t/model/modules/nvidia/Eagle-Block2A-2B-v2)"
+
+
 class N16Tokenizer:
     """Instructions -> (input_ids, attention_mask) int64 (B, L), left padded, exactly as NVIDIA's N1.6 processor."""
 
-    def __init__(self, tokenizer: EagleTokenizer, formalize: bool = True):
+    def __init__(self, tokenizer: Qwen2BPETokenizer, formalize: bool = True):
         self.eagle = tokenizer
         self.formalize = formalize
         self.image_token_id = tokenizer.image_token_id
@@ -57,7 +56,7 @@ class N16Tokenizer:
 
     @classmethod
     def from_dir(cls, eagle_dir: str | Path, formalize: bool = True) -> N16Tokenizer:
-        return cls(EagleTokenizer.from_dir(eagle_dir), formalize)
+        return cls(EagleBlockTokenizer.from_dir(eagle_dir), formalize)
 
     def build_prompt(self, instruction: str, tokens_per_image: Sequence[int]) -> str:
         return build_prompt(instruction, tokens_per_image, self.formalize)
@@ -67,15 +66,7 @@ class N16Tokenizer:
         252 x 252 view). No truncation, as in NVIDIA's pipeline."""
         if isinstance(instructions, str) or not isinstance(instructions, Sequence) or not instructions:
             raise InputError("instructions must be a non-empty list of str; wrap one instruction as [text]")
-        prompts = [self.build_prompt(s, tokens_per_image) for s in instructions]
-        encodings = self.eagle.tokenizer.encode_batch(prompts, add_special_tokens=False)
-        length = max(len(e.ids) for e in encodings)
-        input_ids = np.full((len(prompts), length), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(prompts), length), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            input_ids[row, length - len(enc.ids):] = enc.ids
-            attention_mask[row, length - len(enc.ids):] = 1
-        return input_ids, attention_mask
+        return self.eagle.encode_prompts([self.build_prompt(s, tokens_per_image) for s in instructions])
 
     def image_mask(self, input_ids: np.ndarray) -> np.ndarray:
         return np.asarray(input_ids) == self.image_token_id

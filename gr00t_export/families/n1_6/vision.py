@@ -43,11 +43,14 @@ class Siglip2Embeddings(nn.Module):
         resized = F.interpolate(table, size=(grid_h, grid_w), mode="bilinear", align_corners=False, antialias=True)
         return resized[0].flatten(1).transpose(0, 1)
 
+    def patch_embeds(self, pixel_values: Tensor) -> Tensor:
+        # (N, 3, H, W) -> (N, H/14 * W/14, hidden), before the position table is added
+        return self.patch_embedding(patchify(pixel_values.to(self.patch_embedding.weight.dtype), self.patch_size))
+
     def forward(self, pixel_values: Tensor) -> Tensor:
         # (N, 3, H, W) -> (N, H/14 * W/14, hidden)
         grid_h, grid_w = pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size
-        weight = self.patch_embedding.weight
-        x = self.patch_embedding(patchify(pixel_values.to(weight.dtype), self.patch_size))
+        x = self.patch_embeds(pixel_values)
         return x + self.position_table(grid_h, grid_w).to(x.dtype)
 
 

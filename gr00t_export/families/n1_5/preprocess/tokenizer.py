@@ -2,9 +2,9 @@
 
 Deployment needs the exact ids NVIDIA's pipeline feeds the backbone. That pipeline is
 `apply_chat_template(add_generation_prompt=True)` on the Eagle processor, then the processor's
-`<image-i>` expansion, then Qwen2's tokenizer with left padding. Here the tokenizer is rebuilt from the
-plain vocab.json/merges.txt files with the `tokenizers` library, and the prompt is rebuilt as a string.
-`train_tiny_tokenizer` writes a small tokenizer dir of the same format for tiny test models.
+`<image-i>` expansion, then Qwen2's tokenizer with left padding. The tokenizer is rebuilt from the
+plain vocab.json/merges.txt files (`gr00t_export.text.qwen2`, shared with N1.6), and the prompt is rebuilt
+as a string. `train_tiny_tokenizer` writes a small tokenizer dir of the same format for tiny test models.
 """
 
 from __future__ import annotations
@@ -16,24 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from gr00t_export.errors import InputError
-
-# Qwen2's pre-tokenizer split: contractions, letter runs (with one leading non-letter), single digits,
-# punctuation runs, newline runs and whitespace runs (a trailing space stays with the next word).
-QWEN2_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+from gr00t_export.text.qwen2 import (
+    IM_END,
+    IM_START,
+    IMAGE_TOKEN,
+    IMG_END,
+    IMG_START,
+    PAD_TOKEN,
+    QWEN2_SPLIT_PATTERN,  # noqa: F401  (re-exported under N1.5's module)
+    SYSTEM_PROMPT,
+    Qwen2BPETokenizer,
+    load_tokenizer,
+    qwen2_tokenizer,
+    read_json,
 )
 
-SYSTEM_PROMPT = "You are a helpful assistant."
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-PAD_TOKEN = "<|endoftext|>"
-IMAGE_TOKEN = "<IMG_CONTEXT>"
-IMG_START = "<img>"
-IMG_END = "</img>"
 DEFAULT_TOKENS_PER_IMAGE = 256
 
 # The added tokens of Eagle 2.5's tokenizer in id order, from `<|endoftext|>` (151643 in the real one,
@@ -126,67 +126,10 @@ def build_prompt(
     return f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{images}{text}{IM_END}\n{IM_START}assistant\n"
 
 
-def _qwen2_tokenizer(model: models.BPE) -> Tokenizer:
-    """A Qwen2 byte-level BPE pipeline around `model` (no added tokens yet)."""
-    tok = Tokenizer(model)
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    return tok
+class EagleTokenizer(Qwen2BPETokenizer):
+    """Qwen2 byte-level BPE plus Eagle's added tokens, with GR00T N1.5's prompt and left padding."""
 
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read {path}: {err}; point to an intact Eagle tokenizer dir") from err
-
-
-def _added_tokens(eagle_dir: Path) -> list[tuple[int, AddedToken]]:
-    """Added tokens sorted by id, from tokenizer_config.json's added_tokens_decoder or added_tokens.json."""
-    config_path = eagle_dir / "tokenizer_config.json"
-    config = _read_json(config_path) if config_path.is_file() else {}
-    decoder = config.get("added_tokens_decoder")
-    if decoder:
-        out = []
-        for key, spec in decoder.items():
-            token = AddedToken(
-                spec["content"],
-                single_word=bool(spec.get("single_word", False)),
-                lstrip=bool(spec.get("lstrip", False)),
-                rstrip=bool(spec.get("rstrip", False)),
-                normalized=bool(spec.get("normalized", False)),
-                special=bool(spec.get("special", False)),
-            )
-            out.append((int(key), token))
-        return sorted(out, key=lambda item: item[0])
-    added_path = eagle_dir / "added_tokens.json"
-    if not added_path.is_file():
-        raise InputError(
-            f"{eagle_dir} has neither tokenizer_config.json added_tokens_decoder nor added_tokens.json; "
-            "point to the Eagle 2.5 tokenizer dir (eagle2_hg_model)"
-        )
-    specials = set(config.get("additional_special_tokens") or ())
-    for name in ("pad_token", "eos_token", "bos_token", "unk_token"):
-        value = config.get(name)
-        if isinstance(value, dict):
-            value = value.get("content")
-        if value:
-            specials.add(value)
-    mapping = _read_json(added_path)
-    return sorted(
-        ((int(i), AddedToken(c, normalized=False, special=c in specials)) for c, i in mapping.items()),
-        key=lambda item: item[0],
-    )
-
-
-class EagleTokenizer:
-    """Qwen2 byte-level BPE plus Eagle's added tokens, with GR00T's prompt and left padding."""
+    DIR_HINT = "the Eagle 2.5 tokenizer dir (eagle2_hg_model)"
 
     def __init__(
         self,
@@ -196,60 +139,21 @@ class EagleTokenizer:
         img_start: str = IMG_START,
         img_end: str = IMG_END,
     ) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.tokens_per_image = int(tokens_per_image)
-        self.image_token_id = self._require_id(image_token)
-        self.img_start_id = self._require_id(img_start)
-        self.img_end_id = self._require_id(img_end)
-        self.pad_id = self._require_id(PAD_TOKEN)
-        self.im_start_id = self._require_id(IM_START)
-        self.im_end_id = self._require_id(IM_END)
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         if (image_token, img_start, img_end) != (IMAGE_TOKEN, IMG_START, IMG_END):
             raise InputError(
                 f"processor_config.json names image tokens {image_token!r}/{img_start!r}/{img_end!r}; "
                 f"only Eagle 2.5's {IMAGE_TOKEN}/{IMG_START}/{IMG_END} are supported"
             )
 
-    def _require_id(self, content: str) -> int:
-        token_id = self.tokenizer.token_to_id(content)
-        if token_id is None:
-            raise InputError(f"tokenizer has no {content!r} token; point to an Eagle 2.5 tokenizer dir")
-        return int(token_id)
-
     @classmethod
     def from_dir(cls, eagle_dir: str | Path) -> EagleTokenizer:
         """Build from an Eagle/Qwen2 tokenizer dir (vocab.json, merges.txt, added tokens, processor cfg)."""
         eagle_dir = Path(eagle_dir)
-        if not eagle_dir.is_dir():
-            raise InputError(f"tokenizer dir {eagle_dir} does not exist; pass the Eagle 2.5 model dir")
-        missing = [n for n in ("vocab.json", "merges.txt") if not (eagle_dir / n).is_file()]
-        if missing:
-            raise InputError(
-                f"{eagle_dir} lacks {', '.join(missing)}; point to the Eagle 2.5 tokenizer dir (eagle2_hg_model)"
-            )
-        try:
-            bpe = models.BPE.from_file(str(eagle_dir / "vocab.json"), str(eagle_dir / "merges.txt"))
-        except Exception as err:  # the Rust loader raises a bare Exception on malformed files
-            raise InputError(
-                f"cannot parse {eagle_dir}/vocab.json + merges.txt: {err}; restore the original tokenizer files"
-            ) from err
-        tok = _qwen2_tokenizer(bpe)
-        for token_id, token in _added_tokens(eagle_dir):
-            existing = tok.token_to_id(token.content)
-            if existing is None:
-                if token.special:
-                    tok.add_special_tokens([token])
-                else:
-                    tok.add_tokens([token])
-                existing = tok.token_to_id(token.content)
-            if existing != token_id:
-                raise InputError(
-                    f"added token {token.content!r} should have id {token_id} but gets {existing}; "
-                    "vocab.json and the added token ids must be contiguous, restore the original files"
-                )
+        tok = load_tokenizer(eagle_dir, cls.DIR_HINT)
         proc_path = eagle_dir / "processor_config.json"
-        proc = _read_json(proc_path) if proc_path.is_file() else {}
+        proc = read_json(proc_path, cls.DIR_HINT) if proc_path.is_file() else {}
         return cls(
             tok,
             tokens_per_image=int(proc.get("tokens_per_tile", DEFAULT_TOKENS_PER_IMAGE)),
@@ -274,20 +178,8 @@ class EagleTokenizer:
         """
         if isinstance(instructions, str) or not isinstance(instructions, list | tuple) or not instructions:
             raise InputError("instructions must be a non-empty list of str; wrap one instruction as [text]")
-        prompts = [self.build_prompt(s, num_images, wrap_as_array=wrap_as_array) for s in instructions]
-        encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=False)
-        length = max(len(e.ids) for e in encodings)
-        input_ids = np.full((len(prompts), length), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(prompts), length), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
-            input_ids[row, length - n :] = enc.ids
-            attention_mask[row, length - n :] = 1
-        return input_ids, attention_mask
-
-    def decode(self, ids: list[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
-        """Ids back to text (debugging and tests)."""
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        return self.encode_prompts([self.build_prompt(s, num_images, wrap_as_array=wrap_as_array)
+                                    for s in instructions])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -423,7 +315,7 @@ def train_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 1024, seed: int 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 300:
         raise InputError(f"vocab_size must be an int >= 300, got {vocab_size!r}; use e.g. 1024")
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    tok = _qwen2_tokenizer(models.BPE())
+    tok = qwen2_tokenizer(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=1,

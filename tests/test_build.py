@@ -691,3 +691,22 @@ def test_build_records_each_step_and_its_time(builds, two_views):
         print(f"\ntiny build {name}: {result.seconds:.1f} s, slowest step {slowest} "
               f"{result.step_seconds[slowest]:.1f} s")
     print(f"tiny build via the CLI, 2 views: {BUILD_SECONDS['ckpt2 (2 views, CLI)/fp32']:.1f} s")
+
+
+def test_unsimplified_denoiser_holds_no_timestep_path(root: Path, ckpt: Path, pick_n_place: Path):
+    """3B graphs skip onnxslim (over 1 GiB), and the exporter folds no MatMul: the timestep MLP and the AdaLN
+    projections must leave the denoiser by construction (a constant modulation table), not by a simplifier."""
+    out = _timed_build(BuildOptions(model_path=ckpt, output=root / "out_unsimplified", precision="fp32",
+                                    simplify=False, dataset_path=pick_n_place, modality_config=ARMS_ONLY))
+    model, _ = load_model(open_checkpoint(ckpt), torch.float32)
+    timestep_only = {n: p for n, p in model.action_head.named_parameters()
+                     if re.match(r"model\.(timestep_encoder|transformer_blocks\.\d+\.norm1\.linear|proj_out_1)\.", n)}
+    assert timestep_only
+    graph = onnx.load(str(out / "action_head" / "denoising_subgraph.onnx"))
+    stored = [numpy_helper.to_array(t) for t in graph.graph.initializer]
+    stored += [numpy_helper.to_array(a.t) for n in graph.graph.node for a in n.attribute if a.HasField("t")]
+    for name, p in timestep_only.items():
+        w = p.detach().numpy()
+        forms = {w.tobytes()} | ({np.ascontiguousarray(w.T).tobytes()} if w.ndim == 2 else set())
+        assert not any(a.dtype == np.float32 and a.tobytes() in forms for a in stored), f"{name} is in the graph"
+    assert not any(n.op_type == "Gemm" for n in graph.graph.node)

@@ -101,7 +101,20 @@ class TimestepEncoder(nn.Module):
         return self.linear_2(F.silu(self.linear_1(proj)))
 
 
-def modulated_output_norm(x: Tensor, temb: Tensor, proj: nn.Linear, dim: int, eps: float = 1e-6) -> Tensor:
-    """The DiT's last norm: LN affine-modulated by the timestep, chunk order (shift, scale), unlike AdaLayerNorm."""
-    shift, scale = proj(F.silu(temb[0])).chunk(2)
-    return F.layer_norm(x, (dim,), 1 + scale, shift, eps)
+def dit_conditioning(timestep_encoder: TimestepEncoder, blocks: nn.ModuleList, proj_out_1: nn.Linear,
+                     timesteps: Tensor) -> Tensor:
+    """(num_blocks + 1, 2, inner) for one timestep (1,) shared by the batch: each AdaLN block's (scale, shift), then
+    the output layer's (shift, scale) (the reverse order, as `proj_out_1` chunks it). They depend on the weights and
+    the timestep only, so an export computes them once per Euler step and stores them as a constant table."""
+    temb = F.silu(timestep_encoder(timesteps)[0])
+    rows = [block.norm1.linear(temb).view(2, -1) for block in blocks]
+    return torch.stack([*rows, proj_out_1(temb).view(2, -1)])
+
+
+def modulated_block(block: TransformerBlock, x: Tensor, scale: Tensor, shift: Tensor, context: Tensor | None = None,
+                    mask: Tensor | None = None, kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """An AdaLN `block` with its (scale, shift) given rather than computed from the timestep embedding: the same
+    maths as `block(x, context, temb, mask, kv)`, LN(x) * (1 + scale) + shift before the attention."""
+    h = F.layer_norm(x, (block.norm1.dim,), 1 + scale, shift, block.norm1.eps)
+    x = x + block.attn1(h, context, mask, kv)
+    return x + block.ff(block.norm3(x))

@@ -9,10 +9,11 @@ the initial noise as an argument (no hidden RNG), so exported and reference pipe
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gr00t_export.families.n1_5.config import ActionHeadConfig, Gr00tConfig, TransformerConfig, VisionConfig
-from gr00t_export.nn.dit import DIFFUSERS_NAMES, TimestepEncoder, TransformerBlock, modulated_output_norm
+from gr00t_export.nn.dit import DIFFUSERS_NAMES, TimestepEncoder, TransformerBlock, dit_conditioning, modulated_block
 from gr00t_export.nn.embodiment import CategorySpecificMLP, MultiEmbodimentActionEncoder
 from gr00t_export.nn.qwen3 import Qwen3Model
 from gr00t_export.nn.siglip import SiglipEncoder
@@ -148,14 +149,19 @@ class DiT(nn.Module):
         return [block.attn1.kv(vl_embs) if self.is_cross(i) else None
                 for i, block in enumerate(self.transformer_blocks)]
 
-    def forward(self, sa_embs: Tensor, context_kv: list[tuple[Tensor, Tensor] | None], timesteps: Tensor) -> Tensor:
-        # sa_embs (B, 49, inner), context_kv from `cross_kv`, timesteps (1,): the sampler's one timestep for the
-        # whole batch -> (B, 49, output_dim)
-        temb = self.timestep_encoder(timesteps)
+    def conditioning(self, timesteps: Tensor) -> Tensor:
+        """(num_layers + 1, 2, inner): every block's AdaLN (scale, shift) and the output layer's (shift, scale) for one
+        timestep (1,) shared by the batch."""
+        return dit_conditioning(self.timestep_encoder, self.transformer_blocks, self.proj_out_1, timesteps)
+
+    def forward(self, sa_embs: Tensor, context_kv: list[tuple[Tensor, Tensor] | None], conditioning: Tensor) -> Tensor:
+        # sa_embs (B, 49, inner), context_kv from `cross_kv`, conditioning of the step (`conditioning`)
+        # -> (B, 49, output_dim)
         x = sa_embs
-        for block, kv in zip(self.transformer_blocks, context_kv, strict=True):
-            x = block(x, temb=temb, kv=kv)
-        return self.proj_out_2(modulated_output_norm(x, temb, self.proj_out_1, self.dim))
+        for i, (block, kv) in enumerate(zip(self.transformer_blocks, context_kv, strict=True)):
+            x = modulated_block(block, x, conditioning[i, 0], conditioning[i, 1], kv=kv)
+        shift, scale = conditioning[-1, 0], conditioning[-1, 1]
+        return self.proj_out_2(F.layer_norm(x, (self.dim,), 1 + scale, shift, 1e-6))
 
 
 class FlowmatchingActionHead(nn.Module):
@@ -184,20 +190,29 @@ class FlowmatchingActionHead(nn.Module):
         # (B, L, backbone) -> vl_embs (B, L, backbone): the DiT's cross-attention keys/values
         return self.vl_self_attention(self.vlln(backbone_features))
 
+    def conditioning(self) -> Tensor:
+        """(steps, num_layers + 1, 2, inner): the DiT's AdaLN modulations at every Euler step. They depend on the
+        weights only (one timestep per step for the whole batch), so an export holds them as one constant table."""
+        device = self.model.proj_out_1.weight.device
+        steps = self.cfg.num_inference_timesteps
+        return torch.stack([self.model.conditioning(torch.full((1,), t, dtype=torch.long, device=device))
+                            for t in self.timestep_buckets(steps, self.cfg.num_timestep_buckets)])
+
     def velocity(self, context_kv: list, state_features: Tensor, actions: Tensor, timesteps: Tensor,
-                 embodiment_id: Tensor) -> Tensor:
+                 conditioning: Tensor, embodiment_id: Tensor) -> Tensor:
         """One DiT evaluation: (B, 16, action_dim) noisy actions at `timesteps` (1,) -> predicted velocity."""
         action_features = self.action_encoder(actions, timesteps, embodiment_id)
         if self.cfg.add_pos_embed:
             action_features = action_features + self.position_embedding.weight[: actions.shape[1]].unsqueeze(0)
         future = self.future_tokens.weight.unsqueeze(0).expand(actions.shape[0], -1, -1)
         sa_embs = torch.cat([state_features, future.to(state_features.dtype), action_features], dim=1)
-        pred = self.action_decoder(self.model(sa_embs, context_kv, timesteps), embodiment_id)
+        pred = self.action_decoder(self.model(sa_embs, context_kv, conditioning), embodiment_id)
         return pred[:, -actions.shape[1]:]
 
     def get_action(self, backbone_features: Tensor, state: Tensor, embodiment_id: Tensor,
-                   init_actions: Tensor) -> Tensor:
-        """Euler integration from the supplied noise; returns normalised action_pred (B, 16, action_dim)."""
+                   init_actions: Tensor, conditioning: Tensor | None = None) -> Tensor:
+        """Euler integration from the supplied noise; returns normalised action_pred (B, 16, action_dim).
+        `conditioning`: `self.conditioning()`, computed per step when not given (an export passes it as a constant)."""
         # backbone_features (B, L, backbone), state (B, 1, 64), embodiment_id (B,) int64, init_actions (B, 16, 32)
         vl_embs = self.encode_context(backbone_features)
         context_kv = self.model.cross_kv(vl_embs)  # once per call, not once per Euler step
@@ -205,11 +220,12 @@ class FlowmatchingActionHead(nn.Module):
         actions = init_actions.to(vl_embs.dtype)
         steps = self.cfg.num_inference_timesteps
         dt = 1.0 / steps
-        for t in self.timestep_buckets(steps, self.cfg.num_timestep_buckets):
-            # one timestep for the whole batch, broadcast: it does not depend on the inputs, so the exporter folds
-            # the step's timestep embedding and every AdaLN scale/shift derived from it into constants
+        for step, t in enumerate(self.timestep_buckets(steps, self.cfg.num_timestep_buckets)):
+            # one timestep for the whole batch, independent of the inputs
             timesteps = torch.full((1,), t, dtype=torch.long, device=actions.device)
-            actions = actions + dt * self.velocity(context_kv, state_features, actions, timesteps, embodiment_id)
+            step_conditioning = self.model.conditioning(timesteps) if conditioning is None else conditioning[step]
+            actions = actions + dt * self.velocity(context_kv, state_features, actions, timesteps, step_conditioning,
+                                                   embodiment_id)
         return actions
 
 

@@ -101,17 +101,21 @@ class DenoisingStage(nn.Module):
 
     `backbone_attention_mask` is part of the interface but, as in N1.5, the action head attends to every
     backbone token; it enters the graph only as a no-op on the (B, 16, action_dim) noise, the smallest tensor,
-    so the exported input list matches the spec.
+    so the exported input list matches the spec. The AdaLN modulations of every step depend on the weights only:
+    computed here once, they enter the graph as a constant table, so neither the timestep MLP nor any AdaLN projection
+    is in the exported graph, however large (the exporter folds no MatMul, and onnxslim skips graphs over 1 GiB).
     """
 
     def __init__(self, model: Gr00tN15):
         super().__init__()
         self.action_head = model.action_head
+        with torch.no_grad():
+            self.register_buffer("conditioning", model.action_head.conditioning(), persistent=False)
 
     def forward(self, backbone_features: Tensor, backbone_attention_mask: Tensor, state: Tensor,
                 embodiment_id: Tensor, init_actions: Tensor) -> Tensor:
         noise = init_actions + 0 * backbone_attention_mask[:, :1, None].to(init_actions.dtype)
-        return self.action_head.get_action(backbone_features, state, embodiment_id, noise)
+        return self.action_head.get_action(backbone_features, state, embodiment_id, noise, self.conditioning)
 
 
 class PostprocessStage(nn.Module):

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from gr00t_export.families.n1_6.config import ActionHeadConfig, AlternateVLDiTConfig, Gr00tN16Config
 from gr00t_export.families.n1_6.vision import POOLING_HEAD_PREFIX, Siglip2VisionModel
-from gr00t_export.nn.dit import DIFFUSERS_NAMES, TimestepEncoder, TransformerBlock
+from gr00t_export.nn.dit import DIFFUSERS_NAMES, TimestepEncoder, TransformerBlock, dit_conditioning, modulated_block
 from gr00t_export.nn.embodiment import CategorySpecificMLP, MultiEmbodimentActionEncoder
 from gr00t_export.nn.qwen3 import Qwen3Model
 from gr00t_export.weights import CheckpointNames
@@ -126,15 +126,6 @@ def cross_attention_biases(image_mask: Tensor, attention_mask: Tensor, dtype: to
     return key_bias(valid & ~image, dtype), key_bias(valid & image, dtype)
 
 
-def modulated_block(block: TransformerBlock, x: Tensor, scale: Tensor, shift: Tensor, context: Tensor | None = None,
-                    mask: Tensor | None = None) -> Tensor:
-    """An AdaLN `block` with its (scale, shift) given rather than computed from the timestep embedding: the same
-    maths as `block(x, context, temb, mask)`, LN(x) * (1 + scale) + shift before the attention."""
-    h = F.layer_norm(x, (block.norm1.dim,), 1 + scale, shift, block.norm1.eps)
-    x = x + block.attn1(h, context, mask)
-    return x + block.ff(block.norm3(x))
-
-
 class AlternateVLDiT(nn.Module):
     """`action_head.model`: even blocks cross-attend (idx % 4 == 0: non-image tokens, else image tokens), odd
     blocks self-attend over the state + action tokens; AdaLN output layer."""
@@ -157,9 +148,7 @@ class AlternateVLDiT(nn.Module):
     def conditioning(self, timesteps: Tensor) -> Tensor:
         """(num_layers + 1, 2, inner) for one timestep (1,) shared by the batch: each block's AdaLN (scale, shift),
         then the output layer's (shift, scale) (the reverse order, as NVIDIA's `proj_out_1` chunks it)."""
-        temb = F.silu(self.timestep_encoder(timesteps)[0])
-        rows = [block.norm1.linear(temb).view(2, -1) for block in self.transformer_blocks]
-        return torch.stack([*rows, self.proj_out_1(temb).view(2, -1)])
+        return dit_conditioning(self.timestep_encoder, self.transformer_blocks, self.proj_out_1, timesteps)
 
     def forward(self, sa_embs: Tensor, vl_embs: Tensor, conditioning: Tensor, text_bias: Tensor,
                 image_bias: Tensor) -> Tensor:

@@ -106,8 +106,8 @@ DenoisingSteps = Annotated[int | None, typer.Option("--denoising_steps", help="E
 def note_chosen_config(given: str | None, name: str) -> None:
     """Say which data config was taken when --modality_config was left out."""
     if given is None:
-        console.print(f"data config: {name} (the built-in config matching the checkpoint's metadata; pass "
-                      "--modality_config to choose another)", highlight=False, soft_wrap=True)
+        console.print(f"data config: {name} (the one the checkpoint's metadata matches)", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command("make-checkpoint")
@@ -536,7 +536,7 @@ def build(
                 validation["report"] = _validate_staged_build(result, model_path, eagle_path, dataset_path, verbose)
 
         result = run_build(opts, on_step=progress, before_commit=before_commit)
-    note_chosen_config(modality_config, result.manifest["modality_config"]["name"])
+    note_chosen_config(modality_config, result.manifest.interface.name)
     report = validation.get("report")
     if report is not None and not report.passed:
         from gr00t_export.errors import ValidationFailure

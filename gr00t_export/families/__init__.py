@@ -13,7 +13,7 @@ import torch
 from gr00t_export.errors import InputError
 from gr00t_export.families.base import ModelFamily, Policy
 
-FAMILY_MODULES = ("gr00t_export.families.n1_5",)
+FAMILY_MODULES = ("gr00t_export.families.n1_5", "gr00t_export.families.n1_6")
 
 
 def families() -> list[ModelFamily]:

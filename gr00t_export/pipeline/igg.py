@@ -157,20 +157,21 @@ def postprocess_adapter(root: Path, rel_file: str, keys: list[str]):
             super().__init__()
             self.inner = inner
 
-        def forward(self, action_pred: torch.Tensor):
-            out = self.inner(action_pred)
+        def forward(self, *inputs: torch.Tensor):  # the stage's inputs in spec order (N1.6: action_pred, raw_state)
+            out = self.inner(*inputs)
             return out[keys[0]] if len(keys) == 1 else tuple(out[k] for k in keys)
 
     return PositionalOutputs().eval()
 
 
-def save_postprocess_adapter(root: Path, rel_file: str, keys: list[str], example_shape: list[int], dtype: str,
+def save_postprocess_adapter(root: Path, rel_file: str, keys: list[str], examples: list[tuple[list[int], str]],
                              out: Path) -> None:
-    """Traced, not scripted: a script cannot return a tuple whose length is only known at export time."""
+    """Traced, not scripted: a script cannot return a tuple whose length is only known at export time.
+    `examples`: (shape, dtype) of each input of the stage, in order."""
     import torch
 
-    example = torch.zeros(example_shape, dtype=getattr(torch, dtype))
-    traced = torch.jit.trace(postprocess_adapter(root, rel_file, keys), (example,), check_trace=False, strict=False)
+    inputs = tuple(torch.zeros(shape, dtype=getattr(torch, dtype)) for shape, dtype in examples)
+    traced = torch.jit.trace(postprocess_adapter(root, rel_file, keys), inputs, check_trace=False, strict=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_torchscript(traced, out)  # a full disk is an OSError, not libtorch's abort
 
@@ -425,10 +426,9 @@ def emit_igg_config(artifact_dir: str | Path, name: str | None = None, frequency
     yaml_dir.mkdir(exist_ok=True)
     adapter = yaml_dir / POSTPROCESS_ADAPTER
     post = next(s for s in manifest["stages"] if s["name"] == "postprocess")
-    post_in = post["inputs"][0]
+    examples = [([1, *t["shape"][1:]], t["dtype"]) for t in post["inputs"]]
     keys = list(manifest.interface.action_keys)
-    save_postprocess_adapter(root, post.get("file", graph.stage("postprocess").file), keys,
-                             [1, *post_in["shape"][1:]], post_in["dtype"], adapter)
+    save_postprocess_adapter(root, post.get("file", graph.stage("postprocess").file), keys, examples, adapter)
 
     timings_path = yaml_dir / f"{name}_timings.json"
     found, origin = stage_timings(root, timings, measure_timings, timings_path)

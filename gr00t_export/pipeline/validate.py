@@ -519,8 +519,8 @@ def static_conformance(stage: StageSpec, path: Path, runner: StageRunner, precis
                     if isinstance(s, int):
                         if d != s:
                             issues.append(f"{name} dim {i} is {d!r}, spec {s}")
-                    elif s in VARYING_DIMS:
-                        if d != s:
+                    elif s in VARYING_DIMS and bindings.values.get(s, (None, ""))[1] != "manifest":
+                        if d != s:  # a dim the build fixed (in the manifest's dims) is checked as a size below
                             issues.append(f"{name} dim {i} is {d!r}, spec has the symbolic dim {s!r} "
                                           "(a fixed size breaks other batches/prompts/views)")
                     elif isinstance(d, int) and d > 0:

@@ -4,10 +4,10 @@ pre/postprocessing modules, reference policy and synthetic checkpoints.
 Modules: `config` (dataclasses, presets, config.json readers), `processor_files` (processor_config.json,
 statistics.json, embodiment_id.json), `load` (strict reader), `vision` + `model` (the network), `video`,
 `tokenizer`, `state_action` (preprocessing / decoding), `policy` (reference policy), `synthetic` (checkpoints),
-`partition` + `graph_spec.yaml` (the deployable stages), `tokenizer_script` (the TorchScript tokenizer stage).
+`partition` + `graph_spec.yaml` (the deployable stages), `tokenizer_script` (the TorchScript tokenizer stage),
+`family` (what the generic stages ask of the family).
 """
 
-from gr00t_export.families.n1_6.config import MODEL_TYPE, Gr00tN16Config, preset, read_config
-from gr00t_export.families.n1_6.model import UNUSED_KEY_PREFIXES, Gr00tN16
+from gr00t_export.families.n1_6.family import FAMILY
 
-__all__ = ["MODEL_TYPE", "Gr00tN16", "Gr00tN16Config", "UNUSED_KEY_PREFIXES", "preset", "read_config"]
+__all__ = ["FAMILY"]

@@ -37,6 +37,7 @@ class BuildOptions:
     calib_observations: list | None = None  # fp8: observations to calibrate on instead of --dataset_path steps
     onnx_ops: str = "standard"  # "onnxruntime": fused com.microsoft attention/GELU kernels (not TensorRT-parsable)
     denoising_steps: int | None = None  # Euler steps unrolled in the denoiser; None: the checkpoint's own count
+    time_stages: bool = True  # without validation, time each stage on the CPU for the IGG sidecar (minutes on 3B)
 
 
 @dataclass
@@ -167,7 +168,7 @@ def build(opts: BuildOptions, on_step: Callable[[str], None] | None = None,
         step("emit IGG config")  # after validation, whose report gives the stage timings (no second timing pass)
         from gr00t_export.pipeline.igg import emit_igg_config
 
-        emit_igg_config(tmp, manifest=manifest)
+        emit_igg_config(tmp, manifest=manifest, measure_timings=opts.time_stages)
         step(None)
         result.step_seconds, result.seconds = step.seconds, time.perf_counter() - start
     result.staging_dir = None

@@ -90,9 +90,9 @@ def pil_bicubic_resize(images: Tensor, out_h: int, out_w: int) -> Tensor:
     in_h, in_w = images.shape[-2], images.shape[-1]
     x = images
     if out_w != in_w:
-        x = _pil_pass(x, pil_bicubic_weights(in_w, out_w))
+        x = _pil_pass(x, pil_bicubic_weights(in_w, out_w).to(images.device))
     if out_h != in_h:
-        x = _pil_pass(x.transpose(-1, -2), pil_bicubic_weights(in_h, out_h)).transpose(-1, -2)
+        x = _pil_pass(x.transpose(-1, -2), pil_bicubic_weights(in_h, out_h).to(images.device)).transpose(-1, -2)
     return x
 
 
@@ -144,14 +144,16 @@ def cv_area_resize(images: Tensor, out_h: int, out_w: int) -> Tensor:
             # resizeAreaFast's 2x2 kernel: (a + b + c + d + 2) >> 2
             summed = F.avg_pool2d(images, 2) * 4.0
             return torch.floor((summed + 2.0) / 4.0)
-        x = torch.matmul(images, cv_area_shrink_weights(in_w, out_w).transpose(0, 1))
-        x = torch.matmul(cv_area_shrink_weights(in_h, out_h), x)
+        x = torch.matmul(images, cv_area_shrink_weights(in_w, out_w).to(images.device).transpose(0, 1))
+        x = torch.matmul(cv_area_shrink_weights(in_h, out_h).to(images.device), x)
         return torch.clamp(torch.round(x), 0.0, 255.0)
     if out_h >= in_h and out_w >= in_w:
         c0, c1, a0, a1 = cv_area_enlarge_taps(in_w, out_w)
+        c0, c1, a0, a1 = c0.to(images.device), c1.to(images.device), a0.to(images.device), a1.to(images.device)
         # exact ints, scaled by 2^11
         horizontal = torch.index_select(images, 3, c0) * a0 + torch.index_select(images, 3, c1) * a1
         r0, r1, b0, b1 = cv_area_enlarge_taps(in_h, out_h)
+        r0, r1, b0, b1 = r0.to(images.device), r1.to(images.device), b0.to(images.device), b1.to(images.device)
         top = torch.floor(torch.index_select(horizontal, 2, r0) / 16.0)
         bottom = torch.floor(torch.index_select(horizontal, 2, r1) / 16.0)
         mixed = (torch.floor(b0[:, None] * top / 65536.0) + torch.floor(b1[:, None] * bottom / 65536.0))

@@ -29,6 +29,7 @@ from gr00t_export.serve.protocol import (
     decode_hook,
     encode,
     encode_hook,
+    is_current_get_action,
     modality_config_reply,
     npy_array,
     npy_bytes,
@@ -40,6 +41,6 @@ __all__ = [
     "ENDPOINTS", "N15", "NESTED_SHAPES", "POLL_MS", "PROTOCOLS", "UNAUTHORIZED", "Client", "LatencyLog", "Policy",
     "PolicyClient", "PolicyServer", "ProtocolError", "ServerError", "WireModalityConfig", "check_current_observation",
     "check_observation", "current_actions", "current_language_key", "decode", "decode_hook", "encode",
-    "encode_hook", "modality_config_reply", "modality_from_reply", "npy_array", "npy_bytes",
+    "encode_hook", "is_current_get_action", "modality_config_reply", "modality_from_reply", "npy_array", "npy_bytes",
     "to_current_observation",
 ]

@@ -1,13 +1,14 @@
-"""`gr00t-export serve`: a policy behind Isaac-GR00T's ZeroMQ inference protocol, in both of its dialects, so
+"""Isaac-GR00T's ZeroMQ inference protocol in both of its dialects (codec and observation checks), so
 robots and simulators written for NVIDIA's N1.5 `RobotInferenceServer` (`gr00t/eval/service.py`) or for its
 current `run_gr00t_server` (`gr00t/policy/server_client.py`: what IsaacLab's Isaac-Groot-* tasks and
 `play_groot.py` connect to) drive a checkpoint, an exported artifact or a dataset replay without changing a line.
 
 The wire protocol, common to both dialects (facts we implement, not code we copied):
 
-- ZeroMQ REQ-REP; every message is one msgpack map. Request `{"endpoint": str, "data": map, "api_token": str}`
-  (`endpoint` defaults to `get_action`); the reply is the endpoint's result or `{"error": str}`, on which both
-  clients raise. With a server token, any other token is answered `{"error": "Unauthorized: Invalid API token"}`.
+- ZeroMQ REQ-REP (clients use REQ sockets); every message is one msgpack map. Request `{"endpoint": str,
+  "data": map, "api_token": str}` (`endpoint` defaults to `get_action`); the reply is the endpoint's result or
+  `{"error": str}`, on which both clients raise. With a server token, any other token is answered
+  `{"error": "Unauthorized: Invalid API token"}`.
 - numpy arrays travel as `{"__ndarray_class__": True, "as_npy": <np.save bytes, no pickles>}`.
 - `ping` -> `{"status": "ok", "message": "Server is running"}`; `kill` stops the server.
 
@@ -51,11 +52,14 @@ Decisions of this server (the protocols leave them open):
   two reserved keys to its observation map: `"seed"` (int) or `"noise"` (float array (16, 32) or
   (B, 16, 32)); they never collide with modality keys, which all carry a `video.`/`state.`/`annotation.` prefix.
 - Size. A request over `max_message_bytes` is answered with an error. libzmq drops anything over twice
-  that (ZMQ_MAXMSGSIZE) before it is buffered: the REP socket keeps serving everyone else, but the sender
+  that (ZMQ_MAXMSGSIZE) before it is buffered: the socket keeps serving everyone else, but the sender
   gets no reply and its client times out, so the cap bounds memory without ever wedging the server.
 - Batching. An observation with a leading batch axis (video (B, T, H, W, 3), state (B, T, d)) is passed to
   the policy as one batch and answered with (B, 16, d) actions. Requests from different clients are served
-  one at a time, in arrival order; the server never merges them.
+  one at a time, in arrival order, unless the server has a batching window (`--batch_window_ms`): then
+  get_action requests arriving within it run as one policy call where that gives each exactly the actions it
+  gets alone (`batching`), and each client is answered with its own. The server's socket is a ROUTER, which
+  answers REQ clients as a REP socket does, so clients see no difference.
 - Validation. Keys, dtypes, shapes, batch sizes and finiteness are checked before the policy runs (the current
   dialect as strictly as NVIDIA's strict mode: state float32, language [[str]] * B, and the checkpoint's D);
   every problem, and every exception the policy raises, is answered with `{"error": ...}` and serving goes on.
@@ -361,6 +365,12 @@ def check_observation(data: Any, modality: PolicyInterface, state_dims: dict[str
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         raise InputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     return obs, noise, seed
+
+
+def is_current_get_action(data: Any) -> bool:
+    """The dialect of a get_action: a data map with an `observation` entry is the current one (an N1.5 observation
+    has only `video.`/`state.`/`annotation.` keys and `noise`/`seed`)."""
+    return isinstance(data, dict) and "observation" in data
 
 
 NESTED_SHAPES = ('{"video": {camera: uint8 (B, T, H, W, 3)}, "state": {key: float32 (B, T, D)}, '

@@ -48,11 +48,8 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
-from gr00t_export.data.lerobot import LeRobotDataset
-from gr00t_export.data.synthetic import make_dataset
 from gr00t_export.families import family_for_checkpoint, open_reference
 from gr00t_export.families.base import synthetic_observation
-from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.manifest import Manifest
 from gr00t_export.serve import CURRENT, N15, Client, PolicyClient, PolicyServer, current_actions, to_current_observation
 
@@ -71,8 +68,8 @@ class ConstantPolicy:
     """Answers every observation with the same actions at once: what is left of a round trip is the protocol
     (msgpack + npy + ZeroMQ over loopback + validation), not the model."""
 
-    def __init__(self, spec, actions: dict[str, np.ndarray]):
-        self.spec, self.actions = spec, actions
+    def __init__(self, interface, actions: dict[str, np.ndarray]):
+        self.interface, self.actions = interface, actions
 
     def get_action(self, obs, noise=None, seed=0) -> dict[str, np.ndarray]:
         return self.actions
@@ -275,6 +272,7 @@ def batching_load(args: argparse.Namespace) -> int:
             target, what = ["--model_path", str(args.model_path)], f"{args.model_path} (reference)"
             iface = family_for_checkpoint(args.model_path).open(args.model_path).interface
         else:
+            from gr00t_export.families.n1_5.synthetic import make_checkpoint
             from gr00t_export.pipeline.build import BuildOptions, build
 
             console.print("building a tiny checkpoint (CPU) ...")
@@ -361,13 +359,20 @@ def main(argv: list[str] | None = None) -> int:
     batching.add_argument("--protocol", default=N15, choices=(N15, CURRENT),
                           help="dialect of the clients (n1.5 sends a seed per client)")
     batching.add_argument("--distinct", type=int, default=4, help="distinct observations per client")
-    batching.add_argument("--warmup", type=int, default=2, help="untimed requests per client before a batched phase")
+    batching.add_argument("--warmup", type=int, default=4, help="untimed requests per client before a batched phase")
     batching.add_argument("--atol", type=float, help="a reply further than this from its answer alone is 'off' "
                           "[default: 1e-5 on cpu, 1e-2 on cuda]")
     batching.add_argument("--start_timeout", type=float, default=600, help="seconds a server may take to start")
     args = parser.parse_args(argv)
-    if args.batching:
-        return batching_load(args)
+    return batching_load(args) if args.batching else protocol_load(args)
+
+
+def protocol_load(args: argparse.Namespace) -> int:
+    """The default mode: both dialects' phases against an in-process server (see the module docstring)."""
+    from gr00t_export.data.lerobot import LeRobotDataset  # PyAV: only this mode reads a dataset
+    from gr00t_export.data.synthetic import make_dataset
+    from gr00t_export.families.n1_5.synthetic import make_checkpoint
+
     console = Console(width=None if sys.stdout.isatty() else 150)  # the table stays readable in logs
     deadline = time.monotonic() + args.max_seconds
 
@@ -391,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                           for obs in batch_pool]
 
         servers = {name: PolicyServer(p, port=0, log=lambda line: None) for name, p in
-                   (("model", policy), ("protocol", ConstantPolicy(policy.spec, expected[0])))}
+                   (("model", policy), ("protocol", ConstantPolicy(policy.interface, expected[0])))}
         threads = [threading.Thread(target=srv.run, kwargs={"max_seconds": args.max_seconds + 60}, daemon=True)
                    for srv in servers.values()]
         for t in threads:

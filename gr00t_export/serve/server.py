@@ -118,7 +118,7 @@ class _Waiting:
     request: ActionRequest
 
 
-def batchable(policy: Policy) -> str | None:
+def why_not_batchable(policy: Policy) -> str | None:
     """None when `policy` can run merged requests; else why not."""
     if hasattr(policy, "reset") or hasattr(policy, "get_action_with_info"):
         return "the policy is stateful (each call advances it), so requests run one at a time"
@@ -165,7 +165,7 @@ class PolicyServer:
         self.state_dims = dict(self.modality.state_dims)
         self.noise_shape = tuple(self.modality.noise_shape) if all(self.modality.noise_shape) else None
         self.batch_window_s, self.max_batch = batch_window_ms / 1e3, max_batch
-        self.unbatchable = batchable(policy) if batch_window_ms > 0 else None
+        self.unbatchable = why_not_batchable(policy) if batch_window_ms > 0 else None
         self.batching = batch_window_ms > 0 and self.unbatchable is None
         self._closed = False
         self.latency = LatencyLog()
@@ -315,26 +315,29 @@ class PolicyServer:
                 actions, info = with_info(request.obs, noise=request.noise, seed=request.seed)
             else:
                 actions, info = self.policy.get_action(request.obs, noise=request.noise, seed=request.seed), {}
+            reply = request.reply(actions, info)
         except InputError as err:
             return {"error": str(err)}
         except Exception as err:  # a policy bug must not take the robot's server down
             self.log(f"error in get_action:\n{traceback.format_exc()}")
             return {"error": f"internal error in get_action: {type(err).__name__}: {err}"}
         self.latency.add_call(1)
-        return request.reply(actions, info)
+        return reply
 
     def _call_merged(self, requests: list[ActionRequest]) -> list[Any]:
         """One policy call for several requests, each answered with its share; if the call fails, each request is
         run alone so that only the request at fault gets an error."""
-        obs, noise = merge(requests, self.noise_shape)
         try:
+            obs, noise = merge(requests, self.noise_shape)
             actions = self.policy.get_action(obs, noise=noise, seed=self.default_seed)
+            replies = [request.reply(part, {}) for request, part in zip(requests, split(actions, requests),
+                                                                          strict=True)]
         except Exception as err:
             self.log(f"a merged call of {len(requests)} requests failed ({type(err).__name__}: {err}); running each "
                      "alone")
             return [self._call_alone(request) for request in requests]
         self.latency.add_call(len(requests))
-        return [request.reply(part, {}) for request, part in zip(requests, split(actions, requests), strict=True)]
+        return replies
 
     def _prepare(self, message: bytes) -> tuple[str, Any, str]:
         """One request message -> (endpoint name for the latency log, reply or checked ActionRequest, dialect of the

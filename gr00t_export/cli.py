@@ -376,6 +376,12 @@ def serve(
                                                           "get_modality_config, the one request both clients send "
                                                           "alike: current (Isaac-GR00T's PolicyClient, IsaacLab) "
                                                           "or n1.5 (RobotInferenceClient).")] = "current",
+    batch_window_ms: Annotated[float, typer.Option("--batch_window_ms", min=0, help="Run get_action "
+                                                   "requests of concurrent clients arriving within this many ms as "
+                                                   "one policy call, each answered with its own actions (0: one "
+                                                   "request at a time).")] = 0.0,
+    max_batch: Annotated[int, typer.Option("--max_batch", min=1, help="Most environments in one batched policy "
+                                           "call (with --batch_window_ms).")] = 8,
 ):
     """Serve a policy over Isaac-GR00T's ZeroMQ protocol, current and N1.5 dialects (get_action, reset,
     get_modality_config, ping, kill).
@@ -400,7 +406,8 @@ def serve(
     server = PolicyServer(policy, host=host, port=port, api_token=api_token,
                           max_message_bytes=int(max_message_mb * 2**20), log_every=log_every,
                           log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
-                          modality_config_protocol=modality_config_protocol)
+                          modality_config_protocol=modality_config_protocol, batch_window_ms=batch_window_ms,
+                          max_batch=max_batch)
     if model_path is not None:
         note_chosen_config(modality_config, policy.interface.name)
     server.run()

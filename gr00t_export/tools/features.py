@@ -34,6 +34,7 @@ import queue
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,7 +406,9 @@ def _write_parquet(store: PartStore, chunks: int, metadata: dict[str, Any], tmp:
             table = pa.table(columns)
             if writer is None:
                 schema = table.schema.with_metadata({METADATA_KEY: json.dumps(metadata)})
-                writer = pq.ParquetWriter(str(tmp), schema)
+                # dictionary encoding and statistics of the feature values cost 5x on every read and save nothing
+                writer = pq.ParquetWriter(str(tmp), schema, use_dictionary=["instruction"],
+                                          write_statistics=["episode_index", "frame_index"])
             writer.write_table(table.cast(writer.schema), row_group_size=len(texts))
     finally:
         if writer is not None:
@@ -419,10 +422,11 @@ class FeaturesFile:
     """A file `gr00t-export features` wrote (either format), one `StepFeatures` per dataset step.
 
     Random access: `file[i]`; the safetensors format reads only step i's rows (memory-mapped slices), the parquet
-    one decodes the row group that holds it (and keeps the last one). Iterating walks the steps in file order.
+    one decodes the row group (chunk) that holds it and keeps the last `cached_groups` decoded, so shuffled access
+    is fast on safetensors and on parquet files of up to that many chunks. Iterating walks the steps in order.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, cached_groups: int = 8):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"features file {self.path} does not exist; write it with `gr00t-export features`")
@@ -439,7 +443,8 @@ class FeaturesFile:
             self.instructions = index.column("instruction").to_pylist()
             sizes = [self._parquet.metadata.row_group(g).num_rows for g in range(self._parquet.num_row_groups)]
             self._group_starts = np.concatenate([[0], np.cumsum(sizes)])
-            self._group: tuple[int, dict[str, Any]] | None = None
+            self._groups: OrderedDict[int, dict[str, Any]] = OrderedDict()
+            self._cached_groups = max(1, cached_groups)
         else:
             from safetensors import safe_open
 
@@ -472,7 +477,9 @@ class FeaturesFile:
 
     def _parquet_row(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         group = int(np.searchsorted(self._group_starts, i, side="right") - 1)
-        if self._group is None or self._group[0] != group:
+        if group in self._groups:
+            self._groups.move_to_end(group)
+        else:
             table = self._parquet.read_row_group(group, columns=["features", *self.token_names])
             column = table.column("features").combine_chunks()
             flat = column.values.values.to_numpy(zero_copy_only=False)
@@ -482,8 +489,10 @@ class FeaturesFile:
             decoded = {"offsets": column.offsets.to_numpy(), "features": rows,
                        **{n: torch.from_numpy(table.column(n).combine_chunks().values.to_numpy().copy())
                           for n in self.token_names}}
-            self._group = (group, decoded)
-        decoded = self._group[1]
+            self._groups[group] = decoded
+            while len(self._groups) > self._cached_groups:
+                self._groups.popitem(last=False)
+        decoded = self._groups[group]
         local = i - int(self._group_starts[group])
         start, end = int(decoded["offsets"][local]), int(decoded["offsets"][local + 1])
         return decoded["features"][start:end], {n: decoded[n][start:end] for n in self.token_names}

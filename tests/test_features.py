@@ -180,7 +180,7 @@ def test_both_formats_read_back_the_same_records_and_metadata(work: Path, fp16_b
     assert set(meta["instructions"]) <= tasks and len(set(meta["instructions"])) == 2
     assert {k: v for k, v in b.metadata.items() if k != "instructions"} == \
         {k: v for k, v in meta.items() if k != "instructions"}
-    assert not (work / ".all.parquet.parts").exists() and not list(work.glob(".all.parquet.tmp-*"))
+    assert not (work / ".all.features-parts").exists() and not list(work.glob(".all.parquet.tmp-*"))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".parquet"])
@@ -213,7 +213,7 @@ def test_bf16_features_round_trip_bit_exact(work: Path, reference_file: Path, su
 def test_time_boxed_runs_resume_to_the_uninterrupted_file(work: Path, fp16_build: Path, dataset: Path,
                                                            reference_file: Path):
     out = work / "resumed.safetensors"
-    parts = work / ".resumed.safetensors.parts"
+    parts = work / ".resumed.features-parts"
     first = extract_features(options(fp16_build, dataset, out, batch_size=8, chunk_steps=24, time_limit=0))
     assert first.out is None and first.chunks_done == 1 and first.chunks == 4 and not out.exists()
     assert sorted(p.name for p in parts.iterdir()) == ["index.json", "part-00000.safetensors"]
@@ -241,15 +241,23 @@ def _same_records(a: Path, b: Path) -> bool:
         for x, y in zip(left, right, strict=True))
 
 
-def test_parts_of_other_inputs_are_discarded_and_foreign_dirs_refused(work: Path, fp16_build: Path,
-                                                                      dataset: Path):
-    out = work / "switch.parquet"
-    extract_features(options(fp16_build, dataset, out, chunk_steps=16, time_limit=0, episodes=[0]))
+def test_parts_serve_either_format_and_other_inputs_discard_them(work: Path, fp16_build: Path, dataset: Path):
+    started = extract_features(options(fp16_build, dataset, work / "switch.safetensors", chunk_steps=16,
+                                       time_limit=0, episodes=[0]))
+    assert started.out is None
+    finished = extract_features(options(fp16_build, dataset, work / "switch.parquet", chunk_steps=16, episodes=[0]))
+    assert finished.chunks_resumed == 1 and finished.computed_steps == EPISODE_LENGTH - 16
+    extract_features(options(fp16_build, dataset, work / "other.parquet", chunk_steps=16, time_limit=0,
+                             episodes=[0]))
     logs: list[str] = []
-    result = extract_features(options(fp16_build, dataset, out, chunk_steps=16, episodes=[1]), log=logs.append)
+    result = extract_features(options(fp16_build, dataset, work / "other.parquet", chunk_steps=16, episodes=[1]),
+                              log=logs.append)
     assert result.chunks_resumed == 0 and any("discarding the parts of an earlier run" in m for m in logs)
-    assert {r.episode_index for r in FeaturesFile(out)} == {1}
-    foreign = work / ".mine.parquet.parts"
+    assert {r.episode_index for r in FeaturesFile(result.out)} == {1}
+
+
+def test_foreign_parts_dirs_are_refused_and_kept(work: Path, fp16_build: Path, dataset: Path):
+    foreign = work / ".mine.features-parts"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("the user's")
     with pytest.raises(InputError, match="was not written by gr00t-export features"):
@@ -269,7 +277,7 @@ def _cli_script(build_dir: Path, dataset: Path, out: Path) -> list[str]:
 def test_ctrl_c_mid_run_keeps_finished_chunks_and_the_rerun_completes(work: Path, fp16_build: Path, dataset: Path,
                                                                       reference_file: Path):
     out = work / "interrupted.safetensors"
-    index = work / ".interrupted.safetensors.parts" / "index.json"
+    index = work / ".interrupted.features-parts" / "index.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli_script(fp16_build, dataset, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -288,10 +296,8 @@ def test_ctrl_c_mid_run_keeps_finished_chunks_and_the_rerun_completes(work: Path
     assert not out.exists() and "Traceback" not in stderr
     done = len(json.loads(index.read_text())["parts"])
     assert 1 <= done < 10  # 80 steps in chunks of 8
-    rerun = subprocess.run(_cli_script(fp16_build, dataset, out), capture_output=True, text=True, env=env,
-                           timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"{done} chunks resumed" in rerun.stderr, rerun.stderr
+    rerun = extract_features(options(fp16_build, dataset, out, batch_size=2, chunk_steps=8))
+    assert rerun.chunks_resumed == done and rerun.computed_steps == 2 * EPISODE_LENGTH - 8 * done
     assert _same_records(out, reference_file)
 
 
@@ -349,7 +355,18 @@ def test_bad_inputs_are_one_line_and_leave_nothing(cli, work: Path, fp16_build: 
         assert message in line, (message, line)
     assert sorted(p.name for p in bad.iterdir()) == ["theirs.safetensors"]
     assert foreign.read_bytes() == b"not ours"
-    assert not list(dataset.glob("*.parquet")) and not list(dataset.glob(".f.parquet*"))
+    assert not list(dataset.glob("*.parquet")) and not list(bad.glob(".f.*"))
+
+
+def test_a_safetensors_file_larger_than_memory_is_refused_before_assembly(tmp_path: Path):
+    from gr00t_export.tools.features import available_memory, check_memory_for
+
+    free = available_memory()
+    if free is None:
+        pytest.skip("this system does not report MemAvailable")
+    check_memory_for(free // 4, tmp_path / "f.safetensors")
+    with pytest.raises(InputError, match=r"re-run with --out .*f\.parquet \(streamed; the finished chunks are reused"):
+        check_memory_for(free * 2, tmp_path / "f.safetensors")
 
 
 def test_parse_episodes():

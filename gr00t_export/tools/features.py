@@ -19,10 +19,11 @@ Files (`--out`, by suffix):
   attention_mask, input_ids), one row group per chunk, streamed (the output may exceed memory); bf16 features are
   stored as their uint16 bit patterns; the schema's `gr00t_export.features` metadata is the same JSON.
 
-Resumable: steps are processed in chunks; each chunk is written to `.<out name>.parts/part-<k>.safetensors` and
-hashed into that folder's `index.json`. A re-run with the same build, dataset and selection skips the chunks whose
-part still matches its hash and finishes the rest; the output is written to a temp sibling and renamed at the end,
-then the parts are removed. `FeaturesFile` reads either format back.
+Resumable: steps are processed in chunks; each chunk is written to `.<out stem>.features-parts/part-<k>.safetensors`
+and hashed into that folder's `index.json`. A re-run with the same build, dataset and selection skips the chunks
+whose part still matches its hash and finishes the rest (with either suffix: the parts do not depend on the format);
+the output is written to a temp sibling and renamed at the end, then the parts are removed. The safetensors file is
+assembled in memory (the output's size), the parquet one streamed. `FeaturesFile` reads either format back.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -219,6 +220,12 @@ def select_steps(lengths: dict[int, int], episodes: list[int] | None, max_steps:
 # ------------------------------------------------------------------------------------------- resumable parts
 
 
+def parts_dir(out: Path) -> Path:
+    """Where a run writing `out` keeps its finished chunks: one folder for both suffixes, so a run can be finished
+    into the other format."""
+    return out.parent / f".{out.stem}.features-parts"
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2))
@@ -232,12 +239,12 @@ def _ours(data: Any, kind: str) -> bool:
 
 
 class PartStore:
-    """A run's finished chunks, `.<out name>.parts/part-<k>.safetensors` beside the output, each hashed into
+    """A run's finished chunks, `.<out stem>.features-parts/part-<k>.safetensors` beside the output, hashed into
     `index.json` once complete. A part is trusted only while it matches its hash; a part of an interrupted write
     or one the index never recorded is recomputed."""
 
     def __init__(self, out: Path, identity: dict[str, Any]):
-        self.dir = out.parent / f".{out.name}.parts"
+        self.dir = parts_dir(out)
         self.index_path = self.dir / "index.json"
         self.identity = identity
         self.parts: dict[str, dict[str, Any]] = {}
@@ -292,7 +299,9 @@ class PartStore:
         os.replace(tmp, self.dir / name)
         self.parts[str(chunk)] = {"file": name, "sha256": sha256_file(self.dir / name),
                                   "size": (self.dir / name).stat().st_size, "steps": len(records),
-                                  "tokens": int(sum(lengths)), "device": device}
+                                  "tokens": int(sum(lengths)), "device": device,
+                                  "dtype": str(tensors["features"].dtype).removeprefix("torch."),
+                                  "dim": int(tensors["features"].shape[1])}
         self._save()
 
     def load(self, chunk: int) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -308,6 +317,10 @@ class PartStore:
 
     def devices(self) -> list[str]:
         return sorted({entry["device"] for entry in self.parts.values()})
+
+    def features_bytes(self) -> int:
+        return sum(e["tokens"] * e["dim"] * torch.empty(0, dtype=getattr(torch, e["dtype"])).element_size()
+                   for e in self.parts.values())
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -518,18 +531,43 @@ class FeaturesOptions:
 @dataclass
 class FeaturesResult:
     out: Path | None  # None: stopped at the time limit, the finished chunks kept for a re-run
+    parts_dir: Path
     num_steps: int
     chunks: int
     chunks_done: int
     chunks_resumed: int  # found finished (and verified) from an earlier run
     computed_steps: int  # this run
-    compute_seconds: float
+    compute_seconds: float  # wall time of this run's chunks (reading, backbone, writing parts)
+    backbone_seconds: float  # of which in the backbone stages: what the device could do if reading kept up
     device: str
-    parts_dir: Path = field(default_factory=Path)
 
     @property
     def steps_per_second(self) -> float:
         return self.computed_steps / self.compute_seconds if self.compute_seconds > 0 else 0.0
+
+    @property
+    def backbone_steps_per_second(self) -> float:
+        return self.computed_steps / self.backbone_seconds if self.backbone_seconds > 0 else 0.0
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where the system does not say)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory_for(features_bytes: int, out: Path) -> None:
+    """A .safetensors output is assembled in memory: refuse one larger than the free memory before trying."""
+    free = available_memory()
+    if free is not None and features_bytes > 0.8 * free:
+        raise InputError(f"the features take {features_bytes / 2**30:.1f} GiB, more than a .safetensors file can be "
+                         f"assembled in ({free / 2**30:.1f} GiB free); re-run with --out "
+                         f"{out.with_suffix('.parquet')} (streamed; the finished chunks are reused)")
 
 
 def _check_options(opts: FeaturesOptions) -> str:
@@ -590,6 +628,74 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
         worker.join()
 
 
+class ChunkWork:
+    """The chunks still to do: steps read on a background thread, batched per instruction, each chunk written as a
+    part once all its steps are back."""
+
+    def __init__(self, backbone: BackboneRunner, store: PartStore, chunks: list[list[tuple[int, int]]],
+                 batch_size: int, device: str, advance: Callable[[int], None]):
+        self.backbone, self.store, self.chunks = backbone, store, chunks
+        self.batch_size, self.device, self.advance = batch_size, device, advance
+        self.computed, self.backbone_seconds, self.started = 0, 0.0, time.perf_counter()
+
+    def run(self, dataset: Any, todo: list[int], deadline: float | None) -> bool:
+        """Computes the `todo` chunks in order; True when it stopped at `deadline` with chunks left."""
+        reader, interface = self.backbone.runner.reader, self.backbone.runner.interface
+
+        def load() -> Iterator[tuple[int, int, tuple[int, int], RawInputs]]:
+            for chunk in todo:
+                for pos, (episode, frame) in enumerate(self.chunks[chunk]):
+                    yield chunk, pos, (episode, frame), reader(dataset.observation(episode, frame, interface))
+
+        self.started = time.perf_counter()
+        records: list[StepFeatures | None] = []
+        pending: dict[str, list[tuple[int, tuple[int, int], RawInputs]]] = {}
+        received = 0
+        for chunk, pos, step, raw in prefetched(load(), depth=2 * self.batch_size):
+            if pos == 0:
+                records, received = [None] * len(self.chunks[chunk]), 0
+            batch = pending.setdefault(instruction_of(raw), [])
+            batch.append((pos, step, raw))
+            if len(batch) == self.batch_size:
+                self._run(pending.pop(instruction_of(raw)), records)
+            received += 1
+            if received == len(self.chunks[chunk]):
+                for key in list(pending):
+                    self._run(pending.pop(key), records)
+                self.store.write(chunk, records, self.device)  # type: ignore[arg-type]  # every position is filled
+                if deadline is not None and time.perf_counter() >= deadline and chunk != todo[-1]:
+                    return True
+        return False
+
+    def _run(self, batch: list[tuple[int, tuple[int, int], RawInputs]], records: list[StepFeatures | None]) -> None:
+        clock = time.perf_counter()
+        for (pos, _, _), record in zip(batch, self.backbone.run([b[2] for b in batch], [b[1] for b in batch]),
+                                       strict=True):
+            records[pos] = record
+        self.backbone_seconds += time.perf_counter() - clock
+        self.computed += len(batch)
+        self.advance(len(batch))
+
+
+def file_metadata(backbone: BackboneRunner, store: PartStore, identity: dict[str, Any], max_steps: int | None
+                  ) -> dict[str, Any]:
+    """What a features file says about itself: the build (seal, source fingerprint), dataset, steps and stages."""
+    manifest, graph, first = backbone.runner.manifest, backbone.graph, store.parts["0"]
+    return {
+        "format_version": FORMAT_VERSION, "tool": {"name": TOOL_NAME, "version": __version__}, "kind": KIND,
+        "build": {"artifact_dir": str(backbone.runner.dir.expanduser().resolve()),
+                  "manifest_sha256": manifest.get("manifest_sha256"), "family": manifest.family,
+                  "precision": manifest.precision,
+                  "source_fingerprint_sha256": manifest.get("source", {}).get("fingerprint_sha256")},
+        "interface": backbone.runner.interface.to_dict(),
+        "dataset": {"path": identity["dataset"], "meta_sha256": identity["dataset_meta_sha256"]},
+        "episodes": identity["episodes"], "num_steps": identity["num_steps"], "max_steps": max_steps,
+        "stages": graph.stage_names, "features": graph.features, "tokens": graph.sources,
+        "dtype": first["dtype"], "dim": first["dim"], "devices": store.devices(),
+        "layout": "one record per step, unpadded: its own L tokens (L varies with the instruction)",
+    }
+
+
 def extract_features(opts: FeaturesOptions, log: Callable[[str], None] = lambda m: console.print(m)
                      ) -> FeaturesResult:
     """Every selected step through the build's backbone into `opts.out`, resuming an interrupted run's parts."""
@@ -600,7 +706,7 @@ def extract_features(opts: FeaturesOptions, log: Callable[[str], None] = lambda 
     out = Path(opts.out).expanduser()
     inputs = {"ARTIFACT_DIR": opts.artifact_dir, "--dataset_path": opts.dataset_path}
     check_output_file(out, inputs, ours=is_features_file, what="--out")
-    refuse_overlap(out.parent / f".{out.name}.parts", inputs, label="--out's parts dir")
+    refuse_overlap(parts_dir(out), inputs, label="--out's parts dir")
     backbone = BackboneRunner(Path(opts.artifact_dir), device)
     manifest, interface = backbone.runner.manifest, backbone.runner.interface
     dataset = LeRobotDataset(opts.dataset_path)
@@ -610,74 +716,26 @@ def extract_features(opts: FeaturesOptions, log: Callable[[str], None] = lambda 
     dataset_dir = Path(opts.dataset_path).expanduser().resolve()
     identity = {"format_version": FORMAT_VERSION, "manifest_sha256": manifest.get("manifest_sha256"),
                 "dataset": str(dataset_dir), "dataset_meta_sha256": dataset_identity(dataset_dir),
-                "episodes": sorted({e for e, _ in steps}), "num_steps": len(steps), "chunk_steps": opts.chunk_steps,
+                "episodes": list(dict.fromkeys(e for e, _ in steps)), "num_steps": len(steps),
+                "chunk_steps": opts.chunk_steps,
                 "stages": backbone.graph.stage_names}
     store = PartStore(out, identity)
     done = store.open(log)
     resumed = len(done)
     if resumed:
         log(f"resuming: {resumed} of {len(chunks)} chunks already done in {store.dir}")
-    todo = [(c, pos, step) for c, chunk in enumerate(chunks) if c not in done for pos, step in enumerate(chunk)]
-
-    def load(work: list[tuple[int, int, tuple[int, int]]]) -> Iterator[tuple[int, int, tuple[int, int], RawInputs]]:
-        for chunk, pos, (episode, frame) in work:
-            yield chunk, pos, (episode, frame), backbone.runner.reader(dataset.observation(episode, frame, interface))
-
-    computed, compute_start, stopped = 0, time.perf_counter(), False
+    deadline = None if opts.time_limit is None else start + opts.time_limit
     with progress_bar("features", len(steps), enabled=opts.show_progress) as advance:
         advance(sum(len(chunks[c]) for c in done))
-        records: list[StepFeatures | None] = []
-        pending: dict[str, list[tuple[int, tuple[int, int], RawInputs]]] = {}
-
-        def flush(key: str) -> None:
-            nonlocal computed
-            batch = pending.pop(key)
-            for (pos, _, _), record in zip(batch, backbone.run([b[2] for b in batch], [b[1] for b in batch]),
-                                           strict=True):
-                records[pos] = record
-            computed += len(batch)
-            advance(len(batch))
-
-        received: dict[int, int] = {}
-        for chunk, pos, step, raw in prefetched(load(todo), depth=2 * opts.batch_size):
-            if chunk not in received:
-                received[chunk] = 0
-                records = [None] * len(chunks[chunk])
-            key = instruction_of(raw)
-            pending.setdefault(key, []).append((pos, step, raw))
-            if len(pending[key]) == opts.batch_size:
-                flush(key)
-            received[chunk] += 1
-            if received[chunk] == len(chunks[chunk]):
-                for key in list(pending):
-                    flush(key)
-                store.write(chunk, records, device)  # type: ignore[arg-type]  # every position is filled
-                done.add(chunk)
-                if opts.time_limit is not None and time.perf_counter() - start >= opts.time_limit \
-                        and len(done) < len(chunks):
-                    stopped = True
-                    break
-    compute_seconds = time.perf_counter() - compute_start
-    result = FeaturesResult(None, len(steps), len(chunks), len(done), resumed, computed, compute_seconds, device,
-                            store.dir)
+        work = ChunkWork(backbone, store, chunks, opts.batch_size, device, advance)
+        stopped = work.run(dataset, [c for c in range(len(chunks)) if c not in done], deadline)
+    result = FeaturesResult(None, store.dir, len(steps), len(chunks), len(store.parts), resumed, work.computed,
+                            time.perf_counter() - work.started, work.backbone_seconds, device)
     if stopped:
         return result
-    graph = backbone.graph
-    first = store.load(0)[0]
-    metadata = {
-        "format_version": FORMAT_VERSION, "tool": {"name": TOOL_NAME, "version": __version__}, "kind": KIND,
-        "build": {"artifact_dir": str(Path(opts.artifact_dir).expanduser().resolve()),
-                  "manifest_sha256": manifest.get("manifest_sha256"), "family": manifest.family,
-                  "precision": manifest.precision,
-                  "source_fingerprint_sha256": manifest.get("source", {}).get("fingerprint_sha256")},
-        "interface": interface.to_dict(),
-        "dataset": {"path": str(dataset_dir), "meta_sha256": identity["dataset_meta_sha256"]},
-        "episodes": identity["episodes"], "num_steps": len(steps), "max_steps": opts.max_steps,
-        "stages": graph.stage_names, "features": graph.features, "tokens": graph.sources,
-        "dtype": str(first["features"].dtype).removeprefix("torch."), "dim": int(first["features"].shape[1]),
-        "devices": store.devices(),
-        "layout": "one record per step, unpadded: its own L tokens (L varies with the instruction)",
-    }
+    if out.suffix == ".safetensors":
+        check_memory_for(store.features_bytes(), out)
+    metadata = file_metadata(backbone, store, identity, opts.max_steps)
     writer = _write_parquet if out.suffix == ".parquet" else _write_safetensors
     with atomic_output_file(out, inputs, ours=is_features_file, what="--out") as tmp:
         writer(store, len(chunks), metadata, tmp)
@@ -717,7 +775,8 @@ def features_cmd(
                               episodes=parse_episodes(episodes), max_steps=max_steps, batch_size=batch_size,
                               chunk_steps=chunk_steps, device=device, time_limit=time_limit)
     result = extract_features(options)
-    rate = f"{result.steps_per_second:.2f} steps/s on {result.device}" if result.computed_steps else "nothing new"
+    rate = (f"{result.steps_per_second:.2f} steps/s on {result.device}, the backbone alone "
+            f"{result.backbone_steps_per_second:.2f}" if result.computed_steps else "nothing new computed")
     if result.out is None:
         console.print(f"stopped at --time_limit after {result.chunks_done} of {result.chunks} chunks ({rate}); "
                       f"run the same command again to continue (finished chunks are in {result.parts_dir})",

@@ -188,7 +188,7 @@ def parse_episodes(text: str | None) -> list[int] | None:
     """"0,2,5-9" -> [0, 2, 5, 6, 7, 8, 9]; None (every episode) stays None."""
     if text is None:
         return None
-    episodes: list[int] = []
+    episodes: dict[int, None] = {}  # ordered, without repeats
     for part in (p.strip() for p in text.split(",")):
         first, dash, last = part.partition("-")
         try:
@@ -198,8 +198,8 @@ def parse_episodes(text: str | None) -> list[int] | None:
             raise InputError(f"--episodes {text!r} is not a list of episode indices; write e.g. 0,2,5-9") from None
         if lo < 0 or hi < lo:
             raise InputError(f"--episodes range {part!r} is empty or negative; write e.g. 0,2,5-9")
-        episodes += [e for e in range(lo, hi + 1) if e not in episodes]
-    return episodes
+        episodes |= dict.fromkeys(range(lo, hi + 1))
+    return list(episodes)
 
 
 def select_steps(lengths: dict[int, int], episodes: list[int] | None, max_steps: int | None,

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import typer
@@ -32,7 +31,6 @@ from gr00t_export.tools.features import (
     FeaturesFile,
     FeaturesOptions,
     PartStore,
-    StepFeatures,
     backbone_graph,
     extract_features,
     features_cmd,
@@ -402,7 +400,10 @@ def test_reader_example_trains_a_student(reference_file: Path, dataset: Path):
     assert summary["steps"] == 2 * EPISODE_LENGTH and summary["last_loss"] < summary["first_loss"]
 
 
-def test_step_features_are_plain_tensors(reference_file: Path):
-    record = FeaturesFile(reference_file)[-1]
-    assert isinstance(record, StepFeatures) and record.episode_index == 1 and record.frame_index == EPISODE_LENGTH - 1
-    assert record.tokens["input_ids"].dtype == torch.int64 and np.all(record.tokens["input_ids"].numpy() >= 0)
+def test_stored_token_ids_are_the_prompt_of_the_step(reference_file: Path, fp16_build: Path):
+    runner = ExportedGr00tRunner(fp16_build)
+    features = FeaturesFile(reference_file)
+    for record in (features[0], features[-1]):
+        tokens = runner.stages["eagle2_tokenizer"].infer({"instructions": [record.instruction]})
+        assert torch.equal(record.tokens["input_ids"], tokens["input_ids"][0])
+        assert record.features.shape[0] == tokens["input_ids"].shape[1]

@@ -860,8 +860,10 @@ def bench_grid(artifact_dir: Path | None, model_path: Path | None, backends: lis
     opened = family.open_for_manifest(model_path, eagle_path, runner.manifest) if runner is not None else \
         family.open(model_path, eagle_path, embodiment_tag=embodiment_tag, modality_config=modality_config,
                     denoising_steps=denoising_steps)
-    for v in views:
-        load_graph_spec(family.graph_spec_path(), views=v)  # an InputError naming the limit, before any loading
+    most = load_graph_spec(family.graph_spec_path()).max_views
+    if most is not None and max(views) > most:
+        raise InputError(f"--views {max(views)}: the {family.name} video stage takes 1 to {most} cameras; pass "
+                         f"--views with counts up to {most}")
     per_views = {v: _views_of(opened, v) for v in views}
     if any(b.startswith("torch") for b in backends):
         model = opened.load(torch.float32, "cpu").to(device=dev, dtype=PRECISIONS[dtype])

@@ -46,8 +46,8 @@ def builds(tmp_path_factory):
 
 
 def test_grid_times_every_cell_and_the_table_matches_the_json(builds, tmp_path):
-    cells = bench_grid(builds[1], builds["ckpt"], ["torch", "ort", "trt"], "fp32", iters=2, warmup=1, device="cpu",
-                       batches=[1, 2], views=[1, 2], log=lambda m: None)
+    cells = bench_grid(builds[1], builds["ckpt"], ["torch", "ort", "trt"], "fp32", iters=2, warmup=0, device="cpu",
+                       batches=[1, 2], views=[1, 2], log=lambda m: None, setup_runs=1)
     assert [(c.backend, c.batch, c.views) for c in cells] == [
         (b, n, v) for b in ("torch", "ort") for v in (1, 2) for n in (1, 2)]  # trt: single-shape only, left out
     seq_len = {}
@@ -92,6 +92,17 @@ def test_grid_from_the_cli_and_its_input_errors(builds, tmp_path):
         result = cli.invoke(app, ["bench", str(builds[1]), "--grid", "--device", "cpu", *args])
         assert result.exit_code == 2 and problem in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_cells_past_the_budget_or_outside_the_compile_subset_are_reported_not_run(builds):
+    cells = bench_grid(builds[1], builds["ckpt"], ["ort"], "fp32", iters=1, warmup=0, device="cpu", batches=[1],
+                       views=[1, 2], log=lambda m: None, budget_s=0)
+    assert [c.end_to_end for c in cells] == [None, None] and all("budget" in c.note for c in cells)
+    cells = bench_grid(builds[1], builds["ckpt"], ["torch-compile"], "fp32", iters=1, warmup=0, device="cpu",
+                       batches=[1, 2], views=[1], log=lambda m: None, compile_cells=set())
+    assert [c.end_to_end for c in cells] == [None, None] and all("subset" in c.note for c in cells)
+    _, rows = grid_rows(cells)
+    assert rows[0][3:] == ["torch-compile", "-", "-", "-", "-"]
 
 
 @pytest.mark.parametrize("views", [1, 2])

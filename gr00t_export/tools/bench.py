@@ -822,19 +822,21 @@ def bench_grid(artifact_dir: Path | None, model_path: Path | None, backends: lis
                embodiment_tag: str | None = None, modality_config: str | None = None,
                log: Callable[[str], None] = print, denoising_steps: int | None = None,
                compile_cells: set[tuple[int, int]] | None = None, budget_s: float | None = None,
-               max_shapes: int = 16) -> list[GridCell]:
+               max_shapes: int = 16, setup_runs: int = GRID_SETUP_RUNS) -> list[GridCell]:
     """Each backend at every (batch, views) cell: end-to-end latency of one tick (median, p90) and samples/s.
 
     A cell is the whole pipeline (video and state preprocessing, tokenizer cached per instruction as the exported
     runtime does, vit, llm, denoiser, postprocess) on `batch` seeded synthetic observations of `views` cameras.
     The model stages are the same objects in every cell of a backend (one build, one compiled module); the
     per-camera stages come from the family for each count (`exported_stages_for_views`). Each new shape first
-    gets GRID_SETUP_RUNS untimed calls (compiles, captures; timed apart as `setup_s`), then `warmup` and `iters`.
+    gets `setup_runs` untimed calls (compiles, captures; timed apart as `setup_s`), then `warmup` and `iters`.
 
-    `compile_cells`: the (batch, views) cells torch-compile runs (default all; it compiles per new shape, which
-    costs minutes at 3B). `budget_s`: cells not started within it are reported as not run, so one device call
-    ends in time. Backends run one after another, each releasing its sessions and graphs before the next.
+    `compile_cells`: the (batch, views) cells torch-compile runs (default all; each graph it compiles costs tens
+    of seconds at 3B). `budget_s`: cells not started within that many seconds of this call are reported as
+    not run, so one device call ends in time. Backends run one after another, each releasing its sessions and
+    graphs before the next.
     """
+    start = time.perf_counter()
     unsupported = [b for b in backends if b not in GRID_BACKENDS]
     backends = [b for b in backends if b in GRID_BACKENDS]
     if unsupported:
@@ -870,7 +872,6 @@ def bench_grid(artifact_dir: Path | None, model_path: Path | None, backends: lis
     else:  # the exported backends need only the per-camera modules of the partition, no weights
         model = opened.load(PRECISIONS[runner.manifest.precision], "meta")
     cells = [(b, v) for v in views for b in batches]
-    start = time.perf_counter()
     results: list[GridCell] = []
     with tempfile.TemporaryDirectory(prefix="gr00t-grid-") as scratch:
         for backend in backends:
@@ -886,7 +887,7 @@ def bench_grid(artifact_dir: Path | None, model_path: Path | None, backends: lis
                     continue
                 log(f"grid: {backend} batch {batch} x {v} view(s) ...")
                 try:
-                    _time_cell(cell, column, per_views[v], warmup, iters, dev)
+                    _time_cell(cell, column, per_views[v], warmup, iters, dev, setup_runs)
                 except Exception as err:  # noqa: BLE001 - one cell failing must not hide the others' figures
                     cell.note = f"failed: {type(err).__name__}: {str(err)[:200]}"
             column.close()
@@ -898,7 +899,7 @@ def bench_grid(artifact_dir: Path | None, model_path: Path | None, backends: lis
 
 
 def _time_cell(cell: GridCell, column: _GridColumn, opened: OpenedPolicy, warmup: int, iters: int,
-               dev: torch.device) -> None:
+               dev: torch.device, setup_runs: int) -> None:
     iface = opened.interface
     raw = opened.reader()(grid_observation(iface, cell.batch))
     init = make_noise((raw.batch, *iface.noise_shape), None, 0).to(dev)
@@ -906,7 +907,7 @@ def _time_cell(cell: GridCell, column: _GridColumn, opened: OpenedPolicy, warmup
     begin = time.perf_counter()
     graph, stages = column.stages(opened)
     trace: dict = {}
-    for _ in range(GRID_SETUP_RUNS):
+    for _ in range(max(1, setup_runs)):
         run_pipeline(graph, stages, raw, init, trace)
     _sync(dev)
     cell.setup_s = time.perf_counter() - begin

@@ -230,7 +230,7 @@ class PinnedOnnxSession:
         import onnxruntime as ort
         from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
-        self.spec, self.device = spec, device
+        self.spec, self.on_cuda = spec, device.startswith("cuda")
         model = onnx.load(str(model_path), load_external_data=False)
         for t in spec.inputs:
             for axis, dim in enumerate(t.shape):
@@ -241,18 +241,18 @@ class PinnedOnnxSession:
         onnx.save_model(model, str(self.path))
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        on_cuda = device.startswith("cuda")
-        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"] if on_cuda \
+        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"] if self.on_cuda \
             else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         types = {i.name: ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
-        bound = "cuda" if on_cuda else "cpu"
+        bound = "cuda" if self.on_cuda else "cpu"
         self.inputs = {n: torch.as_tensor(feeds[n]).to(bound, types[n]).contiguous().clone() for n in types}
         self.binding = self.session.io_binding()
         for n, t in self.inputs.items():
             self.binding.bind_input(n, bound, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
         for n in spec.output_names:
             self.binding.bind_output(n, bound)
+        self._sync()
         self.session.run_with_iobinding(self.binding)  # warm-up run (onnxruntime allocates the outputs), then capture
         shapes = [(tuple(o.shape()), ORT_TYPES[o.data_type()]) for o in self.binding.get_outputs()]
         self.outputs = {n: torch.empty(s, dtype=d, device=bound) for n, (s, d) in zip(spec.output_names, shapes,
@@ -265,10 +265,13 @@ class PinnedOnnxSession:
     def infer(self, feeds):
         for n, t in self.inputs.items():
             t.copy_(torch.as_tensor(feeds[n]).to(t.device, t.dtype))
-        if self.inputs and next(iter(self.inputs.values())).is_cuda:
-            torch.cuda.current_stream().synchronize()  # torch wrote the inputs on its stream; ORT reads on its own
+        self._sync()
         self.session.run_with_iobinding(self.binding)
         return self.outputs
+
+    def _sync(self) -> None:
+        if self.on_cuda:
+            torch.cuda.current_stream().synchronize()  # torch wrote the inputs on its stream; ORT reads on its own
 
     def close(self) -> None:
         del self.session

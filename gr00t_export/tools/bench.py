@@ -6,7 +6,8 @@ artifacts in onnxruntime; CUDA EP with device-resident I/O on a GPU), `ort-cudag
 pinned and replayed as CUDA graphs), `aoti` (AOTInductor `.pt2` of vit/llm/denoising, one CUDA graph each) and
 `trt` (TensorRT engines, when the module and engines exist). All run the same observation and noise; ratios are
 against eager. With `profile`, a CUPTI trace of each model stage says how many kernels it launches and where
-its GPU time goes, which is what decides latency at batch 1.
+its GPU time goes, which is what decides latency at batch 1. `bench_grid` (`--grid`) times whole ticks over
+batch x camera-count cells, CUDA graphs kept per input shape, and compares each backend with torch.compile.
 """
 
 from __future__ import annotations

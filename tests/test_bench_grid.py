@@ -126,7 +126,10 @@ def test_another_view_count_runs_what_a_build_of_that_count_runs(builds, tmp_pat
     scripted from the family) give the actions of a real 2-camera build of the same checkpoint."""
     runner = ExportedGr00tRunner(builds[1])
     family = family_for_checkpoint(builds["ckpt"])
-    opened = family.open_for_manifest(builds["ckpt"], None, runner.manifest).with_views(2)
+    own = family.open_for_manifest(builds["ckpt"], None, runner.manifest)
+    assert own.with_views(1) is own
+    opened = own.with_views(2)
+    assert opened.interface.video_keys == ("video.ego_view", "video.view_1")
     model = opened.load(torch.float32, "meta")  # the per-camera stages need no weights
     graph, stages = exported_stages_for_views(runner, opened, model, tmp_path)
     assert graph.stage("preprocess_video").input_names == ["frames_0", "frames_1"]
@@ -191,3 +194,19 @@ def test_cuda_graphs_of_a_torchscript_stage_are_kept_per_batch():
         got = graphed.infer({"frames_0": frames})["pixel_values"].clone()
         assert torch.equal(got, direct.infer({"frames_0": frames})["pixel_values"])
     assert graphed.pool.made == 3  # batch 1 and 4 captured once each, replayed when they come back; then 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/gpu_bench.py runs this")
+def test_onnxruntime_cuda_graphs_are_kept_per_shape(builds, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    spec = load_graph_spec(builds[1] / "graph_spec.yaml", views=1).stage("vit")
+    dynamic = OnnxStageRunner(builds[1] / spec.file, spec, ["CPUExecutionProvider"])
+    graphed = StaticCudaGraphOnnxRunner(builds[1] / spec.file, spec, None, tmp_path / "pinned")
+    for images in (1, 2, 1, 2):
+        feeds = {"pixel_values": torch.randn(images, 3, 224, 224, generator=torch.Generator().manual_seed(images))}
+        got = graphed.infer({k: v.cuda() for k, v in feeds.items()})["vit_embeds"].cpu()
+        torch.testing.assert_close(got, dynamic.infer(feeds)["vit_embeds"], rtol=1e-4, atol=1e-4)
+    assert graphed.pool.made == 2

@@ -14,6 +14,10 @@ Steps (each skipped when its output already exists in --work, so a run can be sp
   bench  torch eager (bf16, fp16), torch.compile(reduce-overhead) fp16, onnxruntime CUDA EP fp16 (+ CUDA graphs)
          on both builds, AOTInductor .pt2 (compiled and loaded in child processes: a crash there cannot take the
          table down), and a CUPTI kernel profile of every model stage (kernels per call, busy time, kinds)
+  grid   `bench --grid` on the onnxruntime-ops build (else the standard one): batch x cameras (--grid_batches,
+         --grid_views), onnxruntime + CUDA graphs (one pinned session and graph per shape) vs torch.compile
+         (reduce-overhead, batch/views/prompt dims dynamic), p50/p90 ms and samples/s per cell; new cells stop
+         starting once --time_limit (seconds since this script started) is near, so one device call ends in time
 Prints the table last and writes every number to --out/gpu_bench.json.
 """
 
@@ -68,7 +72,16 @@ def main() -> None:
     ap.add_argument("--aoti_phase", choices=("compile", "load"), default="load", help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="n1.5-3b", help="tiny: a CPU smoke run of this script")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--grid_batches", default="1,2,4,8")
+    ap.add_argument("--grid_views", default="1,2,3")
+    ap.add_argument("--grid_backends", default="ort-cudagraph,torch-compile")
+    ap.add_argument("--grid_compile", default="all", help="cells torch-compile runs: all, or e.g. 1x1,8x1,1x3,8x3")
+    ap.add_argument("--grid_iters", type=int, default=20)
+    ap.add_argument("--grid_warmup", type=int, default=3)
+    ap.add_argument("--time_limit", type=float, default=None,
+                    help="seconds this script may run: the grid starts no cell after time_limit - 75 s")
     args = ap.parse_args()
+    started = time.perf_counter()
     steps = set(args.steps.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -268,6 +281,40 @@ def main() -> None:
         print(" | ".join(header))
         for row in table:
             print(" | ".join(row))
+    if "grid" in steps:
+        run_grid(args, ckpt, b16o if (b16o / "manifest.json").exists() else b16, report, save, started)
+
+
+def run_grid(args, ckpt: Path, artifacts: Path, report: dict, save, started: float) -> None:
+    from gr00t_export.tools.bench import bench_grid, grid_rows, parse_grid_axis
+
+    if not (artifacts / "manifest.json").exists():
+        log("grid skipped: no fp16 build; add build_ort (or build) to --steps")
+        return
+    compile_cells = None if args.grid_compile == "all" else {
+        (int(b), int(v)) for b, v in (cell.split("x") for cell in args.grid_compile.split(","))}
+    budget = None if args.time_limit is None else args.time_limit - 75 - (time.perf_counter() - started)
+    t = time.perf_counter()
+    cells = bench_grid(artifacts, ckpt, args.grid_backends.split(","), "fp16", args.grid_iters, args.grid_warmup,
+                       args.device, parse_grid_axis(args.grid_batches, "--grid_batches"),
+                       parse_grid_axis(args.grid_views, "--grid_views"), log=log, compile_cells=compile_cells,
+                       budget_s=budget)
+    report["grid"] = {"build": artifacts.name, "seconds": time.perf_counter() - t, "budget_s": budget,
+                      "cells": [asdict(c) for c in cells]}
+    save()
+    print(f"\ngrid setup (untimed first calls per shape: s / graphs compiled or captured) and notes, build "
+          f"{artifacts.name}")
+    for c in cells:
+        setup = f"{c.setup_s:.1f} s / {'-' if c.new_graphs is None else c.new_graphs}" if c.setup_s is not None \
+            else "-"
+        mem = f", GPU {c.gpu_used_gib:.1f} GiB in use" if c.gpu_used_gib is not None else ""
+        print(f"  {c.backend:14s} batch {c.batch} x {c.views} view(s): {setup}{mem} {c.note}")
+    header, table = grid_rows(cells)
+    print(f"\none tick per cell (ms over {args.grid_iters} iterations, 4 steps, fp16) on {report['gpu']}; "
+          f"grid {report['grid']['seconds']:.0f} s")
+    print(" | ".join(header))
+    for row in table:
+        print(" | ".join(row))
 
 
 def aoti_compiled(args) -> bool:

@@ -376,6 +376,12 @@ def serve(
                                                           "get_modality_config, the one request both clients send "
                                                           "alike: current (Isaac-GR00T's PolicyClient, IsaacLab) "
                                                           "or n1.5 (RobotInferenceClient).")] = "current",
+    batch_window_ms: Annotated[float, typer.Option("--batch_window_ms", min=0, help="Run get_action "
+                                                   "requests of concurrent clients arriving within this many ms as "
+                                                   "one policy call, each answered with its own actions (0: one "
+                                                   "request at a time).")] = 0.0,
+    max_batch: Annotated[int, typer.Option("--max_batch", min=1, help="Most environments in one batched policy "
+                                           "call (with --batch_window_ms).")] = 8,
 ):
     """Serve a policy over Isaac-GR00T's ZeroMQ protocol, current and N1.5 dialects (get_action, reset,
     get_modality_config, ping, kill).
@@ -400,7 +406,8 @@ def serve(
     server = PolicyServer(policy, host=host, port=port, api_token=api_token,
                           max_message_bytes=int(max_message_mb * 2**20), log_every=log_every,
                           log=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
-                          modality_config_protocol=modality_config_protocol)
+                          modality_config_protocol=modality_config_protocol, batch_window_ms=batch_window_ms,
+                          max_batch=max_batch)
     if model_path is not None:
         note_chosen_config(modality_config, policy.interface.name)
     server.run()
@@ -708,6 +715,11 @@ def bench(
     denoising_steps: Annotated[int | None, typer.Option(
         "--denoising_steps", help="Euler steps of the PyTorch backends.",
         show_default="ARTIFACT_DIR's, else the checkpoint's num_inference_timesteps")] = None,
+    grid: Annotated[bool, typer.Option("--grid", help="Time every --batches x --views cell (torch, torch-compile, "
+                                       "ort, ort-cudagraph): p50/p90 ms, samples/s, ratio to torch.compile.")
+                    ] = False,
+    batches: Annotated[str, typer.Option("--batches", help="--grid: batch sizes.")] = "1,2,4,8",
+    views: Annotated[str, typer.Option("--views", help="--grid: camera counts.")] = "1,2,3",
 ):
     """Per-stage and end-to-end latency (median, p90) of each backend on the same observation, with ratios."""
     import torch
@@ -723,6 +735,30 @@ def bench(
     if json_out is not None:
         check_output_file(json_out, json_inputs, ours=is_bench_json, what="--json")  # before minutes of timing
     names = [b.strip() for b in backends.split(",") if b.strip()]
+    if grid:  # every (batch, views) cell: its own table and JSON
+        from gr00t_export.tools.bench import bench_grid, grid_rows, parse_grid_axis, write_grid_json
+
+        cells = bench_grid(artifact_dir, model_path, names, dtype, iters, warmup, device,
+                           parse_grid_axis(batches, "--batches"), parse_grid_axis(views, "--views"), eagle_path,
+                           embodiment_tag, modality_config, log=lambda m: console.print(m),
+                           denoising_steps=denoising_steps)
+        for cell in (c for c in cells if c.note):
+            console.print(f"{cell.backend} batch {cell.batch} x {cell.views} view(s): {cell.note}", markup=False)
+        gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+        table = Table(title=f"one tick for batch x views, ms on {gpu} ({iters} iterations)", title_justify="left")
+        header, rows = grid_rows(cells)
+        for col in header:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        out_console.print(table)
+        if json_out is not None:
+            with atomic_output_file(json_out, json_inputs, ours=is_bench_json, what="--json") as tmp:
+                write_grid_json(cells, tmp, {"device": gpu, "dtype": dtype, "iters": iters, "warmup": warmup,
+                                             "backends": names, "artifact_dir": str(artifact_dir),
+                                             "model_path": str(model_path)})
+            console.print(f"[green]wrote[/] {json_out}")
+        return
     results = run_bench(artifact_dir, model_path, names, dtype, iters, warmup, device, dataset_path, eagle_path,
                         embodiment_tag, modality_config, log=lambda m: console.print(m), profile=profile,
                         denoising_steps=denoising_steps)

@@ -190,6 +190,11 @@ class OpenedPolicy(Protocol):
 
     def example_observation(self, dataset_path: Path | None) -> Observation: ...
 
+    def with_views(self, views: int) -> OpenedPolicy:
+        """The same policy reading `views` cameras (its own first, then made-up keys): the per-camera stages of
+        another camera count, for timing the view-independent model stages at any count (`bench --grid`)."""
+        ...
+
     def profiles(self, spec: GraphSpec, max_batch: int) -> dict[str, dict]:
         """TensorRT optimisation profiles (min/opt/max of every varying dim) per view count."""
         ...

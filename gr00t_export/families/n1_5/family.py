@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -145,6 +146,15 @@ class OpenedN15:
 
     def example_observation(self, dataset_path: Path | None) -> Observation:
         return example_observation(self.modality, self.metadata, dataset_path)
+
+    def with_views(self, views: int) -> OpenedN15:
+        own = self.modality.video_keys
+        keys = own[:views] + tuple(f"video.view_{i}" for i in range(len(own), views))
+        if keys == own:
+            return self
+        opened = OpenedN15(self.ckpt, dataclasses.replace(self.modality, video_keys=keys), self.metadata)
+        opened.__dict__["tokenizer"] = self.tokenizer  # the cached tokenizer, not a second load
+        return opened
 
     def profiles(self, spec: GraphSpec, max_batch: int) -> dict[str, dict]:
         """One TensorRT profile per view count of the spec, plus the build's own."""

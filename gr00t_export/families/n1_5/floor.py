@@ -12,24 +12,27 @@ def floor_analysis(cfg, seq_len: int, views: int, steps: int, bytes_per_param: i
                  + 3 * t.hidden_size * t.intermediate_size)
     llm_params = cfg.select_layer * llm_layer + v.hidden_size * t.hidden_size
     d, dit = ah.input_embedding_dim, ah.diffusion_model
-    dit_block = 2 * d * d + 2 * d * (dit.cross_attention_dim or d) + 8 * d * d + 2 * d * d
-    dit_params = dit.num_layers * dit_block + 4 * d * d
+    n_cross = sum(not (dit.interleave_self_attention and i % 2 == 1) for i in range(dit.num_layers))
+    # per Euler step on the 49 state/future/action tokens: q and out projections and the FFN of every block, k and v
+    # of the self-attention blocks, proj_out_2; the AdaLN/timestep path is a constant table (not in the graph)
+    step_params = dit.num_layers * 10 * d * d + (dit.num_layers - n_cross) * 2 * d * d + d * dit.output_dim
+    # the cross blocks' k and v of the VL tokens: once per call, on seq_len tokens
+    cross_kv = n_cross * 2 * d * (dit.cross_attention_dim or d)
     vl = ah.vl_self_attention.inner_dim
     vlsa_params = ah.vl_self_attention.num_layers * 12 * vl * vl
     enc = 3 * d * d + d * ah.action_dim + ah.hidden_size**2
     images, tokens = views, 49
+    once = vlsa_params + cross_kv
     stages = [
-        ("vit", vit_params, 2 * vit_params * 256 * images),
-        ("llm", llm_params, 2 * llm_params * seq_len),
-        ("denoising_subgraph", vlsa_params + dit_params + enc,
-         2 * vlsa_params * seq_len + steps * 2 * (dit_params + enc) * tokens),
+        ("vit", vit_params, 2 * vit_params * 256 * images, vit_params),
+        ("llm", llm_params, 2 * llm_params * seq_len, llm_params),
+        # the DiT re-reads its per-step weights every Euler step
+        ("denoising_subgraph", once + step_params + enc, 2 * once * seq_len + steps * 2 * (step_params + enc) * tokens,
+         once + steps * (step_params + enc)),
     ]
     out = []
-    for name, params, flops in stages:
-        read_ms = params * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
-        # the DiT re-reads its weights every Euler step
-        if name == "denoising_subgraph":
-            read_ms = (vlsa_params + steps * (dit_params + enc)) * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
+    for name, params, flops, read in stages:
+        read_ms = read * bytes_per_param / (bandwidth_tbs * 1e12) * 1e3
         compute_ms = flops / (peak_tflops * 1e12) * 1e3
         out.append({"stage": name, "params_M": params / 1e6, "gflop": flops / 1e9, "weight_read_ms": read_ms,
                     "compute_ms": compute_ms, "floor_ms": max(read_ms, compute_ms)})

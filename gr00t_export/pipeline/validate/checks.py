@@ -161,7 +161,8 @@ def _add_plots(run: Run, exported: Exported, reference: Reference | None, steps:
                   seconds=time.perf_counter() - start))
 
 
-def key_groups(modality: PolicyInterface, suite: Suite):
+def key_groups(modality: PolicyInterface, suite: Suite) -> list:
+    """One plot group per action key: its joints named by the suite, else by the interface, else key[j]."""
     from gr00t_export.pipeline.validate.plots import KeyGroup
 
     groups = []

@@ -6,16 +6,24 @@ Errors the user can fix print one line and exit 2 (input) or 1 (validation); nev
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from gr00t_export import __version__
+from gr00t_export.display import (
+    console,
+    out_console,
+    print_actions,
+    print_bench,
+    print_build,
+    print_drop,
+    print_engines,
+    print_grid,
+    print_model_file,
+)
 from gr00t_export.errors import Gr00tExportError
 
 
@@ -36,8 +44,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"token_normalize_func": either_separator, "max_content_width": 120},
 )
-console = Console(stderr=True)
-out_console = Console(width=None if sys.stdout.isatty() else 150)  # tables stay readable in CI logs
 
 
 def cli_errors(fn):
@@ -152,62 +158,10 @@ def make_dataset_cmd(
     force: Annotated[bool, typer.Option(help="Replace a non-empty OUT.")] = False,
 ):
     """Write a small synthetic LeRobot v2 dataset (parquet, mp4, meta/*) so the demo needs nothing external."""
+    from gr00t_export.data.synthetic import write_dataset
+
     cfg = write_dataset(out, modality_config, episodes, length, seed, force)
     console.print(f"[green]wrote[/] {out} ({episodes} episodes x {length} steps, {cfg.name})")
-
-
-def write_dataset(out: Path, modality_config: str, episodes: int = 2, length: int = 48, seed: int = 0,
-                  force: bool = False):
-    """`make_dataset` into `out`, all or nothing, marked as gr00t-export's (so --force may replace it later)."""
-    from gr00t_export.data.synthetic import make_dataset
-    from gr00t_export.families import data_config
-    from gr00t_export.util import atomic_output_dir, file_input
-
-    cfg = data_config(modality_config)
-    inputs = {"--modality_config": file_input(modality_config)}
-    with atomic_output_dir(out, force=force, inputs=inputs, kind="dataset") as tmp:
-        make_dataset(tmp / "dataset", cfg, num_episodes=episodes, episode_length=length, seed=seed)
-        for item in (tmp / "dataset").iterdir():
-            item.rename(tmp / item.name)
-        (tmp / "dataset").rmdir()
-    return cfg
-
-
-def load_observation(obs_path: Path | None, dataset_path: Path | None, episode: int, step: int, modality):
-    import numpy as np
-
-    from gr00t_export.errors import InputError
-
-    if (obs_path is None) == (dataset_path is None):
-        raise InputError("give exactly one input: --obs obs.npz or --dataset_path DS (with --episode/--step)")
-    if obs_path is not None:
-        if not obs_path.is_file():
-            raise InputError(f"--obs {obs_path} not found; write one with numpy.savez (keys video.<k>, state.<k>)")
-        try:
-            with np.load(obs_path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (ValueError, OSError) as err:
-            raise InputError(f"--obs {obs_path} is not a readable .npz without pickles ({err})") from None
-    from gr00t_export.data.lerobot import LeRobotDataset
-
-    return LeRobotDataset(dataset_path).observation(episode, step, modality)
-
-
-def load_noise(noise_path: Path | None):
-    import numpy as np
-
-    from gr00t_export.errors import InputError
-
-    if noise_path is None:
-        return None
-    try:
-        noise = np.load(noise_path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise InputError(f"--noise {noise_path} is not a readable .npy ({err}); save (16,32) float32 with np.save"
-                         ) from None
-    if not np.isfinite(noise).all():
-        raise InputError(f"--noise {noise_path} contains NaN or inf")
-    return noise
 
 
 @app.command()
@@ -236,111 +190,26 @@ def predict(
 
     --denoising_steps sets the reference's Euler steps; an exported dir runs the steps it was built with.
     """
-    from gr00t_export.errors import InputError
+    from gr00t_export.data.npz import is_actions_file, load_noise, load_observation, write_actions
+    from gr00t_export.policies import predict_policy
     from gr00t_export.util import check_output_file
 
     out_inputs = {"--model_path": model_path, "--eagle_path": eagle_path, "--artifacts": artifacts,
                   "--dataset_path": dataset_path, "--obs": obs, "--noise": noise}
     if out is not None:
         out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # where np.savez has always put it
-        check_output_file(out, out_inputs, ours=_is_actions_file, what="--out")
-
-    if artifacts is not None:
-        from gr00t_export.runtime.runner import ExportedGr00tRunner, check_denoising_steps
-
-        check_denoising_steps(artifacts, denoising_steps)
-        policy = ExportedGr00tRunner(artifacts, device=device)
-    elif model_path is not None:
-        from gr00t_export.families import open_reference
-
-        policy = open_reference(model_path, eagle_path, embodiment_tag=embodiment_tag,
-                                modality_config=modality_config, dtype=dtype, device=device,
-                                denoising_steps=denoising_steps)
-    else:
-        raise InputError("no policy given: pass --model_path CKPT (reference) or --artifacts DIR (exported)")
+        check_output_file(out, out_inputs, ours=is_actions_file, what="--out")
+    policy = predict_policy(artifacts, model_path, eagle_path, embodiment_tag=embodiment_tag,
+                            modality_config=modality_config, dtype=dtype, device=device,
+                            denoising_steps=denoising_steps)
     observation = load_observation(obs, dataset_path, episode, step, policy.interface)
     actions = policy.get_action(observation, noise=load_noise(noise), seed=seed)
-    print_actions(actions, out, out_inputs)
+    print_actions(actions)
+    if out is not None:
+        write_actions(actions, out, out_inputs)
+        console.print(f"[green]wrote[/] {out}")
     if artifacts is None:
         note_chosen_config(modality_config, policy.interface.name)
-
-
-def print_actions(actions: dict, out: Path | None = None, inputs: dict | None = None, title: str = "actions") -> None:
-    """The actions table of `predict` and `client` (one row per key), and the .npz when --out is given (never onto
-    one of the command's `inputs`)."""
-    import numpy as np
-
-    from gr00t_export.util import atomic_output_file
-
-    table = Table(title=title, title_justify="left")
-    for col in ("key", "shape", "mean", "min", "max", "first step"):
-        table.add_column(col)
-    for key, value in actions.items():
-        first = np.array2string(value.reshape(-1, value.shape[-1])[0], precision=3, max_line_width=60)
-        table.add_row(key, str(value.shape), f"{value.mean():.4f}", f"{value.min():.4f}", f"{value.max():.4f}", first)
-    out_console.print(table)
-    if out is not None:
-        with atomic_output_file(out, inputs or {}, ours=_is_actions_file, what="--out") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **actions)
-        console.print(f"[green]wrote[/] {out}")
-
-
-def _is_actions_file(path: Path) -> bool:
-    """An earlier `predict --out`: an .npz holding action.<key> arrays only."""
-    import zipfile
-
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return bool(data.files) and all(k.startswith("action.") for k in data.files)
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return False
-
-
-def _serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None,
-                  embodiment_tag: str | None,
-                  modality_config: str | None, backend: str | None, device: str, dataset_path: Path | None = None,
-                  episode: int = 0, execution_horizon: int | None = None,
-                  denoising_steps: int | None = None):
-    """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path, the
-    recorded actions of --dataset_path's episode when there is no model."""
-    import importlib.util
-
-    from gr00t_export.errors import InputError
-
-    if sum(x is not None for x in (artifact_dir, model_path, dataset_path)) != 1:
-        raise InputError("give exactly one policy: ARTIFACT_DIR (exported), --model_path CKPT (reference) or "
-                         "--dataset_path DS (replay of recorded actions)")
-    if dataset_path is not None:
-        if backend is not None:
-            raise InputError(f"--dataset_path replays recorded actions; --backend {backend} applies to ARTIFACT_DIR")
-        from gr00t_export.families import data_config, match_data_config
-        from gr00t_export.serve.replay import ReplayPolicy
-
-        if modality_config is None:  # the one built-in config the dataset's modality.json fits, as for checkpoints
-            modality_config = match_data_config(dataset_path, embodiment_tag)
-            note_chosen_config(None, modality_config)
-        keys = data_config(modality_config)
-        return ReplayPolicy(dataset_path, keys, episode, execution_horizon, name=keys.name)
-    if execution_horizon is not None:
-        raise InputError("--execution_horizon applies to the replay (--dataset_path); a model answers every call")
-    if backend not in (None, "ort", "trt", "torch"):
-        raise InputError(f"unknown --backend {backend!r}; use ort, trt or torch")
-    if backend == "trt" and importlib.util.find_spec("tensorrt") is None:
-        raise InputError("--backend trt needs TensorRT, which is not importable here; pip install tensorrt "
-                         "on a GPU machine, or use --backend ort")
-    if model_path is not None:
-        if backend not in (None, "torch"):
-            raise InputError(f"--model_path runs the PyTorch reference; --backend {backend} applies to ARTIFACT_DIR")
-        from gr00t_export.families import open_reference
-
-        return open_reference(model_path, eagle_path, embodiment_tag=embodiment_tag, modality_config=modality_config,
-                              device=device, denoising_steps=denoising_steps)
-    from gr00t_export.runtime.runner import ExportedGr00tRunner, check_denoising_steps
-
-    check_denoising_steps(artifact_dir, denoising_steps)
-    return ExportedGr00tRunner(artifact_dir, device=device, backend=backend or "ort")
 
 
 @app.command()
@@ -393,13 +262,16 @@ def serve(
     get_action is deterministic: the noise is seeded with 0 unless an N1.5 request sends "seed" or "noise".
     """
     from gr00t_export.errors import InputError
+    from gr00t_export.policies import serve_policy
     from gr00t_export.serve import PROTOCOLS, PolicyServer
 
     if modality_config_protocol not in PROTOCOLS:  # before a model is loaded for nothing
         raise InputError(f"unknown --modality_config_protocol {modality_config_protocol!r}; use current "
                          "(Isaac-GR00T's PolicyClient, IsaacLab) or n1.5 (RobotInferenceClient)")
-    policy = _serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device,
-                           dataset_path, episode, execution_horizon, denoising_steps)
+    policy = serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device,
+                          dataset_path, episode, execution_horizon, denoising_steps)
+    if dataset_path is not None:
+        note_chosen_config(modality_config, policy.interface.name)  # the config the dataset's modality.json fits
     if host not in ("127.0.0.1", "localhost", "::1") and not api_token:
         console.print(f"[yellow]warning:[/] serving on {host} without --api_token: anyone who reaches this port "
                       "can drive the policy")
@@ -431,6 +303,7 @@ def client(
     out: Annotated[Path | None, typer.Option("--out", help="Write the actions to this .npz.")] = None,
 ):
     """Send one observation to a running policy server (gr00t-export serve or NVIDIA's) and print its actions."""
+    from gr00t_export.data.npz import load_observation, write_actions
     from gr00t_export.errors import InputError
     from gr00t_export.serve import (
         CURRENT,
@@ -461,8 +334,10 @@ def client(
             raise InputError(f"{err} (or try the other --protocol)") from None
     # the current dialect names keys bare; the .npz uses `action.<key>` whatever the dialect, as `predict --out` does
     actions = {k if k.startswith("action.") else f"action.{k}": v for k, v in actions.items()}
-    print_actions(actions, out, {"--dataset_path": dataset_path, "--obs": obs},
-                  title=f"actions from tcp://{host}:{port} ({protocol})")
+    print_actions(actions, title=f"actions from tcp://{host}:{port} ({protocol})")
+    if out is not None:
+        write_actions(actions, out, {"--dataset_path": dataset_path, "--obs": obs})
+        console.print(f"[green]wrote[/] {out}")
     if info:
         out_console.print(f"info: {info}", highlight=False)
 
@@ -507,25 +382,14 @@ def build(
     """Export a checkpoint into the deployable stages (TorchScript + ONNX), each checked against PyTorch."""
     from gr00t_export.errors import InputError
     from gr00t_export.families.base import require_denoising_steps
-    from gr00t_export.pipeline.build import BuildOptions
+    from gr00t_export.pipeline.build import BuildOptions, demo_inputs, validate_staged_build
     from gr00t_export.pipeline.build import build as run_build
     from gr00t_export.util import step_progress
 
     require_denoising_steps(denoising_steps)  # a usage error before any work, --demo's included
     if demo:
-        from gr00t_export.families import family_for_preset
-
         output = output or Path("out/demo_export")
-        root = output.resolve().parent / "demo_inputs"
-        model_path, dataset_path = root / "tiny_checkpoint", root / "dataset"
-        if not (model_path / "config.json").is_file():
-            console.print(f"making the tiny demo checkpoint in {model_path}")
-            family_for_preset("tiny").make_checkpoint(model_path, "tiny", 0, embodiment=embodiment_tag,
-                                                      modality_config=modality_config or "fourier_gr1_arms_only",
-                                                      force=True, show_progress=False)
-        if not (dataset_path / "meta" / "info.json").is_file():
-            console.print(f"making the synthetic demo dataset in {dataset_path}")
-            write_dataset(dataset_path, modality_config or "fourier_gr1_arms_only", force=True)
+        model_path, dataset_path = demo_inputs(output, embodiment_tag, modality_config, log=console.print)
     if model_path is None:
         raise InputError("no checkpoint: pass --model_path CKPT (or --demo for the embedded tiny one)")
     output = output or Path("out") / f"{model_path.name}-{precision}"
@@ -538,9 +402,9 @@ def build(
 
         def before_commit(result) -> None:
             progress.stop()  # the table and validate's lines go to the terminal undisturbed
-            _print_stage_table(result)
+            print_build(result)
             if validate_build and dataset_path is not None:
-                validation["report"] = _validate_staged_build(result, model_path, eagle_path, dataset_path, verbose)
+                validation["report"] = validate_staged_build(result, model_path, eagle_path, dataset_path, verbose)
 
         result = run_build(opts, on_step=progress, before_commit=before_commit)
     note_chosen_config(modality_config, result.manifest.interface.name)
@@ -550,37 +414,6 @@ def build(
 
         raise ValidationFailure(f"{result.output} was written (for inspection) but failed validation: "
                                 f"{report.summary()}; re-run with --force to replace it")
-
-
-def _validate_staged_build(result, model_path: Path, eagle_path: Path | None, dataset_path: Path,
-                           verbose: bool):
-    """Validates the complete build in its staging dir, before the final rename: Ctrl-C here leaves nothing."""
-    from gr00t_export.errors import InputError
-    from gr00t_export.pipeline.validate import validate as run_validate
-
-    try:
-        return run_validate(result.staging_dir, model_path=model_path, eagle_path=eagle_path,
-                            dataset_path=dataset_path, shown_as=result.output, verbose=verbose)
-    except InputError as err:
-        raise InputError(f"validation of the new build could not start: {err}; nothing was written (build with "
-                         "--no-validate, then run `gr00t-export validate` with the options that fit)") from None
-
-
-def _print_stage_table(result) -> None:
-    table = Table(title=f"{result.output} ({result.seconds:.1f} s)", title_justify="left")
-    for col in ("stage", "file", "size", "precision", "inputs -> outputs", "check"):
-        table.add_column(col)
-    sizes = {f["path"]: f["size"] for f in result.manifest["files"]}
-    for s in result.stages:
-        size = sizes.get(s.file, 0) + sum(sizes.get(f, 0) for f in s.extra_files)
-        io = ", ".join(i.name for i in s.inputs) + " -> " + ", ".join(o.name for o in s.outputs)
-        check = f"[green]ok[/] {s.max_abs_diff:.1e}" if s.passed else f"[red]FAIL[/] {s.max_abs_diff:.1e}"
-        table.add_row(s.name, s.file, f"{size / 2**20:.1f} MiB", s.precision if s.format == "onnx" else "torchscript",
-                      io, check)
-    out_console.print(table)
-    slowest = sorted(result.step_seconds.items(), key=lambda kv: -kv[1])[:3]
-    out_console.print("slowest steps: " + ", ".join(f"{label} {sec:.1f} s" for label, sec in slowest),
-                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -597,97 +430,18 @@ def inspect(
     (external data included, never loaded). A .pt file: TorchScript forward schema, parameters and buffers.
     """
     from gr00t_export.errors import InputError
-    from gr00t_export.tools.inspect import describe_drop, human_size, render_graph_png
+    from gr00t_export.tools.inspect import describe_drop, describe_file, render_graph_png
 
     if not artifact_dir.is_dir() and artifact_dir.exists():
         if png is not None:
             raise InputError("--png draws an artifact dir's stage graph; leave it out when inspecting one file")
-        _inspect_file(artifact_dir)
+        print_model_file(describe_file(artifact_dir))
         return
     view = describe_drop(artifact_dir)
-    m = view.manifest
-    ops = "" if m.get("onnx_ops", "standard") == "standard" else f" ({m['onnx_ops']} ops)"
-    out_console.print(f"[bold]{view.root}[/]  {view.graph.name}, {m.get('precision')}{ops}, embodiment "
-                      f"{m.get('embodiment_tag')} ({m.get('modality_config', {}).get('name')}), {m.get('views')} "
-                      f"view(s), gr00t-export {m.get('tool', {}).get('version')}", highlight=False)
-    out_console.print(f"source: {m.get('source', {}).get('model_path')}  validation: {view.validation}",
-                      highlight=False)
-    stages = Table(title="stages (execution order)", title_justify="left")
-    for col in ("#", "stage", "file", "format", "precision", "size", "sha256", "export check", "ms", "validation"):
-        stages.add_column(col, overflow="fold")
-    for i, s in enumerate(view.stages):
-        check = "" if s.export_passed is None else f"{'ok' if s.export_passed else 'FAIL'} {s.export_diff:.1e}"
-        fmt = s.format + (f" + {s.engine}" if s.engine else "")
-        stages.add_row(str(i), s.name, s.file, fmt, s.precision if s.format == "onnx" else "-",
-                       human_size(s.size_bytes), s.sha256[:12], check,
-                       f"{view.timings_ms[s.name]:.1f}" if s.name in view.timings_ms else "", s.validation)
-    out_console.print(stages)
-    if view.timings_source:
-        out_console.print(f"ms: per-stage wall time from {view.timings_source}", highlight=False)
-    tensors = Table(title="tensors (shapes as exported)", title_justify="left")
-    for col in ("stage", "", "tensor", "dtype", "shape", "from / to"):
-        tensors.add_column(col, overflow="fold")
-    for s in view.stages:
-        for t in s.inputs:
-            tensors.add_row(s.name, "in", t.name, t.dtype, str(t.shape), t.peer)
-        for t in s.outputs:
-            tensors.add_row(s.name, "out", t.name, t.dtype, str(t.shape), t.peer)
-        tensors.add_section()
-    out_console.print(tensors)
-    out_console.print("[bold]edges[/]", highlight=False)
-    for e in view.edges:
-        out_console.print(f"  {e.src}/{e.src_port} -> {e.dst}/{e.dst_port}", highlight=False)
-    for path, problems in view.igg_configs or [("igg/", ["no IGG config (re-run `gr00t-export build`)"])]:
-        verdict = "[green]ok[/]" if not problems else f"[red]{len(problems)} problem(s)[/]: " + "; ".join(problems)
-        out_console.print(f"IGG config {path}: {verdict}", highlight=False, soft_wrap=True)
+    print_drop(view)
     if png is not None:
         render_graph_png(view, png)
         out_console.print(f"[green]wrote[/] {png}")
-
-
-def _inspect_file(path: Path) -> None:
-    from gr00t_export.tools.inspect import OnnxFileView, describe_file, human_size
-
-    view = describe_file(path)
-    if isinstance(view, OnnxFileView):
-        opsets = ", ".join(f"{domain} {version}" for domain, version in view.opsets.items())
-        out_console.print(f"[bold]{view.path}[/]  ONNX IR {view.ir_version}, {human_size(view.size_bytes)}, "
-                          f"producer {view.producer or '?'}; opsets: {opsets}", highlight=False, soft_wrap=True)
-        io = Table(title="inputs and outputs", title_justify="left")
-        for col in ("", "name", "dtype", "shape"):
-            io.add_column(col, overflow="fold")
-        for kind, tensors in (("in", view.inputs), ("out", view.outputs)):
-            for t in tensors:  # Text: "[batch, seq_len, 64]" is not rich markup
-                io.add_row(kind, Text(t.name), Text(t.dtype), Text("[" + ", ".join(str(d) for d in t.shape) + "]"))
-        out_console.print(io)
-        ops = Table(title=f"{view.nodes} nodes by op type", title_justify="left")
-        ops.add_column("op")
-        ops.add_column("count", justify="right")
-        for op, count in view.op_counts.items():
-            ops.add_row(op, str(count))
-        out_console.print(ops)
-        external = "; ".join(f"{loc} ({human_size(n)}{', MISSING' if loc in view.missing_external else ''})"
-                             for loc, n in view.external_files.items())
-        out_console.print(f"initializers: {view.initializers}, {human_size(view.initializer_bytes)}"
-                          + (f"; external data: {external}" if external else " (all inside the .onnx)"),
-                          highlight=False, soft_wrap=True, markup=False)
-        return
-    out_console.print(f"[bold]{view.path}[/]  TorchScript {view.type_name}, {human_size(view.size_bytes)}",
-                      highlight=False, soft_wrap=True)
-    out_console.print(Text(f"forward({', '.join(f'{n}: {k}' for n, k in view.forward_args)}) -> "
-                           + ", ".join(view.forward_returns)), soft_wrap=True)
-    args = Table(title="forward schema", title_justify="left")
-    args.add_column("argument", overflow="fold")
-    args.add_column("type", overflow="fold")
-    for name, kind in view.forward_args:
-        args.add_row(Text(name), Text(kind))  # "List[str]" is not rich markup
-    for i, kind in enumerate(view.forward_returns):
-        args.add_row(f"return {i}" if len(view.forward_returns) > 1 else "return", Text(kind))
-    out_console.print(args)
-    dtypes = ", ".join(f"{n} {d}" for d, n in view.tensor_dtypes.items())
-    out_console.print(f"parameters: {view.parameters} ({human_size(view.parameter_bytes)}); buffers: {view.buffers} "
-                      f"({human_size(view.buffer_bytes)})" + (f"; tensors by dtype: {dtypes}" if dtypes else ""),
-                      highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -725,7 +479,7 @@ def bench(
     import torch
 
     from gr00t_export.tools.bench import bench as run_bench
-    from gr00t_export.tools.bench import is_bench_json, kernel_rows, table_rows, write_json
+    from gr00t_export.tools.bench import is_bench_json, write_json
     from gr00t_export.util import atomic_output_file, check_output_file
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -736,7 +490,7 @@ def bench(
         check_output_file(json_out, json_inputs, ours=is_bench_json, what="--json")  # before minutes of timing
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if grid:  # every (batch, views) cell: its own table and JSON
-        from gr00t_export.tools.bench import bench_grid, grid_rows, parse_grid_axis, write_grid_json
+        from gr00t_export.tools.bench import bench_grid, parse_grid_axis, write_grid_json
 
         cells = bench_grid(artifact_dir, model_path, names, dtype, iters, warmup, device,
                            parse_grid_axis(batches, "--batches"), parse_grid_axis(views, "--views"), eagle_path,
@@ -745,13 +499,7 @@ def bench(
         for cell in (c for c in cells if c.note):
             console.print(f"{cell.backend} batch {cell.batch} x {cell.views} view(s): {cell.note}", markup=False)
         gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-        table = Table(title=f"one tick for batch x views, ms on {gpu} ({iters} iterations)", title_justify="left")
-        header, rows = grid_rows(cells)
-        for col in header:
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        out_console.print(table)
+        print_grid(cells, gpu, iters)
         if json_out is not None:
             with atomic_output_file(json_out, json_inputs, ours=is_bench_json, what="--json") as tmp:
                 write_grid_json(cells, tmp, {"device": gpu, "dtype": dtype, "iters": iters, "warmup": warmup,
@@ -762,25 +510,10 @@ def bench(
     results = run_bench(artifact_dir, model_path, names, dtype, iters, warmup, device, dataset_path, eagle_path,
                         embodiment_tag, modality_config, log=lambda m: console.print(m), profile=profile,
                         denoising_steps=denoising_steps)
-    header, rows = table_rows(results)
     gpu = "cpu"
-
     if device.startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name()
-    table = Table(title=f"latency in ms on {gpu} ({iters} iterations, median)", title_justify="left")
-    for col in header:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    out_console.print(table)
-    k_header, k_rows = kernel_rows(results)
-    if k_rows:
-        kernels = Table(title="CUDA kernels per call (CUPTI trace)", title_justify="left")
-        for col in k_header:
-            kernels.add_column(col)
-        for row in k_rows:
-            kernels.add_row(*row)
-        out_console.print(kernels)
+    print_bench(results, gpu, iters)
     if json_out is not None:
         with atomic_output_file(json_out, json_inputs, ours=is_bench_json, what="--json") as tmp:
             write_json(results, tmp, {"device": gpu, "dtype": dtype, "iters": iters, "backends": names,
@@ -856,13 +589,7 @@ def engines_cmd(
                       f"dir: bash engines/{plan.name}", highlight=False, soft_wrap=True)
         return
     reports = build_engines(artifact_dir, precision, workspace, log=lambda m: console.print(m, highlight=False))
-    table = Table(title=f"{artifact_dir}/engines ({precision})", title_justify="left")
-    for col in ("engine", "from", "build", "size", "log"):
-        table.add_column(col)
-    for r in reports:
-        status = f"[green]ok[/] {r.seconds:.1f} s" if r.ok else "[red]FAILED[/]"
-        table.add_row(r.engine, r.onnx, status, f"{r.size_bytes / 2**20:.1f} MiB" if r.ok else "", r.log)
-    out_console.print(table)
+    print_engines(reports, f"{artifact_dir}/engines ({precision})")
     failed = [r for r in reports if not r.ok]
     if failed:
         first = failed[0]
@@ -900,7 +627,3 @@ def pack_cmd(
 # click shortens each command's summary in `gr00t-export --help` to fit the terminal; a given short help is wrapped
 for _command in app.registered_commands:
     _command.short_help = _command.short_help or " ".join((_command.callback.__doc__ or "").split("\n\n")[0].split())
-
-
-def main() -> None:  # pragma: no cover
-    sys.exit(app())

@@ -63,13 +63,16 @@ def _array(value: Any) -> np.ndarray | None:
     return None if arr.dtype.kind in "USO" else arr
 
 
-def _dtype(value: Any) -> str:
+def dtype_name(value: Any) -> str:
+    """The dtype's name ("float32", "int64", ...) of a tensor or array; "string" for a list of strings."""
     if hasattr(value, "detach"):
         return str(value.dtype).removeprefix("torch.")
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return "string"
     return str(np.asarray(value).dtype)
 
 
-def _shape(value: Any) -> tuple[int, ...]:
+def shape_of(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else (len(value),)
 
 
@@ -109,12 +112,12 @@ def compare_outputs(got: Mapping[str, Any], want: Mapping[str, Any], atol: Toler
             same = x is None and y is None and list(value) == list(reference)
             results[name] = (OutputComparison(name, True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, a_tol, r_tol, 0.0)
                              if same else _failed(name, a_tol, r_tol, "strings differ"))
-        elif _shape(value) != _shape(reference):
-            results[name] = _failed(name, a_tol, r_tol, f"shape {_shape(value)} but its reference has "
-                                                        f"{_shape(reference)}")
-        elif check_dtypes and _dtype(value) != _dtype(reference):
-            results[name] = _failed(name, a_tol, r_tol, f"dtype {_dtype(value)} but its reference has "
-                                                        f"{_dtype(reference)}")
+        elif shape_of(value) != shape_of(reference):
+            results[name] = _failed(name, a_tol, r_tol, f"shape {shape_of(value)} but its reference has "
+                                                        f"{shape_of(reference)}")
+        elif check_dtypes and dtype_name(value) != dtype_name(reference):
+            results[name] = _failed(name, a_tol, r_tol, f"dtype {dtype_name(value)} but its reference has "
+                                                        f"{dtype_name(reference)}")
         elif x.size == 0:
             results[name] = OutputComparison(name, True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, a_tol, r_tol, 0.0)
         elif x.dtype.kind in "fc" and not np.isfinite(x).all():
@@ -133,8 +136,8 @@ def compare_outputs(got: Mapping[str, Any], want: Mapping[str, Any], atol: Toler
         for name, x in numeric_got.items():
             y, s = numeric_want[name], stats[name]
             a_tol, r_tol = _tolerance(atol, name), _tolerance(rtol, name)
-            exact = _dtype(got[name]) == _dtype(want[name]) and bool(np.array_equal(_array(got[name]),
-                                                                                    _array(want[name])))
+            exact = dtype_name(got[name]) == dtype_name(want[name]) and bool(np.array_equal(_array(got[name]),
+                                                                                              _array(want[name])))
             ratio = tolerance_ratio(x, y, a_tol, r_tol)
             results[name] = OutputComparison(name, exact or ratio <= 1, exact, s.max_absdiff, s.mean_absdiff,
                                              s.median_absdiff, s.quantile_absdiff, s.max_reldiff, s.mean_reldiff,

@@ -23,6 +23,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from helpers import save_modality_config
 from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -33,12 +34,7 @@ from gr00t_export.data.synthetic import make_dataset
 from gr00t_export.errors import ValidationFailure
 from gr00t_export.families import open_reference
 from gr00t_export.families.n1_5.checkpoint import load_model, open_checkpoint
-from gr00t_export.families.n1_5.embodiments import (
-    ModalityConfig,
-    load_modality_config,
-    modality_config_to_dict,
-    save_modality_config,
-)
+from gr00t_export.families.n1_5.embodiments import ModalityConfig, load_modality_config, modality_config_to_dict
 from gr00t_export.families.n1_5.partition import graph_spec_path, partition
 from gr00t_export.families.n1_5.policy import ReferencePolicy
 from gr00t_export.families.n1_5.preprocess.video import VideoPreprocessor

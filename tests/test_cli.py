@@ -24,13 +24,14 @@ from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
 from gr00t_export import __version__
-from gr00t_export.cli import _serve_policy, app
+from gr00t_export.cli import app
 from gr00t_export.data.synthetic import make_dataset
 from gr00t_export.families import open_reference
 from gr00t_export.families.base import synthetic_observation
 from gr00t_export.families.n1_5.embodiments import load_modality_config
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.pipeline.validate import Reporter, validate
+from gr00t_export.policies import serve_policy
 from gr00t_export.runtime.runner import ExportedGr00tRunner
 from gr00t_export.tools.inspect import describe_onnx_file, describe_torchscript_file
 
@@ -206,12 +207,12 @@ def test_denoising_steps_usage_errors(piped_build, ckpt: Path, root: Path):
 
 def test_serve_policy_takes_denoising_steps(piped_build, ckpt: Path):
     out, _ = piped_build
-    policy = _serve_policy(None, ckpt, None, "gr1", None, None, "cpu", denoising_steps=3)
+    policy = serve_policy(None, ckpt, None, "gr1", None, None, "cpu", denoising_steps=3)
     assert policy.model.cfg.action_head.num_inference_timesteps == 3
     from gr00t_export.errors import InputError
 
     with pytest.raises(InputError, match="built with 2 denoising steps"):
-        _serve_policy(out, None, None, "gr1", None, None, "cpu", denoising_steps=3)
+        serve_policy(out, None, None, "gr1", None, None, "cpu", denoising_steps=3)
 
 
 # ------------------------------------------------------------------------------ progress when piped

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gr00t_export.pipeline.plots import (
+from gr00t_export.pipeline.validate.plots import (
     OVERVIEW_FILES,
     KeyGroup,
     clamped_counts,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,10 +17,27 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from gr00t_export.errors import InputError
-from gr00t_export.pipeline.quantize import E4M3_MAX, E4M3_VALUES, fp8_roundtrip, quantize_fp8
+from gr00t_export.pipeline.quantize import E4M3_MAX, _e4m3_codes, quantize_fp8
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 NP = {"fp32": np.float32, "fp16": np.float16}
+E4M3_VALUES = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)  # code -> value
+
+
+def fp8_roundtrip(x: np.ndarray, scale: float | np.ndarray, axis: int | None = None) -> np.ndarray:
+    """QuantizeLinear -> DequantizeLinear to float8e4m3fn (saturate=1), emulated in numpy with quantize.py's encoder.
+
+    `x / scale` is taken in float32 and rounded to E4M3 half-to-even, then multiplied back by the scale and cast to
+    x's dtype, which is how onnxruntime computes it. `axis` gives a per-channel scale (1-D) along that axis of x.
+    """
+    x = np.asarray(x)
+    s = np.asarray(scale, dtype=np.float32)
+    if axis is not None and s.ndim == 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        s = s.reshape(shape)
+    q = E4M3_VALUES[_e4m3_codes(x.astype(np.float32) / s)]
+    return (q * s).astype(x.dtype)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, names: list[str], opset: int = 19) -> Path:
@@ -160,8 +178,6 @@ def _hand_written_e4m3_codes(v: np.ndarray) -> np.ndarray:
 def test_fp8_codes_are_bit_identical_to_the_hand_written_encoder():
     """>= 4M float32 inputs: a stride through every bit pattern (both signs, every binade, float32 subnormals, NaN
     payloads), every tie and near-tie of the E4M3 grid, and the specials."""
-    from gr00t_export.pipeline.quantize import _e4m3_codes
-
     sweep = np.arange(0, 2**32, 1021, dtype=np.uint64).astype(np.uint32).view(np.float32)
     grid = np.unique(np.abs(E4M3_VALUES[np.isfinite(E4M3_VALUES)]))
     ties = ((grid[:-1].astype(np.float64) + grid[1:]) / 2).astype(np.float32)  # exact in float32

@@ -111,10 +111,12 @@ def flat(n15: dict, cfg) -> dict:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
+    from helpers import save_modality_config
+
     from gr00t_export.data.lerobot import LeRobotDataset
     from gr00t_export.data.synthetic import make_dataset
     from gr00t_export.families import open_reference
-    from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, save_modality_config
+    from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS
     from gr00t_export.families.n1_5.synthetic import make_checkpoint
 
     root = tmp_path_factory.mktemp("serve_current")
@@ -304,6 +306,7 @@ def test_replay_batch_1_and_4_nested_flat_and_reset(env, replay):
 
 def test_replay_of_a_real_dataset_episode(pick_n_place):
     """PickNPlace episode 1, walked to its end and past it: every chunk is the recorded parquet rows."""
+
     from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS
     from gr00t_export.serve.replay import ReplayPolicy
 

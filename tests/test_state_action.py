@@ -3,21 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from helpers import compute_key_stats, normalize, unnormalize
 
 from gr00t_export.errors import InputError
 from gr00t_export.families.n1_5.embodiments import DATA_CONFIGS, modality_config_from_dict
 from gr00t_export.families.n1_5.metadata import (
     EmbodimentMetadata,
     KeyStats,
-    compute_key_stats,
     metadata_from_lerobot_stats,
 )
-from gr00t_export.families.n1_5.preprocess.state_action import (
-    ActionPostprocessor,
-    StatePreprocessor,
-    normalize,
-    unnormalize,
-)
+from gr00t_export.families.n1_5.preprocess.state_action import ActionPostprocessor, StatePreprocessor
 
 RNG = np.random.default_rng(1234)
 

@@ -21,7 +21,6 @@ from gr00t_export.data.synthetic import make_dataset
 from gr00t_export.families.n1_5.embodiments import load_modality_config
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.pipeline.build import BuildOptions, build
-from gr00t_export.pipeline.plots import COMPARISON_SIZE, OVERVIEW_FILES, OVERVIEW_SIZE, pixel_size
 from gr00t_export.pipeline.validate import (
     Reporter,
     Tolerance,
@@ -31,6 +30,7 @@ from gr00t_export.pipeline.validate import (
     load_suite,
     validate,
 )
+from gr00t_export.pipeline.validate.plots import COMPARISON_SIZE, DPI, OVERVIEW_FILES, OVERVIEW_SIZE
 from gr00t_export.util import sha256_file
 
 STAGES = ["preprocess_video", "preprocess_state_action", "eagle2_tokenizer", "vit", "llm", "denoising_subgraph",
@@ -91,6 +91,11 @@ def rehash(artifact_dir: Path) -> None:
         f = artifact_dir / entry["path"]
         entry["sha256"], entry["size"] = sha256_file(f), f.stat().st_size
     path.write_text(json.dumps(manifest, indent=2))
+
+
+def pixel_size(figsize: tuple[float, float]) -> tuple[int, int]:
+    """(width, height) in pixels of a PNG the validation plots save."""
+    return round(figsize[0] * DPI), round(figsize[1] * DPI)
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -7,12 +7,19 @@ import pytest
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.preprocess.video import VideoPreprocessor, center_crop_box, preprocess_frames
+from gr00t_export.families.n1_5.preprocess.video import VideoPreprocessor, center_crop_box
 
 
 @pytest.fixture(scope="module")
 def scripted() -> torch.jit.ScriptModule:
     return torch.jit.script(VideoPreprocessor())
+
+
+def preprocess_frames(frames: np.ndarray) -> np.ndarray:
+    """The eager module on uint8 (N, H, W, 3) or (H, W, 3) frames, as numpy."""
+    batch = np.ascontiguousarray(frames.reshape(-1, *frames.shape[-3:]))
+    with torch.no_grad():
+        return VideoPreprocessor()(torch.from_numpy(batch)).numpy()
 
 
 def _frames(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -77,10 +84,6 @@ def test_constant_frame_and_channel_order() -> None:
 
 
 def test_bad_input() -> None:
-    with pytest.raises(InputError, match="uint8"):
-        preprocess_frames(np.zeros((1, 8, 8, 3), np.float32))
-    with pytest.raises(InputError, match="RGB"):
-        preprocess_frames(np.zeros((1, 8, 8, 4), np.uint8))
     with pytest.raises(InputError, match="crop_scale"):
         VideoPreprocessor(crop_scale=0.0)
     with pytest.raises(ValueError, match="uint8"):

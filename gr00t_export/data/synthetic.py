@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from gr00t_export.data.rotation import convert
 from gr00t_export.errors import InputError
 from gr00t_export.families.base import KeyLayout
-from gr00t_export.util import ordinary_permissions
+from gr00t_export.util import atomic_output_dir, file_input, ordinary_permissions
 
 if TYPE_CHECKING:
     from gr00t_export.families.base import ObservationKeys
@@ -349,3 +349,19 @@ def make_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def write_dataset(out: Path, modality_config: str, episodes: int = 2, length: int = 48, seed: int = 0,
+                  force: bool = False):
+    """`make_dataset` into `out`, all or nothing, marked as gr00t-export's (so --force may replace it later);
+    returns the data config written."""
+    from gr00t_export.families import data_config  # families build on data/: imported when called
+
+    cfg = data_config(modality_config)
+    inputs = {"--modality_config": file_input(modality_config)}
+    with atomic_output_dir(out, force=force, inputs=inputs, kind="dataset") as tmp:
+        make_dataset(tmp / "dataset", cfg, num_episodes=episodes, episode_length=length, seed=seed)
+        for item in (tmp / "dataset").iterdir():
+            item.rename(tmp / item.name)
+        (tmp / "dataset").rmdir()
+    return cfg

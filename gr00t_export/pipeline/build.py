@@ -173,3 +173,37 @@ def build(opts: BuildOptions, on_step: Callable[[str], None] | None = None,
         result.step_seconds, result.seconds = step.seconds, time.perf_counter() - start
     result.staging_dir = None
     return result
+
+
+def demo_inputs(output: Path, embodiment_tag: str | None = None, modality_config: str | None = None,
+                log: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """`build --demo`'s checkpoint and dataset: the tiny preset and a synthetic dataset in `demo_inputs/` beside
+    `output`, made on the first run and reused after."""
+    from gr00t_export.data.synthetic import write_dataset
+    from gr00t_export.families import family_for_preset
+
+    root = output.resolve().parent / "demo_inputs"
+    model_path, dataset_path = root / "tiny_checkpoint", root / "dataset"
+    if not (model_path / "config.json").is_file():
+        log(f"making the tiny demo checkpoint in {model_path}")
+        family_for_preset("tiny").make_checkpoint(model_path, "tiny", 0, embodiment=embodiment_tag,
+                                                  modality_config=modality_config or "fourier_gr1_arms_only",
+                                                  force=True, show_progress=False)
+    if not (dataset_path / "meta" / "info.json").is_file():
+        log(f"making the synthetic demo dataset in {dataset_path}")
+        write_dataset(dataset_path, modality_config or "fourier_gr1_arms_only", force=True)
+    return model_path, dataset_path
+
+
+def validate_staged_build(result: BuildResult, model_path: Path, eagle_path: Path | None, dataset_path: Path,
+                          verbose: bool = False):
+    """Validates the complete build in its staging dir, before the final rename (`before_commit`): Ctrl-C here
+    leaves nothing. Reports and console lines name the final path."""
+    from gr00t_export.pipeline.validate import validate
+
+    try:
+        return validate(result.staging_dir, model_path=model_path, eagle_path=eagle_path, dataset_path=dataset_path,
+                        shown_as=result.output, verbose=verbose)
+    except InputError as err:
+        raise InputError(f"validation of the new build could not start: {err}; nothing was written (build with "
+                         "--no-validate, then run `gr00t-export validate` with the options that fit)") from None

@@ -72,31 +72,6 @@ def _e4m3_codes(v: np.ndarray) -> np.ndarray:
     return clipped.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
 
 
-E4M3_VALUES = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)  # code -> value
-
-
-def _round_e4m3(v: np.ndarray) -> np.ndarray:
-    """float32 -> nearest E4M3 value as float32 (same rounding as `_e4m3_codes`)."""
-    return E4M3_VALUES[_e4m3_codes(v)]
-
-
-def fp8_roundtrip(x: np.ndarray, scale: float | np.ndarray, axis: int | None = None) -> np.ndarray:
-    """QuantizeLinear -> DequantizeLinear to float8e4m3fn (saturate=1), emulated in numpy.
-
-    `x / scale` is taken in float32 and rounded to E4M3 half-to-even, then multiplied back by the scale and cast to
-    x's dtype, which is how onnxruntime computes it; tests compare its output with this. `axis` gives a per-channel
-    scale (1-D) along that axis of x.
-    """
-    x = np.asarray(x)
-    s = np.asarray(scale, dtype=np.float32)
-    if axis is not None and s.ndim == 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        s = s.reshape(shape)
-    q = _round_e4m3(x.astype(np.float32) / s)
-    return (q * s).astype(x.dtype)
-
-
 def _quantize_weight(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """E4M3 codes of w / scale (scale broadcastable to w), a block of rows at a time so 100M-element weights need
     little extra memory."""

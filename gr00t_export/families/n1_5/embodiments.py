@@ -457,14 +457,6 @@ def modality_config_to_dict(cfg: ModalityConfig) -> dict[str, Any]:
     }
 
 
-def save_modality_config(cfg: ModalityConfig, path: str | Path) -> Path:
-    """Write a config as YAML so it can be reviewed, edited and loaded back with `load_modality_config`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(modality_config_to_dict(cfg), sort_keys=False))
-    return path
-
-
 def load_modality_config(name_or_path: str | Path) -> ModalityConfig:
     """A built-in DATA_CONFIGS name, or a YAML file following the schema in the module docstring."""
     if isinstance(name_or_path, str) and name_or_path in DATA_CONFIGS:
@@ -518,8 +510,3 @@ def key_layout(cfg: ModalityConfig, key: str) -> KeyLayout:
     short = key.split(".", 1)[1] if "." in key else key
     dim = next((d for suffix, d in _DIMS_BY_SUFFIX if short.endswith(suffix)), 6)
     return KeyLayout(1 if binary else dim, continuous=not binary)
-
-
-def key_dims(cfg: ModalityConfig, key: str) -> int:
-    """Width of one state/action key as `key_layout` lays it out."""
-    return key_layout(cfg, key).dim

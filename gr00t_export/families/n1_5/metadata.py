@@ -280,23 +280,6 @@ def matching_data_configs(metadata: EmbodimentMetadata) -> list[str]:
     return exact or served
 
 
-def compute_key_stats(array: np.ndarray) -> KeyStats:
-    """Statistics over frames (N, d), as GR00T computes them (population std, np.quantile 0.01/0.99)."""
-    arr = np.asarray(array, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise InputError(f"cannot compute statistics of an array of shape {arr.shape}; pass (N, d) with N > 0")
-    return KeyStats(
-        min=arr.min(axis=0),
-        max=arr.max(axis=0),
-        mean=arr.mean(axis=0),
-        std=arr.std(axis=0),
-        q01=np.quantile(arr, 0.01, axis=0),
-        q99=np.quantile(arr, 0.99, axis=0),
-    )
-
-
 def write_metadata(path: str | Path, entries: dict[str, EmbodimentMetadata]) -> Path:
     """Write metadata.json in the checkpoint's schema."""
     path = Path(path)

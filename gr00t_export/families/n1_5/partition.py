@@ -56,7 +56,6 @@ class VideoStage4(_VideoStage):
 
 
 VIDEO_STAGES: dict[int, type[_VideoStage]] = {1: VideoStage, 2: VideoStage2, 3: VideoStage3, 4: VideoStage4}
-MAX_VIEWS = len(VIDEO_STAGES)
 
 
 class StateStage(nn.Module):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from gr00t_export.data.rotation import RotationConversion
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.embodiments import MODES, ModalityConfig
+from gr00t_export.families.n1_5.embodiments import ModalityConfig
 from gr00t_export.families.n1_5.metadata import EmbodimentMetadata, KeyPlan, KeyStats, key_plans
 
 
@@ -39,46 +39,6 @@ def _bounds(stats: KeyStats, mode: str) -> tuple[np.ndarray, np.ndarray]:
     if mode == "q99":
         return stats.q01, stats.q99
     return stats.mean, stats.std
-
-
-def normalize(x: np.ndarray, stats: KeyStats | None, mode: str) -> np.ndarray:
-    """Forward transform of one key in float64 (`x` is (..., d); sin_cos returns (..., 2d))."""
-    x = np.asarray(x, dtype=np.float64)
-    if mode == "identity":
-        return x.copy()
-    if mode == "sin_cos":
-        return np.concatenate([np.sin(x), np.cos(x)], axis=-1)
-    if mode == "binary":
-        return (x > 0.5).astype(np.float64)
-    if mode not in MODES or stats is None:
-        raise InputError(f"cannot normalise with mode '{mode}' without statistics; pass the key's KeyStats")
-    a, b = _bounds(stats, mode)
-    if mode == "mean_std":
-        ok = b != 0
-        return np.where(ok, (x - a) / np.where(ok, b, 1.0), x)
-    ok = a != b
-    y = 2 * ((x - a) / np.where(ok, b - a, 1.0)) - 1
-    if mode == "min_max":
-        return np.where(ok, y, 0.0)
-    return np.clip(np.where(ok, y, x), -1.0, 1.0)
-
-
-def unnormalize(y: np.ndarray, stats: KeyStats | None, mode: str) -> np.ndarray:
-    """Inverse of `normalize` in float64 (sin_cos takes (..., 2d) and returns atan2 angles)."""
-    y = np.asarray(y, dtype=np.float64)
-    if mode == "identity":
-        return y.copy()
-    if mode == "sin_cos":
-        d = y.shape[-1] // 2
-        return np.arctan2(y[..., :d], y[..., d:])
-    if mode == "binary":
-        return (y > 0.5).astype(np.float64)
-    if mode not in MODES or stats is None:
-        raise InputError(f"cannot un-normalise with mode '{mode}' without statistics; pass the key's KeyStats")
-    a, b = _bounds(stats, mode)
-    if mode == "mean_std":
-        return y * b + a
-    return (y + 1) / 2 * (b - a) + a
 
 
 def _f32(values: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ exported graph can take raw camera frames and give the vision tower its `pixel_v
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,24 +86,3 @@ class MultiViewVideo(nn.Module):
                 raise ValueError("each camera's frames must be (B, T, H, W, 3); add the batch and time axes")
             per_view.append(self.video(frames.reshape(-1, frames.size(2), frames.size(3), frames.size(4))))
         return torch.stack(per_view, dim=1).flatten(0, 1)
-
-
-_EAGER_CACHE: dict[tuple[int, float], VideoPreprocessor] = {}
-
-
-def preprocess_frames(frames: np.ndarray, image_size: int = 224, crop_scale: float = 0.95) -> np.ndarray:
-    """NumPy wrapper for host-side use: uint8 (N,H,W,C) or (H,W,C) -> float32 (N,3,S,S)."""
-    arr = np.asarray(frames)
-    if arr.dtype != np.uint8:
-        raise InputError(f"frames must be uint8, got {arr.dtype}; pass raw camera frames (0..255)")
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise InputError(f"frames must be (N, H, W, 3) RGB, got shape {arr.shape}; pass channels-last RGB")
-    key = (int(image_size), float(crop_scale))
-    module = _EAGER_CACHE.get(key)
-    if module is None:
-        module = _EAGER_CACHE[key] = VideoPreprocessor(image_size, crop_scale)
-    with torch.no_grad():
-        out = module(torch.from_numpy(np.ascontiguousarray(arr)))
-    return out.numpy()

@@ -28,11 +28,6 @@ STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fo
 COLOURS = {"python": "#1f5fbf", "onnx": "#e8710a", "truth": "#555555", "diff": "#b3261e"}
 
 
-def pixel_size(figsize: tuple[float, float]) -> tuple[int, int]:
-    """(width, height) in pixels of a PNG saved by this module."""
-    return round(figsize[0] * DPI), round(figsize[1] * DPI)
-
-
 @dataclass(frozen=True)
 class KeyGroup:
     """One action key's columns in a (T, F) matrix and the names of its joints."""

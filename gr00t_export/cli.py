@@ -624,6 +624,16 @@ def pack_cmd(
                   f"tar -xzf {out.name}, then follow README_TARGET.md", highlight=False, soft_wrap=True)
 
 
+def _register_features() -> None:
+    """`features` lives with its library code (tools/features.py); its options are typer-annotated there."""
+    from gr00t_export.tools.features import features_cmd
+
+    app.command("features")(cli_errors(features_cmd))
+
+
+_register_features()
+
+
 # click shortens each command's summary in `gr00t-export --help` to fit the terminal; a given short help is wrapped
 for _command in app.registered_commands:
     _command.short_help = _command.short_help or " ".join((_command.callback.__doc__ or "").split("\n\n")[0].split())

@@ -286,7 +286,7 @@ def main() -> None:
 
 
 def run_grid(args, ckpt: Path, artifacts: Path, report: dict, save, started: float) -> None:
-    from gr00t_export.tools.bench import bench_grid, grid_rows, parse_grid_axis
+    from gr00t_export.tools.grid import bench_grid, grid_rows, parse_grid_axis
 
     if not (artifacts / "manifest.json").exists():
         log("grid skipped: no fp16 build; add build_ort (or build) to --steps")

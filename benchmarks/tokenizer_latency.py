@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
+from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
 from gr00t_export.families.n1_5.preprocess.tokenizer_script import export_tokenizer
+from gr00t_export.text.tiny import train_tiny_tokenizer
 
 INSTRUCTION = "pick the pear from the counter and place it in the basket"
 

@@ -490,7 +490,7 @@ def bench(
         check_output_file(json_out, json_inputs, ours=is_bench_json, what="--json")  # before minutes of timing
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if grid:  # every (batch, views) cell: its own table and JSON
-        from gr00t_export.tools.bench import bench_grid, parse_grid_axis, write_grid_json
+        from gr00t_export.tools.grid import bench_grid, parse_grid_axis, write_grid_json
 
         cells = bench_grid(artifact_dir, model_path, names, dtype, iters, warmup, device,
                            parse_grid_axis(batches, "--batches"), parse_grid_axis(views, "--views"), eagle_path,

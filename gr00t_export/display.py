@@ -165,7 +165,7 @@ def print_engines(reports: list, title: str) -> None:
 
 def print_grid(cells: list, device_name: str, iters: int) -> None:
     """`bench --grid`: one row per (batch, views, backend) cell."""
-    from gr00t_export.tools.bench import grid_rows
+    from gr00t_export.tools.grid import grid_rows
 
     table = Table(title=f"one tick for batch x views, ms on {device_name} ({iters} iterations)", title_justify="left")
     header, rows = grid_rows(cells)

@@ -144,9 +144,9 @@ def test_profile_is_a_no_op_on_cpu(tiny_build):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/gpu_bench.py runs this")
 def test_cuda_graph_replay_of_a_torchscript_stage_equals_calling_it():
     from gr00t_export.families.n1_5.partition import VideoStage, graph_spec_path
+    from gr00t_export.runtime.cuda_graphs import StaticCudaGraphTorchRunner
     from gr00t_export.runtime.runner import TorchStageRunner
     from gr00t_export.spec import load_graph_spec
-    from gr00t_export.tools.bench import StaticCudaGraphTorchRunner
 
     spec = load_graph_spec(graph_spec_path(), views=1).stage("preprocess_video")
     direct = TorchStageRunner(torch.jit.script(VideoStage(torch.float16)).cuda(), spec, "cuda")

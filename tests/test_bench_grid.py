@@ -9,25 +9,24 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import save_modality_config
 from typer.testing import CliRunner
 
 from gr00t_export.cli import app
 from gr00t_export.errors import InputError
 from gr00t_export.families import family_for_checkpoint
-from gr00t_export.families.n1_5.embodiments import load_modality_config, save_modality_config
+from gr00t_export.families.n1_5.embodiments import load_modality_config
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.pipeline.build import BuildOptions, build
 from gr00t_export.pipeline.optimize import save_onnx
+from gr00t_export.runtime.cuda_graphs import ShapePool, StaticCudaGraphOnnxRunner, shape_key
 from gr00t_export.runtime.runner import ExportedGr00tRunner, OnnxStageRunner, run_pipeline
 from gr00t_export.spec import load_graph_spec
-from gr00t_export.tools.bench import (
-    ShapePool,
-    StaticCudaGraphOnnxRunner,
+from gr00t_export.tools.grid import (
     bench_grid,
     exported_stages_for_views,
     grid_observation,
     grid_rows,
-    shape_key,
     write_grid_json,
 )
 
@@ -182,8 +181,8 @@ def test_shape_pool_refuses_an_empty_bound():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/gpu_bench.py runs this")
 def test_cuda_graphs_of_a_torchscript_stage_are_kept_per_batch():
     from gr00t_export.families.n1_5.partition import VideoStage, graph_spec_path
+    from gr00t_export.runtime.cuda_graphs import StaticCudaGraphTorchRunner
     from gr00t_export.runtime.runner import TorchStageRunner
-    from gr00t_export.tools.bench import StaticCudaGraphTorchRunner
 
     spec = load_graph_spec(graph_spec_path(), views=1).stage("preprocess_video")
     direct = TorchStageRunner(torch.jit.script(VideoStage(torch.float16)).cuda(), spec, "cuda")

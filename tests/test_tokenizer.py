@@ -16,13 +16,8 @@ import numpy as np
 import pytest
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.preprocess.tokenizer import (
-    ADDED_TOKENS,
-    EagleTokenizer,
-    build_prompt,
-    format_language,
-    train_tiny_tokenizer,
-)
+from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer, build_prompt, format_language
+from gr00t_export.text.tiny import ADDED_TOKENS, train_tiny_tokenizer
 
 GOLDEN_KEY = "obs.annotation.human.action.task_description"
 
@@ -282,7 +277,7 @@ def test_tiny_deterministic(tiny_dir, tmp_path: Path) -> None:
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     # a fresh process (different Python and Rust hash seeds) gives the same bytes
     code = (
-        "import hashlib,sys,pathlib;from gr00t_export.families.n1_5.preprocess.tokenizer import train_tiny_tokenizer;"
+        "import hashlib,sys,pathlib;from gr00t_export.text.tiny import train_tiny_tokenizer;"
         "p=pathlib.Path(sys.argv[1]);train_tiny_tokenizer(p,1024,0);"
         "print(hashlib.sha256(b''.join((p/n).read_bytes() for n in sorted(x.name for x in p.iterdir())))"
         ".hexdigest())"

@@ -17,17 +17,13 @@ from tokenizers import Regex, pre_tokenizers
 
 from gr00t_export.errors import InputError, ValidationFailure
 from gr00t_export.families.n1_5.preprocess import tokenizer_script
-from gr00t_export.families.n1_5.preprocess.tokenizer import (
-    QWEN2_SPLIT_PATTERN,
-    EagleTokenizer,
-    build_prompt,
-    train_tiny_tokenizer,
-)
+from gr00t_export.families.n1_5.preprocess.tokenizer import QWEN2_SPLIT_PATTERN, EagleTokenizer, build_prompt
 from gr00t_export.families.n1_5.preprocess.tokenizer_script import (
     ScriptableEagleTokenizer,
     check_against_python,
     export_tokenizer,
 )
+from gr00t_export.text.tiny import train_tiny_tokenizer
 
 GOLDEN_KEY = "obs.annotation.human.action.task_description"
 

@@ -26,13 +26,12 @@ from gr00t_export.families.n1_5.metadata import (
     write_metadata,
 )
 from gr00t_export.families.n1_5.model import Gr00tN15
-from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer, train_tiny_tokenizer
+from gr00t_export.families.n1_5.preprocess.tokenizer import EagleTokenizer
+from gr00t_export.text.tiny import EAGLE_FILES, train_tiny_tokenizer
 from gr00t_export.util import atomic_output_dir, file_input
 from gr00t_export.weights import write_weights
 
 SHARD_BYTES = 2 << 30
-EAGLE_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json",
-               "chat_template.json", "preprocessor_config.json", "processor_config.json", "generation_config.json")
 
 
 def _vision_pooling_head(cfg: Gr00tConfig) -> dict[str, tuple[int, ...]]:

@@ -18,8 +18,6 @@ import numpy as np
 import torch
 
 from gr00t_export.errors import InputError
-from gr00t_export.families.n1_5.preprocess.tokenizer import train_tiny_tokenizer
-from gr00t_export.families.n1_5.synthetic import EAGLE_FILES
 from gr00t_export.families.n1_6.config import Gr00tN16Config, checkpoint_config_dict, eagle_config_dict, preset
 from gr00t_export.families.n1_6.load import build_on_meta
 from gr00t_export.families.n1_6.model import unused_key_shapes
@@ -41,6 +39,7 @@ from gr00t_export.families.n1_6.processor_files import (
     write_json,
 )
 from gr00t_export.families.n1_6.tokenizer import EagleBlockTokenizer
+from gr00t_export.text.tiny import EAGLE_FILES, train_tiny_tokenizer
 from gr00t_export.util import atomic_output_dir
 from gr00t_export.weights import init_tensor, write_weights
 

@@ -1,0 +1,213 @@
+"""CUDA-graph runners: the exported stages replayed as CUDA graphs, one pinned onnxruntime session or one captured
+TorchScript call per input shape, kept in a bounded pool so batch and camera changes keep their graphs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gr00t_export.errors import InputError
+from gr00t_export.runtime.runner import (
+    ORT_ELEMENT_TYPES,
+    ORT_TYPES,
+    StageRunner,
+)
+from gr00t_export.spec import StageSpec
+
+ShapeKey = tuple[tuple[int, ...], ...]
+
+
+def shape_key(spec: StageSpec, feeds: Mapping[str, Any]) -> ShapeKey:
+    """A stage's input shapes in spec order (a batch of strings counts by its length): what a CUDA graph or a
+    session with pinned dims is valid for."""
+    return tuple(tuple(feeds[n].shape) if hasattr(feeds[n], "shape") else (len(feeds[n]),) for n in spec.input_names)
+
+
+class ShapePool:
+    """Entries keyed by input shapes, made on first sight of a shape and reused afterwards.
+
+    A captured CUDA graph (or a session whose dims are pinned) is valid for the shapes it was made at only, so
+    batch 1 and batch 4 each keep their own. At most `size` entries: making one more first drops the least recently
+    used (its graph, buffers and session freed), so a stream of new shapes cannot grow memory without bound.
+    """
+
+    def __init__(self, make: Callable[[Mapping[str, Any]], Any], size: int = 16,
+                 drop: Callable[[Any], None] | None = None):
+        if size < 1:
+            raise InputError(f"a shape pool holds at least one entry, got size {size}")
+        self.make, self.size, self.drop = make, size, drop
+        self.entries: OrderedDict[ShapeKey, Any] = OrderedDict()
+        self.made = 0  # entries made so far, dropped ones included: each one a capture
+
+    def get(self, key: ShapeKey, feeds: Mapping[str, Any]) -> Any:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        while len(self.entries) >= self.size:
+            _, oldest = self.entries.popitem(last=False)
+            if self.drop is not None:
+                self.drop(oldest)
+        entry = self.make(feeds)
+        self.made += 1
+        self.entries[key] = entry
+        return entry
+
+
+class PinnedOnnxSession:
+    """One onnxruntime session with every dynamic dim pinned to one set of input shapes and fixed I/O buffers; on
+    the CUDA EP the run is captured once and replayed as a CUDA graph.
+
+    Pinning (`make_dim_param_fixed`) lets onnxruntime fold the shape arithmetic, so none of it falls back to the
+    CPU during a capture; inputs are copied into buffers whose addresses never change.
+    """
+
+    def __init__(self, model_path: Path, spec: StageSpec, feeds: Mapping[str, Any], device: str):
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+        self.spec, self.on_cuda = spec, device.startswith("cuda")
+        model = onnx.load(str(model_path), load_external_data=False)
+        for t in spec.inputs:
+            for axis, dim in enumerate(t.shape):
+                if isinstance(dim, str) and t.name in feeds:
+                    make_dim_param_fixed(model.graph, dim, int(feeds[t.name].shape[axis]))
+        label = "_".join("x".join(map(str, shape)) for shape in shape_key(spec, feeds))
+        self.path = model_path.with_name(f"{model_path.stem}.{label}.onnx")  # beside the shared weights file
+        onnx.save_model(model, str(self.path))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"] if self.on_cuda \
+            else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        types = {i.name: ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
+        bound = "cuda" if self.on_cuda else "cpu"
+        self.inputs = {n: torch.as_tensor(feeds[n]).to(bound, types[n]).contiguous().clone() for n in types}
+        self.binding = self.session.io_binding()
+        for n, t in self.inputs.items():
+            self.binding.bind_input(n, bound, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        for n in spec.output_names:
+            self.binding.bind_output(n, bound)
+        self._sync()
+        self.session.run_with_iobinding(self.binding)  # warm-up run (onnxruntime allocates the outputs), then capture
+        shapes = [(tuple(o.shape()), ORT_TYPES[o.data_type()]) for o in self.binding.get_outputs()]
+        self.outputs = {n: torch.empty(s, dtype=d, device=bound) for n, (s, d) in zip(spec.output_names, shapes,
+                                                                                        strict=True)}
+        self.binding.clear_binding_outputs()
+        for n, t in self.outputs.items():
+            self.binding.bind_output(n, bound, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        self.session.run_with_iobinding(self.binding)
+
+    def infer(self, feeds):
+        for n, t in self.inputs.items():
+            t.copy_(torch.as_tensor(feeds[n]).to(t.device, t.dtype))
+        self._sync()
+        self.session.run_with_iobinding(self.binding)
+        return self.outputs
+
+    def _sync(self) -> None:
+        if self.on_cuda:
+            torch.cuda.current_stream().synchronize()  # torch wrote the inputs on its stream; ORT reads on its own
+
+    def close(self) -> None:
+        del self.session
+        self.path.unlink(missing_ok=True)
+
+
+class StaticCudaGraphOnnxRunner:
+    """An ONNX stage as onnxruntime CUDA graphs: one `PinnedOnnxSession` per input shape seen (a `ShapePool`),
+    captured on the first call at that shape and replayed after. `feeds`, when given, are captured at once.
+
+    Each session holds its own copy of the stage's weights on the GPU: `size` bounds how many shapes are kept.
+    The pinned graphs live in a scratch dir with one shared copy (a hard link where the filesystem allows) of the
+    external weights file, removed with the runner. `device="cpu"` pins shapes without graphs (tests).
+    """
+
+    def __init__(self, path: Path, spec: StageSpec, feeds: Mapping[str, Any] | None = None,
+                 workdir: Path | None = None, size: int = 16, device: str = "cuda"):
+        import onnx
+
+        from gr00t_export.pipeline.optimize import save_onnx
+
+        self.spec = spec
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix=f"{spec.name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.workdir, True)
+        data = path.with_name(path.name + "_data")
+        base = self.workdir / path.name
+        if data.exists():
+            if not (self.workdir / data.name).exists():
+                try:  # onnxruntime refuses external data reached through a symlink out of the model's dir
+                    os.link(data, self.workdir / data.name)
+                except OSError:
+                    shutil.copyfile(data, self.workdir / data.name)
+            shutil.copyfile(path, base)  # the graph proto alone; its weights are in the file linked above
+        else:  # weights inside the .onnx: moved out once, so each pinned shape writes only its small graph proto
+            save_onnx(onnx.load(str(path)), base, external=True)
+        self.pool = ShapePool(lambda f: PinnedOnnxSession(base, spec, f, device), size, drop=PinnedOnnxSession.close)
+        if feeds is not None:
+            self.pool.get(shape_key(spec, feeds), feeds)
+
+    def infer(self, feeds):
+        return self.pool.get(shape_key(self.spec, feeds), feeds).infer(feeds)
+
+    def close(self) -> None:
+        for entry in self.pool.entries.values():
+            entry.close()
+        self.pool.entries.clear()
+        self._cleanup()
+
+
+def capture_cuda_graph(fn: Callable[[], object], warmup: int) -> tuple[torch.cuda.CUDAGraph, object]:
+    """`fn` run `warmup` times on a side stream, then captured; returns the graph and the outputs it writes."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+class CapturedTorchGraph:
+    """A torch stage captured as one CUDA graph at one set of input shapes, with fixed input buffers."""
+
+    def __init__(self, inner: StageRunner, feeds: Mapping[str, Any]):
+        self.inputs = {n: torch.as_tensor(feeds[n]).to("cuda").clone() for n in inner.spec.input_names}
+        # 5 warm-ups: past TorchScript's profiling runs, so nothing compiles during capture
+        self.graph, self.outputs = capture_cuda_graph(lambda: inner.infer(self.inputs), warmup=5)
+
+    def infer(self, feeds):
+        for n, t in self.inputs.items():
+            t.copy_(torch.as_tensor(feeds[n]))
+        self.graph.replay()
+        return self.outputs
+
+
+class StaticCudaGraphTorchRunner:
+    """A TorchScript pre/post stage as CUDA graphs: one capture per input shape seen (a `ShapePool`), replayed after.
+
+    At batch 1 these stages are dozens of tiny kernels, so their time is launch overhead; one replay replaces the
+    launches. The outputs live in each graph's pool and are overwritten by its next replay, as with
+    `StaticCudaGraphOnnxRunner`. `feeds`, when given, are captured at once.
+    """
+
+    def __init__(self, inner: StageRunner, feeds: Mapping[str, Any] | None = None, size: int = 16):
+        self.spec = inner.spec
+        self.pool = ShapePool(lambda f: CapturedTorchGraph(inner, f), size)
+        if feeds is not None:
+            self.pool.get(shape_key(self.spec, feeds), feeds)
+
+    def infer(self, feeds):
+        return self.pool.get(shape_key(self.spec, feeds), feeds).infer(feeds)

@@ -90,9 +90,10 @@ def _root(
     pass
 
 
-ModelPath = Annotated[Path | None, typer.Option("--model_path", help="GR00T N1.5 checkpoint dir (config.json, "
-                                                 "safetensors, experiment_cfg/metadata.json).")]
-EaglePath = Annotated[Path | None, typer.Option("--eagle_path", help="Eagle 2.5 config/tokenizer dir.",
+ModelPath = Annotated[Path | None, typer.Option("--model_path", help="GR00T N1.5 or N1.6 checkpoint dir "
+                                                 "(config.json, safetensors, metadata or processor files).")]
+EaglePath = Annotated[Path | None, typer.Option("--eagle_path", help="Eagle config/tokenizer dir (N1.5: "
+                                                "eagle2_hg_model, N1.6: Eagle-Block2A-2B-v2).",
                                                 show_default="<model_path>/eagle")]
 EmbodimentTag = Annotated[str | None, typer.Option("--embodiment_tag", help="Embodiment tag (gr1, oxe_droid, "
                                                     "agibot_genie1, new_embodiment).",
@@ -120,7 +121,8 @@ def note_chosen_config(given: str | None, name: str) -> None:
 @cli_errors
 def make_checkpoint_cmd(
     out: Annotated[Path, typer.Argument(help="Output checkpoint dir.")],
-    preset: Annotated[str, typer.Option(help="tiny (tests, demo) or n1.5-3b (full size, random weights).")] = "tiny",
+    preset: Annotated[str, typer.Option(
+        help="tiny (tests, demo), n1.5-3b (full size, random weights), n1.6-tiny or n1.6-3b.")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights and tokenizer.")] = 0,
     embodiment: Annotated[str | None, typer.Option("--embodiment", help="Embodiment tag of the metadata.",
                                                    show_default="the data config's")] = None,

@@ -412,3 +412,12 @@ class LeRobotDataset:
                     remaining -= 1
         pairs = [(episode, step) for episode, steps in candidates.items() for step in steps[: taken[episode]]]
         return iter(pairs)
+
+    def spread_steps(self, cfg: ObservationKeys, num_steps: int, stride: int = 10) -> list[tuple[int, int]]:
+        """`iter_steps` at `stride`, or at the largest smaller stride a short dataset has room for."""
+        for s in range(stride, 1, -1):
+            try:
+                return list(self.iter_steps(cfg, num_steps, stride=s))
+            except InputError:
+                pass
+        return list(self.iter_steps(cfg, num_steps, stride=1))

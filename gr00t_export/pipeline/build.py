@@ -149,7 +149,12 @@ def build(opts: BuildOptions, on_step: Callable[[str], None] | None = None,
 
                 dataset = LeRobotDataset(opts.dataset_path)
                 keys = opened.interface
-                calib = [dataset.observation(e, s, keys) for e, s in dataset.iter_steps(keys, opts.calib_steps)]
+                try:
+                    steps = dataset.spread_steps(keys, opts.calib_steps)
+                except InputError:
+                    raise InputError(f"--calib_steps {opts.calib_steps} is more steps than {opts.dataset_path} holds; "
+                                     "lower --calib_steps") from None
+                calib = [dataset.observation(e, s, keys) for e, s in steps]
             step(f"calibrate fp8 on {len(calib)} observations")
             reports = quantize_build(tmp, part.spec, calib, reader, opened.interface.noise_shape,
                                      log=step, providers=tuple(ort_providers(opts.device, strict=False)))

@@ -1,1 +1,1 @@
-"""Commands around a build: bench, inspect, pack."""
+"""Commands around a build: bench (and its --grid), features, inspect, pack."""

@@ -461,6 +461,3 @@ def is_bench_json(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and {"context", "results"} <= set(data)
-
-
-# --- the grid: batch x camera views ---------------------------------------------------------------------------

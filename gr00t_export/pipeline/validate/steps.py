@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gr00t_export.errors import Gr00tExportError, InputError, ValidationFailure
+from gr00t_export.errors import Gr00tExportError, ValidationFailure
 from gr00t_export.families import family_named
 from gr00t_export.families.base import Observation, PolicyInterface, RawInputs, make_noise, synthetic_observation
 from gr00t_export.manifest import Manifest
@@ -46,17 +46,6 @@ class Sample:
     truth: dict[str, np.ndarray] | None = None
 
 
-def dataset_steps(dataset, modality: PolicyInterface, num_steps: int, stride: int) -> list[tuple[int, int]]:
-    """`num_steps` (episode, step) pairs at the suite's stride, a smaller stride when the dataset is short."""
-    for s in range(stride, 0, -1):
-        try:
-            return list(dataset.iter_steps(modality, num_steps, stride=s))
-        except InputError:
-            if s == 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 def open_dataset(dataset_path: Path, modality: PolicyInterface, num_steps: int, stride: int
                  ) -> tuple[Any, list[tuple[int, int]]]:
     """The dataset and its (episode, step) pairs, opened before any check so a bad dataset is a usage error."""
@@ -64,7 +53,7 @@ def open_dataset(dataset_path: Path, modality: PolicyInterface, num_steps: int, 
 
     dataset = LeRobotDataset(dataset_path)
     dataset.check_config(modality)
-    return dataset, dataset_steps(dataset, modality, num_steps, stride)
+    return dataset, dataset.spread_steps(modality, num_steps, stride)
 
 
 def iter_samples(modality: PolicyInterface, dataset: Any | None, pairs: list[tuple[int, int]],

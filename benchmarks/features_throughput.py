@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--batch_sizes", default="1,8,32")
     ap.add_argument("--episodes", default=None, help="e.g. 0-4 (default: every episode)")
     ap.add_argument("--max_steps", type=int, default=None)
+    ap.add_argument("--artifacts", type=Path, default=None,
+                    help="an existing fp16 build of a gr1 (fourier_gr1_arms_only) checkpoint: no make/build here")
     ap.add_argument("--compare_steps", type=int, default=64, help="steps whose features are compared to batch 1")
     args = ap.parse_args()
 
@@ -50,13 +52,15 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     report: dict = {"device": gpu, "torch": torch.__version__, "preset": args.preset, "runs": []}
     ckpt, built = args.work / f"ckpt_{args.preset}", args.work / f"build_{args.preset}_fp16"
-    if not (ckpt / "config.json").exists():
+    if args.artifacts is not None:
+        built, report["preset"] = args.artifacts, f"build {args.artifacts.name}"
+    elif not (ckpt / "config.json").exists():
         start = time.perf_counter()
         family_for_preset(args.preset).make_checkpoint(ckpt, args.preset, 0, embodiment="gr1", modality_config=CONFIG,
                                                        dataset_path=args.dataset_path, eagle_path=args.eagle_path,
                                                        force=True, show_progress=False)
         log(f"checkpoint in {time.perf_counter() - start:.1f} s")
-    if not (built / "manifest.json").exists():
+    if args.artifacts is None and not (built / "manifest.json").exists():
         start = time.perf_counter()
         build(BuildOptions(model_path=ckpt, output=built, precision="fp16", modality_config=CONFIG,
                            device=args.device, simplify=False, force=True), on_step=log)
@@ -85,7 +89,7 @@ def main() -> None:
         diffs = [(other[i].features.float() - reference[i].features.float()).abs().max().item() for i in range(steps)]
         run["max_abs_diff_vs_smallest_batch"] = max(diffs)
     (args.out / "features_throughput.json").write_text(json.dumps(report, indent=2))
-    print(f"\nfeatures on {gpu}, preset {args.preset} fp16, {report['runs'][0]['steps']} PickNPlace steps, "
+    print(f"\nfeatures on {gpu}, {report['preset']} fp16, {report['runs'][0]['steps']} PickNPlace steps, "
           f"{report['tokens_per_step']} tokens x {report['dim']} per step")
     print("batch | steps/s | backbone alone steps/s | max |diff| vs smallest batch")
     for run in report["runs"]:

@@ -22,8 +22,8 @@ closer to another request's answer than to their own, "lost" requests never answ
 started afresh per client count, so its log gives that phase's policy calls by requests merged.
 
     python benchmarks/serve_load.py --batching --json out/serve_batching.json                       # CPU, tiny
-    python benchmarks/serve_load.py --batching --artifacts /root/gb/b3b_fp16_ortops --device cuda \
-        --per_client 100 --json $OUT/serve_batching.json                                           # H200, 3B
+    python benchmarks/serve_load.py --batching --artifacts /root/gb/b3b_fp16_ortops --device cuda --cuda_graphs \
+        --per_client 100 --warmup 20 --json $OUT/serve_batching.json                                          # H200, 3B
 """
 
 from __future__ import annotations
@@ -280,7 +280,8 @@ def batching_load(args: argparse.Namespace) -> int:
             build(BuildOptions(model_path=ckpt, output=tmp / "build"))
             target, what = [str(tmp / "build")], "tiny build"
             iface = Manifest.read(tmp / "build").interface
-        device = ["--device", args.device] + (["--backend", args.backend] if args.backend else [])
+        device = ["--device", args.device] + (["--backend", args.backend] if args.backend else []) \
+            + (["--cuda_graphs"] if args.cuda_graphs else [])
         observations = client_observations(iface, max(counts), args.distinct, args.envs)
         atol = args.atol if args.atol is not None else (1e-5 if args.device == "cpu" else 1e-2)
         phases = []
@@ -303,7 +304,8 @@ def batching_load(args: argparse.Namespace) -> int:
                 log = server.stop()
             phases.append({"mode": f"window {args.batch_window_ms:g} ms", **phase, "policy_calls": merged_calls(log)})
 
-    table = Table(title=f"gr00t-export serve --batch_window_ms {args.batch_window_ms:g} --max_batch {args.max_batch}, "
+    table = Table(title=f"gr00t-export serve --batch_window_ms {args.batch_window_ms:g} --max_batch {args.max_batch}"
+                        f"{' --cuda_graphs' if args.cuda_graphs else ''}, "
                         f"{what}, {args.device}, {args.protocol} dialect, {args.envs} env(s) per request, "
                         f"{args.per_client} requests per client; {os.cpu_count()} CPUs, load average "
                         f"{os.getloadavg()[0]:.1f}", title_justify="left")
@@ -327,7 +329,8 @@ def batching_load(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "phases": phases, "target": what, "device": args.device, "protocol": args.protocol, "envs": args.envs,
-            "batch_window_ms": args.batch_window_ms, "max_batch": args.max_batch, "atol": atol,
+            "batch_window_ms": args.batch_window_ms, "max_batch": args.max_batch, "cuda_graphs": args.cuda_graphs,
+            "atol": atol,
             "per_client": args.per_client, "warmup": args.warmup, "cpus": os.cpu_count(),
             "load_average_1min": os.getloadavg()[0], "python": platform.python_version(),
             "torch": torch.__version__}, indent=2))
@@ -351,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     batching.add_argument("--artifacts", type=Path, help="exported build to serve [default: --model_path, else a "
                           "fresh tiny checkpoint, built]")
     batching.add_argument("--device", default="cpu", help="serve --device (cuda on the GPU machine)")
+    batching.add_argument("--cuda_graphs", action="store_true", help="serve --cuda_graphs (a build on cuda)")
     batching.add_argument("--backend", help="serve --backend [default: ort for a build, torch for a checkpoint]")
     batching.add_argument("--clients_list", default="1,4,8", help="concurrent clients of each phase")
     batching.add_argument("--batch_window_ms", type=float, default=2.0)

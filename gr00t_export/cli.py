@@ -253,6 +253,10 @@ def serve(
                                                    "request at a time).")] = 0.0,
     max_batch: Annotated[int, typer.Option("--max_batch", min=1, help="Most environments in one batched policy "
                                            "call (with --batch_window_ms).")] = 8,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda_graphs", help="GPU: replay the exported stages as CUDA graphs, "
+                                              "one set per batch size and prompt length, captured at its first "
+                                              "request (a few seconds, and a copy of each ONNX stage's weights, "
+                                              "per new shape).")] = False,
 ):
     """Serve a policy over Isaac-GR00T's ZeroMQ protocol, current and N1.5 dialects (get_action, reset,
     get_modality_config, ping, kill).
@@ -271,7 +275,7 @@ def serve(
         raise InputError(f"unknown --modality_config_protocol {modality_config_protocol!r}; use current "
                          "(Isaac-GR00T's PolicyClient, IsaacLab) or n1.5 (RobotInferenceClient)")
     policy = serve_policy(artifact_dir, model_path, eagle_path, embodiment_tag, modality_config, backend, device,
-                          dataset_path, episode, execution_horizon, denoising_steps)
+                          dataset_path, episode, execution_horizon, denoising_steps, cuda_graphs)
     if dataset_path is not None:
         note_chosen_config(modality_config, policy.interface.name)  # the config the dataset's modality.json fits
     if host not in ("127.0.0.1", "localhost", "::1") and not api_token:

@@ -31,13 +31,17 @@ def predict_policy(artifacts: Path | None, model_path: Path | None, eagle_path: 
 def serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path: Path | None,
                  embodiment_tag: str | None, modality_config: str | None, backend: str | None, device: str,
                  dataset_path: Path | None = None, episode: int = 0, execution_horizon: int | None = None,
-                 denoising_steps: int | None = None) -> Any:
+                 denoising_steps: int | None = None, cuda_graphs: bool = False) -> Any:
     """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path, the
     recorded actions of --dataset_path's episode when there is no model (with the one built-in data config its
-    modality.json fits when `modality_config` is None)."""
+    modality.json fits when `modality_config` is None). `cuda_graphs`: the exported stages replayed as CUDA graphs,
+    one per input shape (batch size, prompt length), captured on first sight."""
     if sum(x is not None for x in (artifact_dir, model_path, dataset_path)) != 1:
         raise InputError("give exactly one policy: ARTIFACT_DIR (exported), --model_path CKPT (reference) or "
                          "--dataset_path DS (replay of recorded actions)")
+    if cuda_graphs and (artifact_dir is None or backend not in (None, "ort") or not device.startswith("cuda")):
+        raise InputError("--cuda_graphs replays an exported build's onnxruntime stages on the GPU: give ARTIFACT_DIR "
+                         "with --device cuda (and --backend ort, the default)")
     if dataset_path is not None:
         if backend is not None:
             raise InputError(f"--dataset_path replays recorded actions; --backend {backend} applies to ARTIFACT_DIR")
@@ -63,4 +67,9 @@ def serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path:
     from gr00t_export.runtime.runner import ExportedGr00tRunner, check_denoising_steps
 
     check_denoising_steps(artifact_dir, denoising_steps)
-    return ExportedGr00tRunner(artifact_dir, device=device, backend=backend or "ort")
+    runner = ExportedGr00tRunner(artifact_dir, device=device, backend=backend or "ort")
+    if cuda_graphs:
+        from gr00t_export.runtime.cuda_graphs import graphed_stages
+
+        runner.stages = graphed_stages(runner.graph, runner.stages, runner.dir, device)
+    return runner

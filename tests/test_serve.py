@@ -359,6 +359,8 @@ def test_cli_serve_errors_are_one_line(env, tmp_path):
         (["--model_path", str(env.ckpt), "--backend", "ort"], "--backend ort applies to ARTIFACT_DIR"),
         (["--model_path", str(env.ckpt), "--backend", "tvm"], "unknown --backend"),
         ([str(tmp_path / "missing")], "missing"),  # the runner's own error, or "cannot load the exported runner"
+        ([str(tmp_path), "--cuda_graphs"], "--cuda_graphs replays an exported build's onnxruntime stages on the GPU"),
+        (["--model_path", str(env.ckpt), "--cuda_graphs", "--device", "cuda"], "--cuda_graphs replays"),
     ]
     if importlib.util.find_spec("tensorrt") is None:
         cases.append(([str(tmp_path), "--backend", "trt"], "--backend trt needs TensorRT"))

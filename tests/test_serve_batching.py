@@ -220,6 +220,28 @@ def test_plan_groups_in_arrival_order_up_to_max_batch(env):
     assert plan([b, a], language, max_batch=1) == [[0], [1]]  # larger than max_batch: alone
 
 
+def test_pinned_shapes_serve_each_batch_as_alone(env, tmp_path):
+    """`serve --cuda_graphs` swaps the ONNX stages for pools of shape-pinned sessions (CUDA graphs on a GPU; on the
+    CPU the same pinned sessions without graphs): merged calls of 1 and 2 requests each get their own shape, and
+    every client still gets what the unpinned runner answers it alone."""
+    from gr00t_export.runtime.cuda_graphs import StaticCudaGraphOnnxRunner, graphed_stages
+    from gr00t_export.runtime.runner import ExportedGr00tRunner
+
+    pinned = ExportedGr00tRunner(env.build)
+    pinned.stages = graphed_stages(pinned.graph, pinned.stages, env.build, "cpu", tmp_path / "pinned")
+    pools = {n: s.pool for n, s in pinned.stages.items() if isinstance(s, StaticCudaGraphOnnxRunner)}
+    assert sorted(pools) == ["denoising_subgraph", "llm", "vit"]
+    with serving(pinned, batch_window_ms=WINDOW_MS, max_batch=2) as (server, _):
+        requests = [env.obs(0), env.obs(3), env.obs(5)]
+        got = at_once(server.port, [(Client, lambda c, o=o: c.get_action(o)) for o in requests[:2]])
+        got += [at_once(server.port, [(Client, lambda c: c.get_action(requests[2]))])[0]]
+    for obs, reply in zip(requests, got, strict=True):
+        assert_close(reply, env.policies["exported"].get_action(obs, seed=0))
+    assert server.latency.policy_calls == {2: 1, 1: 1}
+    assert {n: sorted(k[0][0] for k in p.entries) for n, p in pools.items()} == {
+        "vit": [1, 2], "llm": [1, 2], "denoising_subgraph": [1, 2]}
+
+
 def test_batching_options_are_checked(env):
     policy = env.policies["exported"]
     for kwargs, expected in (({"batch_window_ms": -1}, "--batch_window_ms must be"),

@@ -211,3 +211,48 @@ class StaticCudaGraphTorchRunner:
 
     def infer(self, feeds):
         return self.pool.get(shape_key(self.spec, feeds), feeds).infer(feeds)
+
+
+class CapturedWherePossible:
+    """A GPU TorchScript stage as CUDA graphs where it can be captured. A stage whose capture fails (one that makes
+    host tensors per call, as N1.6's video resize builds its taps) runs uncaptured from then on: `failure` says why.
+    """
+
+    def __init__(self, inner: StageRunner, feeds: Mapping[str, Any] | None = None, size: int = 16):
+        self.spec, self.inner, self.failure = inner.spec, inner, ""
+        self.graphs: StaticCudaGraphTorchRunner | None = StaticCudaGraphTorchRunner(inner, None, size)
+        if feeds is not None:
+            self.infer(feeds)
+
+    def infer(self, feeds):
+        if self.graphs is not None:
+            try:
+                return self.graphs.infer(feeds)
+            except RuntimeError as err:  # a capture that cannot be made; a real input error recurs just below
+                self.graphs, self.failure = None, f"{type(err).__name__}: {str(err)[:160]}"
+        return self.inner.infer(feeds)
+
+
+def graphed_stages(graph: Any, stages: Mapping[str, StageRunner], artifact_dir: Path, device: str,
+                   workdir: Path | None = None, size: int = 16) -> dict[str, StageRunner]:
+    """An exported pipeline's stages as CUDA graphs per input shape: each ONNX stage a pool of pinned onnxruntime
+    sessions, each GPU TorchScript stage captured where it can be (the tokenizer stays on the host). Captures
+    happen on the first call at each shape. `device="cpu"` pins the ONNX stages' shapes without graphs (tests)."""
+    workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="cuda-graphs-"))
+    out = dict(stages)
+    for spec in graph.stages:
+        inner = stages[spec.name]
+        if spec.format == "onnx":
+            out[spec.name] = StaticCudaGraphOnnxRunner(Path(artifact_dir) / spec.file, spec, None,
+                                                       workdir / spec.name, size, device)
+        elif device.startswith("cuda") and getattr(inner, "device", torch.device("cpu")).type == "cuda":
+            out[spec.name] = CapturedWherePossible(inner, None, size)
+    return out
+
+
+def graphs_note(stages: Mapping[str, StageRunner]) -> str:
+    """Which stages run as CUDA graphs, and which could not be captured."""
+    captured = [n for n, s in stages.items() if isinstance(s, CapturedWherePossible) and s.graphs is not None]
+    kept = [f"{n} ({s.failure})" for n, s in stages.items() if isinstance(s, CapturedWherePossible) and s.failure]
+    note = f"CUDA graphs: every ONNX stage, {', '.join(captured) or 'no TorchScript stage'}"
+    return note + (f"; not capturable: {', '.join(kept)}" if kept else "")

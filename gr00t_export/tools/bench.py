@@ -32,7 +32,7 @@ from gr00t_export.families.base import (
     make_noise,
     synthetic_observation,
 )
-from gr00t_export.runtime.cuda_graphs import StaticCudaGraphOnnxRunner, StaticCudaGraphTorchRunner, capture_cuda_graph
+from gr00t_export.runtime.cuda_graphs import capture_cuda_graph, graphed_stages, graphs_note
 from gr00t_export.runtime.runner import (
     ExportedGr00tRunner,
     StageRunner,
@@ -351,15 +351,12 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
                     raise InputError("ort-cudagraph needs --device cuda")
                 run_pipeline(graph, stages, raw, init, trace)
                 try:
-                    for spec_ in graph.stages:
-                        if spec_.format == "onnx":
-                            stages[spec_.name] = StaticCudaGraphOnnxRunner(
-                                runner.dir / spec_.file, spec_, trace[spec_.name],
-                                Path(tempfile.mkdtemp()) / spec_.name)
+                    stages = graphed_stages(graph, stages, runner.dir, device, Path(tempfile.mkdtemp()))
+                    run_pipeline(graph, stages, raw, init)  # captures this observation's shapes
                 except Exception as err:  # noqa: BLE001 - reported in the table, the other backends still run
                     results.append(BackendResult(backend, note=f"failed: {type(err).__name__}: {str(err)[:200]}"))
                     continue
-                graphed = _graph_torchscript_stages(graph, stages, trace)
+                graphed = graphs_note(stages)
         elif backend == "trt":
             try:
                 import tensorrt  # noqa: F401
@@ -389,23 +386,6 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
                     break
         results.append(result)
     return results
-
-
-def _graph_torchscript_stages(graph, stages: dict[str, StageRunner], trace: dict) -> str:
-    """The GPU TorchScript stages as CUDA graphs too (the tokenizer stays on the CPU, cached); returns a note saying
-    which were captured and which could not be (they then run as before)."""
-    captured, kept = [], []
-    for spec_ in graph.stages:
-        inner = stages[spec_.name]
-        if spec_.format != "torchscript" or getattr(inner, "device", torch.device("cpu")).type != "cuda":
-            continue
-        try:
-            stages[spec_.name] = StaticCudaGraphTorchRunner(inner, trace[spec_.name])
-            captured.append(spec_.name)
-        except Exception as err:  # noqa: BLE001 - a stage that cannot be captured runs uncaptured
-            kept.append(f"{spec_.name} ({type(err).__name__})")
-    note = f"CUDA graphs: every ONNX stage, {', '.join(captured) or 'no TorchScript stage'}"
-    return note + (f"; not capturable: {', '.join(kept)}" if kept else "")
 
 
 def _observation(opened: OpenedPolicy | None, iface, dataset_path: Path | None) -> Observation:

@@ -35,7 +35,7 @@ def serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path:
     """The policy `serve` runs: the exported runner for ARTIFACT_DIR, the PyTorch reference for --model_path, the
     recorded actions of --dataset_path's episode when there is no model (with the one built-in data config its
     modality.json fits when `modality_config` is None). `cuda_graphs`: the exported stages replayed as CUDA graphs,
-    one per input shape (batch size, prompt length), captured on first sight."""
+    one per input shape (batch size padded to a power of two, prompt length), captured on first sight."""
     if sum(x is not None for x in (artifact_dir, model_path, dataset_path)) != 1:
         raise InputError("give exactly one policy: ARTIFACT_DIR (exported), --model_path CKPT (reference) or "
                          "--dataset_path DS (replay of recorded actions)")
@@ -72,4 +72,5 @@ def serve_policy(artifact_dir: Path | None, model_path: Path | None, eagle_path:
         from gr00t_export.runtime.cuda_graphs import graphed_stages
 
         runner.stages = graphed_stages(runner.graph, runner.stages, runner.dir, device)
+        runner.pad_batches = True  # batches of 1, 2, 4, 8, ...: a few captures instead of one per batch size
     return runner

@@ -222,24 +222,26 @@ def test_plan_groups_in_arrival_order_up_to_max_batch(env):
 
 def test_pinned_shapes_serve_each_batch_as_alone(env, tmp_path):
     """`serve --cuda_graphs` swaps the ONNX stages for pools of shape-pinned sessions (CUDA graphs on a GPU; on the
-    CPU the same pinned sessions without graphs): merged calls of 1 and 2 requests each get their own shape, and
-    every client still gets what the unpinned runner answers it alone."""
+    CPU the same pinned sessions without graphs) and pads each batch to a power of two: a merged call of 3 requests
+    runs at batch 4, a lone one at 1, so two shapes are made, and every client still gets what the unpinned runner
+    answers it alone."""
     from gr00t_export.runtime.cuda_graphs import StaticCudaGraphOnnxRunner, graphed_stages
     from gr00t_export.runtime.runner import ExportedGr00tRunner
 
     pinned = ExportedGr00tRunner(env.build)
     pinned.stages = graphed_stages(pinned.graph, pinned.stages, env.build, "cpu", tmp_path / "pinned")
+    pinned.pad_batches = True
     pools = {n: s.pool for n, s in pinned.stages.items() if isinstance(s, StaticCudaGraphOnnxRunner)}
     assert sorted(pools) == ["denoising_subgraph", "llm", "vit"]
-    with serving(pinned, batch_window_ms=WINDOW_MS, max_batch=2) as (server, _):
-        requests = [env.obs(0), env.obs(3), env.obs(5)]
-        got = at_once(server.port, [(Client, lambda c, o=o: c.get_action(o)) for o in requests[:2]])
-        got += [at_once(server.port, [(Client, lambda c: c.get_action(requests[2]))])[0]]
+    requests = [env.obs(0), env.obs(3), env.obs(5), env.obs(7)]
+    with serving(pinned, batch_window_ms=WINDOW_MS, max_batch=3) as (server, _):
+        got = at_once(server.port, [(Client, lambda c, o=o: c.get_action(o)) for o in requests[:3]])
+        got += [at_once(server.port, [(Client, lambda c: c.get_action(requests[3]))])[0]]
     for obs, reply in zip(requests, got, strict=True):
         assert_close(reply, env.policies["exported"].get_action(obs, seed=0))
-    assert server.latency.policy_calls == {2: 1, 1: 1}
+    assert server.latency.policy_calls == {3: 1, 1: 1}
     assert {n: sorted(k[0][0] for k in p.entries) for n, p in pools.items()} == {
-        "vit": [1, 2], "llm": [1, 2], "denoising_subgraph": [1, 2]}
+        "vit": [1, 4], "llm": [1, 4], "denoising_subgraph": [1, 4]}
 
 
 def test_batching_options_are_checked(env):

@@ -206,6 +206,7 @@ class ExportedGr00tRunner:
         self.interface = self.manifest.interface
         self.reader = family_named(self.manifest.family).reader(self.manifest)
         self.device, self.backend = device, backend
+        self.pad_batches = False
         if backend == "trt":
             from gr00t_export.runtime.tensorrt import require_engines
 
@@ -230,6 +231,24 @@ class ExportedGr00tRunner:
         return run_pipeline(self.graph, self.stages, raw, init_actions, trace)
 
     def get_action(self, obs: Observation, noise: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        """With `pad_batches` (set where the stages run as CUDA graphs per shape), a batch of B runs as the next
+        power of two, the last sample repeated, so a server meets a few shapes instead of every B."""
         raw = self.reader(obs)
-        actions = self.run_raw(raw, make_noise((raw.batch, *self.interface.noise_shape), noise, seed))
-        return {k: (v.float().cpu().numpy() if raw.batched else v[0].float().cpu().numpy()) for k, v in actions.items()}
+        init = make_noise((raw.batch, *self.interface.noise_shape), noise, seed)
+        size = 1 << (raw.batch - 1).bit_length() if self.pad_batches else raw.batch
+        actions = self.run_raw(*pad_batch(raw, init, size))
+        return {k: (v[:raw.batch].float().cpu().numpy() if raw.batched else v[0].float().cpu().numpy())
+                for k, v in actions.items()}
+
+
+def pad_batch(raw: RawInputs, init_actions: torch.Tensor, size: int) -> tuple[RawInputs, torch.Tensor]:
+    """`raw` and its initial actions grown to `size` samples by repeating the last one (every external input is
+    batch-first; a repeated sample changes no other sample's prompt padding or result)."""
+    extra = size - raw.batch
+    if extra <= 0:
+        return raw, init_actions
+    external = {name: value + [value[-1]] * extra if isinstance(value, list)
+                else np.concatenate([value, np.repeat(value[-1:], extra, axis=0)])
+                for name, value in raw.external.items()}
+    init = torch.cat([init_actions, init_actions[-1:].expand(extra, *init_actions.shape[1:])])
+    return RawInputs(external, size, raw.batched), init

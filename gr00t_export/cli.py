@@ -254,9 +254,9 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max_batch", min=1, help="Most environments in one batched policy "
                                            "call (with --batch_window_ms).")] = 8,
     cuda_graphs: Annotated[bool, typer.Option("--cuda_graphs", help="GPU: replay the exported stages as CUDA graphs, "
-                                              "one set per batch size and prompt length, captured at its first "
-                                              "request (a few seconds, and a copy of each ONNX stage's weights, "
-                                              "per new shape).")] = False,
+                                              "one set per prompt length and batch size (padded to 1, 2, 4, 8, ...), "
+                                              "captured at its first request (a few seconds, and a copy of each "
+                                              "ONNX stage's weights, per new shape).")] = False,
 ):
     """Serve a policy over Isaac-GR00T's ZeroMQ protocol, current and N1.5 dialects (get_action, reset,
     get_modality_config, ping, kill).

@@ -218,11 +218,9 @@ class CapturedWherePossible:
     host tensors per call, as N1.6's video resize builds its taps) runs uncaptured from then on: `failure` says why.
     """
 
-    def __init__(self, inner: StageRunner, feeds: Mapping[str, Any] | None = None, size: int = 16):
+    def __init__(self, inner: StageRunner, size: int = 16):
         self.spec, self.inner, self.failure = inner.spec, inner, ""
         self.graphs: StaticCudaGraphTorchRunner | None = StaticCudaGraphTorchRunner(inner, None, size)
-        if feeds is not None:
-            self.infer(feeds)
 
     def infer(self, feeds):
         if self.graphs is not None:
@@ -246,7 +244,7 @@ def graphed_stages(graph: Any, stages: Mapping[str, StageRunner], artifact_dir: 
             out[spec.name] = StaticCudaGraphOnnxRunner(Path(artifact_dir) / spec.file, spec, None,
                                                        workdir / spec.name, size, device)
         elif device.startswith("cuda") and getattr(inner, "device", torch.device("cpu")).type == "cuda":
-            out[spec.name] = CapturedWherePossible(inner, None, size)
+            out[spec.name] = CapturedWherePossible(inner, size)
     return out
 
 

@@ -6,7 +6,7 @@ Polygraphy's TensorRT loaders (and runs through its `TrtRunner`) only on a machi
 
 Every network is strongly typed (`--stronglyTyped`, `STRONGLY_TYPED`), fp16 graphs included. The precision is
 then the ONNX graph's own: fp16 tensors stay fp16, the ops the exporter keeps in fp32 around explicit Casts
-(RMSNorm, sinusoid tables, masks: the model code casts them explicitly) stay fp32, and FP8 comes only from
+(RMSNorm, sinusoid tables, masks) stay fp32, and FP8 comes only from
 the Q/DQ nodes. With the weakly typed `--fp16` TensorRT may re-choose any layer's precision, so the engine
 would not compute what onnxruntime validated. NVIDIA's build_engine.sh builds all engines this way, and
 TensorRT-RTX (and TensorRT 11) know no other mode.

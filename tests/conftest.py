@@ -1,11 +1,18 @@
 """Shared fixtures: the real NVIDIA data lives in ../shared/data beside the checkout, never in the repo."""
 
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A suite started as a background job (`.ci/run &` in a script) inherits SIGINT ignored, and so would every CLI the
+# tests interrupt: Python then never raises KeyboardInterrupt there. A handler here (not ignored) resets to the
+# default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _shared(sub: str) -> Path:

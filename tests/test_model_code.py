@@ -1,6 +1,8 @@
-"""The model code itself: tiny-preset actions bit-identical to the golden written by the code before the
-`gr00t_export.nn` refactor, forwards free of runtime knowledge, the onnxruntime lowering done from outside (and
-undone), checkpoint names absorbed at load, RoPE tables computed once.
+"""The model code itself: tiny-preset actions equal to the golden written by the code before the
+`gr00t_export.nn` refactor (bit for bit on the host that wrote it; other CPUs round the last bits differently,
+oneDNN picking AVX2 or AVX-512 kernels: 7e-7 on an AVX2-only EPYC, so 1e-5 is the bound), forwards free of
+runtime knowledge, the onnxruntime lowering done from outside (and undone), checkpoint names absorbed at load,
+RoPE tables computed once.
 
 `python tests/test_model_code.py WRITE_GOLDEN` rewrites the golden with the checked-out code; it was written by
 the `arch` branch's model code (commit bea982c), CPU, fp32, one thread.
@@ -85,13 +87,14 @@ def tiny_action_preds(tmp: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def test_tiny_actions_are_bit_identical_to_the_golden(tmp_path: Path):
+def test_tiny_actions_equal_the_golden(tmp_path: Path):
     golden = dict(np.load(GOLDEN))
     got = tiny_action_preds(tmp_path)
     assert set(got) == set(golden)
     for family, want in golden.items():
         assert got[family].shape == want.shape and np.isfinite(want).all(), family
-        assert np.array_equal(got[family], want), (family, np.abs(got[family] - want).max())
+        assert np.abs(want).max() > 0.1, family  # actions of real magnitude, so 1e-5 is a tight bound
+        np.testing.assert_allclose(got[family], want, rtol=0, atol=1e-5, err_msg=family)
 
 
 # ------------------------------------------------------------------------------ the forward is the math

@@ -1,6 +1,6 @@
 """GR00T N1.6 through the real command line, as a user runs it on the CPU machine: make-checkpoint (n1.6-tiny) and
-make-dataset (N1.6's GR1 config), build (fp32 and fp8, validated on the dataset), predict on both sides, validate,
-engines (the on-target plan), pack, bench, and serve to both dialects' clients."""
+make-dataset (N1.6's GR1 config), build (fp32, fp16 in both ONNX dialects and fp8, validated on the dataset),
+predict on both sides, validate, engines (the on-target plan), pack, bench, and serve to both dialects' clients."""
 
 from __future__ import annotations
 
@@ -89,6 +89,22 @@ def test_validate_passes_and_catches_a_flipped_byte(drop, tmp_path: Path):
     result = _cli(["validate", copy, "--model_path", drop["ckpt"], "--dataset_path", drop["ds"], "--num_steps", "4"],
                   code=1)
     assert "llm.onnx" in result.output
+
+
+@pytest.mark.parametrize("onnx_ops", ["standard", "onnxruntime"])
+def test_fp16_builds_in_both_dialects_validate_and_match_the_reference(drop, onnx_ops: str):
+    root = drop["root"]
+    out = root / f"fp16_{onnx_ops}"
+    result = _cli(["build", "--model_path", drop["ckpt"], "--embodiment_tag", "gr1", "--dataset_path", drop["ds"],
+                   "--precision", "fp16", "--onnx_ops", onnx_ops, "--output", out])
+    assert "validation PASSED" in result.output
+    step = ["--dataset_path", drop["ds"], "--episode", "0", "--step", "3"]
+    _cli(["predict", "--artifacts", out, *step, "--out", root / f"{onnx_ops}.npz"])
+    _cli(["predict", "--model_path", drop["ckpt"], "--embodiment_tag", "gr1", *step, "--out", root / "ref16.npz"])
+    exported, ref = np.load(root / f"{onnx_ops}.npz"), np.load(root / "ref16.npz")
+    diff = max(float(np.abs(exported[k] - ref[k]).max()) for k in GR1_ACTIONS)
+    print(f"N1.6 tiny fp16 ({onnx_ops} ops) vs the fp32 reference: max abs {diff:.3g}")
+    assert 0 < diff < 2e-2  # fp16 rounding, not fp32 agreement and not a broken stage
 
 
 def test_fp8_build_engine_plan_and_pack(drop):

@@ -1,5 +1,5 @@
 """GR00T N1.6 through the real command line, as a user runs it on the CPU machine: make-checkpoint (n1.6-tiny) and
-make-dataset (N1.6's GR1 config), build (fp32, fp16 in both ONNX dialects and fp8, validated on the dataset),
+make-dataset (N1.6's GR1 config), build (fp32, fp16 with onnxruntime ops and fp8, validated on the dataset),
 predict on both sides, validate, engines (the on-target plan), pack, bench, and serve to both dialects' clients."""
 
 from __future__ import annotations
@@ -91,9 +91,10 @@ def test_validate_passes_and_catches_a_flipped_byte(drop, tmp_path: Path):
     assert "llm.onnx" in result.output
 
 
-@pytest.mark.parametrize("onnx_ops", ["standard", "onnxruntime"])
-def test_fp16_builds_in_both_dialects_validate_and_match_the_reference(drop, onnx_ops: str):
-    root = drop["root"]
+def test_fp16_build_validates_and_matches_the_reference(drop):
+    """fp16 in the onnxruntime dialect (fused attention, RoPE, GELU: the GPU form); the standard dialect's fp16 path is
+    the one N1.5's fp16 tests cover (3.9e-4 here when last run both ways)."""
+    root, onnx_ops = drop["root"], "onnxruntime"
     out = root / f"fp16_{onnx_ops}"
     result = _cli(["build", "--model_path", drop["ckpt"], "--embodiment_tag", "gr1", "--dataset_path", drop["ds"],
                    "--precision", "fp16", "--onnx_ops", onnx_ops, "--output", out])

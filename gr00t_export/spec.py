@@ -22,6 +22,13 @@ SPEC_FILE = "graph_spec.yaml"  # the copy every build carries
 PER_VIEW_DIMS = ("height", "width")  # a per-camera input's own resolution: height_<i>, width_<i>
 
 
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype a stage partition is traced in (fp8 builds trace in fp16 and quantise after)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

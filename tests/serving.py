@@ -1,4 +1,5 @@
-"""Starting a `gr00t-export serve` subprocess in tests: wait for its "listening on" line, keep its stderr."""
+"""Servers in tests: a PolicyServer in a thread (`serving`), or a `gr00t-export serve` subprocess whose "listening
+on" line is waited for and whose stderr is kept (`ServerLog`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,27 @@ import re
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
+
+from gr00t_export.serve import PolicyServer
+
+SERVER_MAX_SECONDS = 300  # a safety net: no server thread outlives its test even if stop or kill is broken
+
+
+@contextmanager
+def serving(policy, log: list[str] | None = None, **kwargs):
+    """A server on a free loopback port, run in a thread, its log lines appended to `log`; yields (server, thread),
+    stopped and joined on the way out."""
+    server = PolicyServer(policy, host="127.0.0.1", port=0, log=log.append if log is not None else lambda line: None,
+                          **kwargs)
+    thread = threading.Thread(target=server.run, kwargs={"max_seconds": SERVER_MAX_SECONDS}, daemon=True)
+    thread.start()
+    try:
+        yield server, thread
+    finally:
+        server.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "server thread did not stop"
 
 
 class ServerLog:

@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import json
 import tarfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from serving import serving
 from typer.testing import CliRunner
 
 from gr00t_export.cli import app
 from gr00t_export.data.lerobot import LeRobotDataset
 from gr00t_export.runtime.runner import ExportedGr00tRunner
-from gr00t_export.serve import Client, PolicyClient, PolicyServer, to_current_observation
+from gr00t_export.serve import Client, PolicyClient, to_current_observation
 
 STAGE_FILES = ("preprocess/preprocess_video.pt", "preprocess/preprocess_state_action.pt",
                "preprocess/eagle2_tokenizer.pt", "eagle2/vit.onnx", "eagle2/llm.onnx",
@@ -136,23 +135,11 @@ def test_bench_times_the_reference_and_the_drop(drop, tmp_path: Path):
         assert result["end_to_end"]["median_ms"] > 0 and set(result["stages"]) >= {"vit", "llm", "denoising_subgraph"}
 
 
-@contextmanager
-def _serving(policy):
-    server = PolicyServer(policy, host="127.0.0.1", port=0, log=lambda line: None)
-    thread = threading.Thread(target=server.run, kwargs={"max_seconds": 300}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(timeout=10)
-
-
 def test_serve_answers_both_dialects_as_the_drop_does(drop):
     policy = ExportedGr00tRunner(drop["fp32"])
     obs = LeRobotDataset(drop["ds"]).observation(0, 5, policy.interface)
     direct = policy.get_action(obs, seed=0)
-    with _serving(policy) as server:
+    with serving(policy) as (server, _):
         with PolicyClient("127.0.0.1", server.port, timeout_ms=60000) as client:
             configs = client.get_modality_config()
             action, _ = client.get_action(to_current_observation(obs))

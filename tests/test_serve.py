@@ -13,14 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import msgpack
 import numpy as np
 import pytest
 import zmq
-from serving import ServerLog
+from serving import ServerLog, serving
 
 from gr00t_export.serve import (
     UNAUTHORIZED,
@@ -34,7 +33,6 @@ from gr00t_export.serve import (
 )
 
 MAX_BYTES = 256 * 1024  # small, so the oversize cases stay cheap
-SERVER_MAX_SECONDS = 120  # a safety net: no server thread outlives the module even if kill is broken
 
 
 # --- fixtures -------------------------------------------------------------------------------------------
@@ -54,20 +52,6 @@ def env(tmp_path_factory):
     make_dataset(root / "ds", cfg, num_episodes=1, episode_length=8, image_size=64, seed=0)
     obs = LeRobotDataset(root / "ds").observation(0, 3, cfg)
     return SimpleNamespace(ckpt=ckpt, policy=policy, cfg=cfg, obs=obs)
-
-
-@contextmanager
-def serving(policy, **kwargs):
-    """A server on a free loopback port, run in a thread; stopped and joined on the way out."""
-    server = PolicyServer(policy, host="127.0.0.1", port=0, log=lambda line: None, **kwargs)
-    thread = threading.Thread(target=server.run, kwargs={"max_seconds": SERVER_MAX_SECONDS}, daemon=True)
-    thread.start()
-    try:
-        yield server, thread
-    finally:
-        server.stop()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "server thread did not stop"
 
 
 @pytest.fixture(scope="module")

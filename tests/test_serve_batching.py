@@ -14,20 +14,18 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
-from serving import ServerLog
+from serving import ServerLog, serving
 
 from gr00t_export.errors import InputError
 from gr00t_export.serve import Client, PolicyClient, PolicyServer, ServerError, to_current_observation
 from gr00t_export.serve.batching import ActionRequest, plan
 
 WINDOW_MS = 60000.0
-SERVER_MAX_SECONDS = 180
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +58,6 @@ def env(tmp_path_factory):
     return SimpleNamespace(root=root, ckpt=ckpt, build=root / "build", cfg=cfg, dataset_path=dataset_path,
                            obs=obs, stacked=stacked, policies={"exported": ExportedGr00tRunner(root / "build"),
                                                                "reference": reference})
-
-
-@contextmanager
-def serving(policy, **kwargs):
-    lines: list[str] = []
-    server = PolicyServer(policy, host="127.0.0.1", port=0, log=lines.append, **kwargs)
-    thread = threading.Thread(target=server.run, kwargs={"max_seconds": SERVER_MAX_SECONDS}, daemon=True)
-    thread.start()
-    try:
-        yield server, lines
-    finally:
-        server.stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "server thread did not stop"
 
 
 def at_once(port: int, jobs: list[tuple[type, Callable[[Any], Any]]]) -> list[Any]:
@@ -121,7 +105,8 @@ def test_concurrent_clients_share_one_call_and_get_their_own_actions(env, which)
     rows = [a[env.cfg.action_keys[0]].reshape(-1, 16, 7) for a in alone]
     assert len({r.tobytes() for rs in rows for r in rs}) == 6, "six distinct answers, so a mix-up would show"
 
-    with serving(policy, batch_window_ms=WINDOW_MS, max_batch=6) as (server, log):
+    log: list[str] = []
+    with serving(policy, log, batch_window_ms=WINDOW_MS, max_batch=6) as (server, _):
         got = at_once(server.port, [
             (Client, lambda c: c.get_action(one, seed=3)),  # N1.5, unbatched
             (Client, lambda c: c.get_action(two, noise=noise)),  # N1.5, two environments, explicit noise
@@ -183,7 +168,8 @@ def test_a_failing_merged_call_is_retried_alone(env):
     good = [env.obs(0), env.obs(1)]
     bad = env.obs(2)
     bad["state.left_arm"][..., 0] = poison
-    with serving(RefusesPoison(), batch_window_ms=WINDOW_MS, max_batch=3) as (server, log):
+    log: list[str] = []
+    with serving(RefusesPoison(), log, batch_window_ms=WINDOW_MS, max_batch=3) as (server, _):
         got = at_once(server.port, [(Client, lambda c, o=o: c.get_action(o)) for o in (*good, bad)])
         stats = server.latency.stats()
     for i, obs in enumerate(good):
@@ -198,7 +184,8 @@ def test_replay_is_never_merged(env):
     from gr00t_export.serve.replay import ReplayPolicy
 
     replay = ReplayPolicy(env.dataset_path, env.cfg, episode=0, execution_horizon=4)
-    with serving(replay, batch_window_ms=WINDOW_MS, max_batch=8) as (server, log):
+    log: list[str] = []
+    with serving(replay, log, batch_window_ms=WINDOW_MS, max_batch=8) as (server, _):
         got = at_once(server.port, [(PolicyClient, lambda c: c.get_action(to_current_observation(env.obs(0))))] * 2)
         stats = server.latency.stats()
     assert not server.batching and any("batching off: the policy is stateful" in line for line in log)

@@ -15,8 +15,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,11 +24,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zmq
-from serving import ServerLog
+from serving import ServerLog, serving
 
-from gr00t_export.serve import UNAUTHORIZED, Client, PolicyClient, PolicyServer, ServerError, WireModalityConfig
+from gr00t_export.serve import UNAUTHORIZED, Client, PolicyClient, ServerError, WireModalityConfig
 
-SERVER_MAX_SECONDS = 120
 LANGUAGE = "annotation.human.action.task_description"
 
 
@@ -138,19 +135,6 @@ def env(tmp_path_factory):
 
     return SimpleNamespace(root=root, ckpt=ckpt, yaml=yaml_path, policy=policy, cfg=cfg, dataset_path=dataset_path,
                            dataset=dataset, batch=batch)
-
-
-@contextmanager
-def serving(policy, **kwargs):
-    server = PolicyServer(policy, host="127.0.0.1", port=0, log=lambda line: None, **kwargs)
-    thread = threading.Thread(target=server.run, kwargs={"max_seconds": SERVER_MAX_SECONDS}, daemon=True)
-    thread.start()
-    try:
-        yield server, thread
-    finally:
-        server.stop()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "server thread did not stop"
 
 
 @pytest.fixture(scope="module")

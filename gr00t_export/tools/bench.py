@@ -281,6 +281,21 @@ def _twin_stages(opened: OpenedPolicy, model: torch.nn.Module, precision: str, d
     return part.spec, stages
 
 
+def open_targets(artifact_dir: Path | None, model_path: Path | None, device: str, denoising_steps: int | None
+                 ) -> tuple[torch.device, ExportedGr00tRunner | None, Path | None]:
+    """The device (checked), the drop's runner and the checkpoint (the drop's source when not given), for `bench`
+    and `--grid` alike."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but no GPU is visible; use --device cpu")
+    if artifact_dir is not None:
+        check_denoising_steps(artifact_dir, denoising_steps)
+    runner = ExportedGr00tRunner(artifact_dir, device=device) if artifact_dir else None
+    if model_path is None and runner is not None:
+        model_path = Path(runner.manifest["source"]["model_path"])
+    return dev, runner, model_path
+
+
 def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str], dtype: str, iters: int,
           warmup: int, device: str, dataset_path: Path | None = None, eagle_path: Path | None = None,
           embodiment_tag: str | None = None, modality_config: str | None = None,
@@ -297,14 +312,7 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
     """
     if artifact_dir is None and model_path is None:
         raise InputError("nothing to benchmark: pass ARTIFACT_DIR and/or --model_path CKPT")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda but no GPU is visible; use --device cpu")
-    if artifact_dir is not None:
-        check_denoising_steps(artifact_dir, denoising_steps)
-    runner = ExportedGr00tRunner(artifact_dir, device=device) if artifact_dir else None
-    if model_path is None and runner is not None:
-        model_path = Path(runner.manifest["source"]["model_path"])
+    dev, runner, model_path = open_targets(artifact_dir, model_path, device, denoising_steps)
     opened = model = None
     if any(b.startswith("torch") or b == "aoti" for b in backends):
         if not (model_path and Path(model_path).is_dir()):

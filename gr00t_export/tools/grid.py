@@ -29,11 +29,10 @@ from gr00t_export.runtime.runner import (
     InstructionCache,
     StageRunner,
     TorchStageRunner,
-    check_denoising_steps,
     run_pipeline,
 )
 from gr00t_export.spec import PRECISIONS, SPEC_FILE, GraphSpec, load_graph_spec
-from gr00t_export.tools.bench import Timing, sync_device, time_pipeline, twin_runner
+from gr00t_export.tools.bench import Timing, open_targets, sync_device, time_pipeline, twin_runner
 
 GRID_BACKENDS = ("torch", "torch-compile", "ort", "ort-cudagraph")
 GRID_SETUP_RUNS = 3  # untimed calls per new shape: compile or capture, record (cudagraph trees), first replay
@@ -219,16 +218,9 @@ def bench_grid(artifact_dir: Path | None, model_path: Path | None, backends: lis
         raise InputError(f"--grid times {', '.join(GRID_BACKENDS)}; pass --backends with some of them")
     if artifact_dir is None and any(b.startswith("ort") for b in backends):
         raise InputError("the ort backends need ARTIFACT_DIR (an exported build)")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda but no GPU is visible; use --device cpu")
-    if "ort-cudagraph" in backends and dev.type != "cuda":
+    if "ort-cudagraph" in backends and torch.device(device).type != "cuda":
         raise InputError("ort-cudagraph needs --device cuda")
-    if artifact_dir is not None:
-        check_denoising_steps(artifact_dir, denoising_steps)
-    runner = ExportedGr00tRunner(artifact_dir, device=device) if artifact_dir else None
-    if model_path is None and runner is not None:
-        model_path = Path(runner.manifest["source"]["model_path"])
+    dev, runner, model_path = open_targets(artifact_dir, model_path, device, denoising_steps)
     if not (model_path and Path(model_path).is_dir()):
         raise InputError("--grid needs the checkpoint (the per-camera stages of each view count come from it): pass "
                          "--model_path CKPT")

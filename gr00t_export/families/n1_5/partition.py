@@ -15,7 +15,7 @@ from gr00t_export.families.n1_5.policy import Transforms
 from gr00t_export.families.n1_5.preprocess.state_action import ActionPostprocessor, StatePreprocessor
 from gr00t_export.families.n1_5.preprocess.tokenizer_script import ScriptableEagleTokenizer
 from gr00t_export.families.n1_5.preprocess.video import MultiViewVideo
-from gr00t_export.spec import PRECISIONS, GraphSpec, Partition, load_graph_spec
+from gr00t_export.spec import GraphSpec, Partition, load_graph_spec, precision_dtype
 
 
 def graph_spec_path() -> Path:
@@ -138,11 +138,9 @@ class PostprocessStage(nn.Module):
 def partition(model: Gr00tN15, transforms: Transforms, precision: str = "fp32", spec: GraphSpec | None = None
               ) -> Partition:
     """Splits a loaded model (already in `precision`) and its transforms into the spec's stages."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    dtype = precision_dtype(precision)
     views = len(transforms.modality.video_keys)
     spec = (spec or load_graph_spec(graph_spec_path())).for_views(views)
-    dtype = PRECISIONS[precision]
     modules: dict[str, nn.Module] = {
         "preprocess_video": VIDEO_STAGES[views](dtype),
         "preprocess_state_action": StateStage(transforms.state, transforms.embodiment_id, dtype),

@@ -30,7 +30,7 @@ from gr00t_export.families.n1_6.policy import Transforms
 from gr00t_export.families.n1_6.state_action import ActionDecoder, StateEncoder
 from gr00t_export.families.n1_6.tokenizer_script import ScriptableN16Tokenizer
 from gr00t_export.families.n1_6.video import VideoPreprocessor, smart_resize
-from gr00t_export.spec import PRECISIONS, GraphSpec, Partition, load_graph_spec
+from gr00t_export.spec import GraphSpec, Partition, load_graph_spec, precision_dtype
 
 
 def graph_spec_path() -> Path:
@@ -204,14 +204,12 @@ class PostprocessStage(nn.Module):
 def partition(model: Gr00tN16, transforms: Transforms, precision: str = "fp32", spec: GraphSpec | None = None
               ) -> Partition:
     """Splits a loaded model (already in `precision`) and its transforms into the spec's stages."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    dtype = precision_dtype(precision)
     if transforms.tokenizer.image_token_id != model.cfg.image_token_index:
         raise InputError(f"tokenizer's <IMG_CONTEXT> id {transforms.tokenizer.image_token_id} != the model's "
                          f"image_token_index {model.cfg.image_token_index}; use the matching Eagle dir")
     views = len(transforms.modalities.video.modality_keys)
     spec = (spec or load_graph_spec(graph_spec_path())).for_views(views)
-    dtype = PRECISIONS[precision]
     height, width = image_size(transforms)
     if height != width:
         raise InputError(f"the image transform gives {height} x {width} images; the exported vision stage needs "

@@ -214,23 +214,37 @@ def _op_counts(path: Path) -> dict[str, int]:
 def test_onnxruntime_ops_fuse_every_attention_rope_and_gelu(ort_ops_build: Path, builds, ckpt: Path):
     cfg = open_checkpoint(ckpt).config
     ah = cfg.action_head
-    attentions = {"eagle2/vit.onnx": cfg.vision.num_hidden_layers, "eagle2/llm.onnx": cfg.select_layer,
-                  "action_head/denoising_subgraph.onnx": ah.vl_self_attention.num_layers
-                  + ah.num_inference_timesteps * ah.diffusion_model.num_layers}
+    dit = ah.diffusion_model
+    steps, dit_self = ah.num_inference_timesteps, sum(dit.interleave_self_attention and i % 2 == 1
+                                                      for i in range(dit.num_layers))
+    # (unmasked self-attention: Attention, q/k/v one GEMM inside it; cross or masked: MultiHeadAttention)
+    attentions = {"eagle2/vit.onnx": (cfg.vision.num_hidden_layers, 0), "eagle2/llm.onnx": (0, cfg.select_layer),
+                  "action_head/denoising_subgraph.onnx": (ah.vl_self_attention.num_layers + steps * dit_self,
+                                                          steps * (dit.num_layers - dit_self))}
     gelus = {"eagle2/vit.onnx": cfg.vision.num_hidden_layers, "eagle2/llm.onnx": 0,
-             "action_head/denoising_subgraph.onnx": attentions["action_head/denoising_subgraph.onnx"]}
+             "action_head/denoising_subgraph.onnx": sum(attentions["action_head/denoising_subgraph.onnx"])}
     for rel, n in attentions.items():
         fused, plain = _op_counts(ort_ops_build / rel), _op_counts(builds["fp16"] / rel)
-        assert fused.get("MultiHeadAttention", 0) == n and "Softmax" not in fused, (rel, fused)
+        assert (fused.get("Attention", 0), fused.get("MultiHeadAttention", 0)) == n, (rel, fused)
+        assert "Softmax" not in fused, (rel, fused)
         assert fused.get("FastGelu", 0) == gelus[rel] and "Tanh" not in fused, (rel, fused)
-        assert plain.get("Softmax", 0) == n and "MultiHeadAttention" not in plain, (rel, plain)
+        assert plain.get("Softmax", 0) == sum(n) and "MultiHeadAttention" not in plain, (rel, plain)
         assert sum(fused.values()) < sum(plain.values())
+        # gone from the plain graph: each attention's two batched products, the q/k/v GEMMs the Attention op runs
+        # itself, and the llm's q/k/v GEMMs merged into one per layer
+        merged = 2 * cfg.select_layer if rel == "eagle2/llm.onnx" else 0
+        assert fused.get("MatMul", 0) == plain.get("MatMul", 0) - 2 * sum(n) - 3 * n[0] - merged, (rel, fused, plain)
     llm = _op_counts(ort_ops_build / "eagle2/llm.onnx")
     assert llm.get("RotaryEmbedding", 0) == 2 * cfg.select_layer and "Neg" not in llm  # q and k, every layer
+    # every residual add is one SkipSimplifiedLayerNormalization with the RMSNorm after it (the final norm
+    # included); plain RMSNorms left: the first layer's input norm and each layer's q and k norms
+    assert llm.get("SkipSimplifiedLayerNormalization", 0) == 2 * cfg.select_layer, llm
+    assert llm.get("Pow", 0) == 1 + 2 * cfg.select_layer, llm
+    assert llm.get("Split", 0) == cfg.select_layer, llm  # q, k and v out of one GEMM
     # every pre-norm residual add (with the bias add before it) is one SkipLayerNormalization; what stays a plain
     # LayerNormalization has no residual add in front: the vit's first norm (its input adds constant position
     # embeddings), vlln and the first VL block's norm1, and each Euler step's first DiT norm (after a concat)
-    steps, dit_layers = ah.num_inference_timesteps, ah.diffusion_model.num_layers
+    dit_layers = dit.num_layers
     vl_layers = ah.vl_self_attention.num_layers
     skip_norms = {"eagle2/vit.onnx": (2 * cfg.vision.num_hidden_layers, 1),
                   "action_head/denoising_subgraph.onnx": (2 * vl_layers - 1 + steps * 2 * dit_layers, 2 + steps)}

@@ -111,15 +111,19 @@ class Qwen3Model(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
-        # (B, L, hidden), (B, L) -> (B, L, hidden), final norm applied
+    def rope_and_mask(self, inputs_embeds: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """cos, sin (L, head_dim / 2) and the additive (B, 1, L, L) mask every layer uses, in the embeddings' dtype."""
         length, dtype = inputs_embeds.shape[1], inputs_embeds.dtype
         if length > self.rope_cos.shape[0]:
             raise InputError(f"a prompt of {length} tokens is longer than the {self.rope_cos.shape[0]} positions "
                              "with RoPE tables; shorten the instruction or raise the text config's rope_cache_len")
         # cast once for every layer (the reference casts the fp32 tables before multiplying)
         cos, sin = self.rope_cos.to(dtype)[:length], self.rope_sin.to(dtype)[:length]
-        mask = causal_padding_mask(attention_mask, dtype)
+        return cos, sin, causal_padding_mask(attention_mask, dtype)
+
+    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
+        # (B, L, hidden), (B, L) -> (B, L, hidden), final norm applied
+        cos, sin, mask = self.rope_and_mask(inputs_embeds, attention_mask)
         x = inputs_embeds
         for layer in self.layers:
             x = layer(x, cos, sin, mask)

@@ -5,15 +5,21 @@ block of `gr00t_export.nn` that has a fused spelling is swapped, by type, for an
 submodules (same weights, same scope names) and routes the same math through `torch.autograd.Function`s whose ONNX
 `symbolic` is one `com.microsoft` node (module swapping for export, as BetterTransformer-style tools do):
 
-- `Attention` -> MultiHeadAttention with the three projection biases packed into its `bias` input (added inside the
-  kernel), and an additive key mask (N1.6's cross-attention) as `attention_bias`, expanded to (B, 1, Lq, Lk)
-  because the kernel does not broadcast the query axis;
-- `Qwen3Attention` -> RotaryEmbedding on q and k (non-interleaved = rotate-half, half-width cos/sin caches, position
-  offset 0) and MultiHeadAttention with the causal + padding mask as `attention_bias`;
+- `Attention` used as unmasked self-attention -> Attention: q/k/v projected by one GEMM over the three weights
+  packed side by side, biases added and heads split inside the kernel (onnxruntime's CPU MultiHeadAttention
+  refuses packed q/k/v, its Attention op does not);
+- other `Attention` calls (cross-attention, masked) -> MultiHeadAttention with the three projection biases packed
+  into its `bias` input (added inside the kernel), and an additive key mask (N1.6's cross-attention) as
+  `attention_bias`, expanded to (B, 1, Lq, Lk) because the kernel does not broadcast the query axis;
+- `Qwen3Attention` -> one GEMM for q, k and v (weights stacked), RotaryEmbedding on q and k (non-interleaved =
+  rotate-half, half-width cos/sin caches, position offset 0) and MultiHeadAttention with the causal + padding mask
+  as `attention_bias`;
+- `Qwen3Model` -> each residual add fused into the RMSNorm that follows it (SkipSimplifiedLayerNormalization, which
+  also returns the sum the next residual add reads);
 - `GeluMLP` -> FastGelu on the first projection (its bias added inside the kernel).
 
 Eager and traced PyTorch compute the same thing either way. The originals are put back on exit, whatever happens.
-The residual add + LayerNorm fusion of this dialect is a graph pass: `optimize.fuse_residual_norms`.
+The residual add + LayerNorm fusion of the other towers is a graph pass: `optimize.fuse_residual_norms`.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gr00t_export.nn.layers import Attention, GeluMLP, apply_rope, attention
-from gr00t_export.nn.qwen3 import Qwen3Attention
+from gr00t_export.nn.layers import Attention, GeluMLP, apply_rope, attention, rms_norm
+from gr00t_export.nn.qwen3 import Qwen3Attention, Qwen3Model
 
 
 def _omitted(g):
@@ -55,6 +61,33 @@ class MultiHeadAttentionOp(torch.autograd.Function):
         out = g.op("com.microsoft::MultiHeadAttention", q, k, v, _given(g, qkv_bias), _omitted(g),
                    _given(g, attention_bias), num_heads_i=num_heads)
         return out.setType(q.type())
+
+
+class PackedSelfAttentionOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, num_heads: int) -> Tensor:
+        # weight (dim, 3 * inner): the q, k and v projections side by side, as onnxruntime's Attention takes them
+        q, k, v = (x @ weight + bias).chunk(3, dim=-1)
+        return attention(q, k, v, num_heads)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, num_heads: int):
+        out = g.op("com.microsoft::Attention", x, weight, bias, num_heads_i=num_heads)
+        return out.setType(x.type())  # the twin packs only where the projections keep the width
+
+
+class SkipRMSNormOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        total = residual + x
+        return rms_norm(total, weight, eps), total
+
+    @staticmethod
+    def symbolic(g, x, residual, weight, eps: float):
+        # outputs: normalised, mean and inverse std (not wanted: `optimize` unnames them), the sum
+        out, _, _, total = g.op("com.microsoft::SkipSimplifiedLayerNormalization", x, residual, weight,
+                                epsilon_f=eps, outputs=4)
+        return out.setType(x.type()), total.setType(x.type())
 
 
 class RotaryEmbeddingOp(torch.autograd.Function):
@@ -89,9 +122,16 @@ class FusedAttention(nn.Module):
         super().__init__()
         self.heads = base.heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = base.q_proj, base.k_proj, base.v_proj, base.out_proj
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        self.packable = len({(p.in_features, p.out_features) for p in projections}) == 1
+        if self.packable:  # one (dim, 3 * inner) weight: stored once however many calls (Euler steps) use it
+            self.register_buffer("qkv_weight", torch.cat([p.weight for p in projections]).t().contiguous())
+            self.register_buffer("qkv_bias", torch.cat([p.bias for p in projections]))
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
                 kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        if self.packable and context is None and mask is None and kv is None:
+            return self.out_proj(PackedSelfAttentionOp.apply(x, self.qkv_weight, self.qkv_bias, self.heads))
         if mask is not None:
             mask = mask.expand(-1, -1, x.shape[1], -1)
         if kv is not None:  # keys and values projected (biases included) once for several calls
@@ -112,20 +152,48 @@ class FusedQwen3Attention(nn.Module):
     def __init__(self, base: Qwen3Attention):
         super().__init__()
         self.num_heads, self.num_kv_heads = base.num_heads, base.num_kv_heads
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = base.q_proj, base.k_proj, base.v_proj, base.o_proj
-        self.q_norm, self.k_norm = base.q_norm, base.k_norm
+        self.o_proj, self.q_norm, self.k_norm = base.o_proj, base.q_norm, base.k_norm
+        projections = (base.q_proj, base.k_proj, base.v_proj)
+        self.widths = [p.out_features for p in projections]
+        self.register_buffer("qkv_weight", torch.cat([p.weight for p in projections]))  # one GEMM for the three
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
         b, length, _ = x.shape
         offset = torch.zeros(1, dtype=torch.long, device=x.device)  # positions are arange(L), as in GR00T
-        q = self.q_norm(self.q_proj(x).view(b, length, self.num_heads, -1)).flatten(2)
-        k = self.k_norm(self.k_proj(x).view(b, length, self.num_kv_heads, -1)).flatten(2)
+        q, k, v = F.linear(x, self.qkv_weight).split(self.widths, dim=-1)
+        q = self.q_norm(q.view(b, length, self.num_heads, -1)).flatten(2)
+        k = self.k_norm(k.reshape(b, length, self.num_kv_heads, -1)).flatten(2)
         q = RotaryEmbeddingOp.apply(q, offset, cos, sin, self.num_heads)
         k = RotaryEmbeddingOp.apply(k, offset, cos, sin, self.num_kv_heads)
         groups = self.num_heads // self.num_kv_heads
-        k, v = (t.view(b, length, self.num_kv_heads, -1).repeat_interleave(groups, dim=2).flatten(2)
-                for t in (k, self.v_proj(x)))
+        k, v = (t.reshape(b, length, self.num_kv_heads, -1).repeat_interleave(groups, dim=2).flatten(2)
+                for t in (k, v))
         return self.o_proj(MultiHeadAttentionOp.apply(q, k, v, None, mask, self.num_heads))
+
+
+class FusedQwen3Model(nn.Module):
+    """Export twin of `nn.qwen3.Qwen3Model`: the same layers, each residual add handed to the RMSNorm after it."""
+
+    def __init__(self, base: Qwen3Model):
+        super().__init__()
+        self.embed_tokens, self.layers, self.norm = base.embed_tokens, base.layers, base.norm
+        self.rope_and_mask = base.rope_and_mask  # a method, not a module: the RoPE tables stay base's
+
+    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
+        cos, sin, mask = self.rope_and_mask(inputs_embeds, attention_mask)
+        residual, update = inputs_embeds, None
+        for layer in self.layers:
+            norm = layer.input_layernorm
+            if update is None:  # the first layer: nothing to add yet
+                h = norm(residual)
+            else:
+                h, residual = SkipRMSNormOp.apply(update, residual, norm.weight, norm.eps)
+            norm = layer.post_attention_layernorm
+            h, residual = SkipRMSNormOp.apply(layer.self_attn(h, cos, sin, mask), residual, norm.weight, norm.eps)
+            update = layer.mlp(h)
+        if update is None:
+            return self.norm(residual)
+        return SkipRMSNormOp.apply(update, residual, self.norm.weight, self.norm.eps)[0]
 
 
 class FusedGeluMLP(nn.Module):
@@ -141,7 +209,8 @@ class FusedGeluMLP(nn.Module):
 
 # exact types: a subclass may compute something else
 EXPORT_TWINS: dict[type[nn.Module], type[nn.Module]] = {
-    Attention: FusedAttention, Qwen3Attention: FusedQwen3Attention, GeluMLP: FusedGeluMLP,
+    Attention: FusedAttention, Qwen3Attention: FusedQwen3Attention, Qwen3Model: FusedQwen3Model,
+    GeluMLP: FusedGeluMLP,
 }
 
 

@@ -225,11 +225,26 @@ def _is_onnx_op(node: onnx.NodeProto | None, op_type: str) -> bool:
     return node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
 
 
+def unname_statistics(model: onnx.ModelProto) -> int:
+    """The skip norms' mean / inverse-std outputs (1, 2: training statistics) left unnamed where nothing reads them,
+    as the spec allows, so no runtime computes or keeps them; returns how many."""
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    unnamed = 0
+    for node in model.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in ("SkipLayerNormalization",
+                                                                "SkipSimplifiedLayerNormalization"):
+            for i in (1, 2):
+                if i < len(node.output) and node.output[i] and node.output[i] not in read:
+                    node.output[i] = ""
+                    unnamed += 1
+    return unnamed
+
+
 def fuse_onnxruntime_norms(path: Path) -> int:
     """`fuse_residual_norms` on a saved graph, rewriting only its proto (external weights stay where they are)."""
     model = onnx.load(str(path), load_external_data=False)
     fused = fuse_residual_norms(model)
-    if fused:
+    if unname_statistics(model) or fused:
         onnx.save_model(model, str(path))
     return fused
 

@@ -3,12 +3,13 @@ TorchScript call per input shape, kept in a bounded pool so batch and camera cha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +62,43 @@ class ShapePool:
         return entry
 
 
+@contextlib.contextmanager
+def on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """Work queued inside runs on `stream`, ordered after what the caller's stream queued before and before what it
+    queues after, with no host wait: stages sharing one stream run back to back on the GPU while the host queues
+    the next one."""
+    if stream is None:
+        yield
+        return
+    caller = torch.cuda.current_stream()
+    stream.wait_stream(caller)
+    with torch.cuda.stream(stream):
+        yield
+    caller.wait_stream(stream)
+
+
+def copy_into(buffer: torch.Tensor, value: Any) -> None:
+    """`value` into a fixed buffer on the current stream. A host value goes through pinned memory without a host
+    wait (a pageable copy would block until the stream drained, stalling the queue of stages behind it)."""
+    value = torch.as_tensor(value)
+    if buffer.is_cuda and value.device.type == "cpu":
+        buffer.copy_(value.to(buffer.dtype).pin_memory(), non_blocking=True)
+    else:
+        buffer.copy_(value)
+
+
 class PinnedOnnxSession:
     """One onnxruntime session with every dynamic dim pinned to one set of input shapes and fixed I/O buffers; on
     the CUDA EP the run is captured once and replayed as a CUDA graph.
 
     Pinning (`make_dim_param_fixed`) lets onnxruntime fold the shape arithmetic, so none of it falls back to the
-    CPU during a capture; inputs are copied into buffers whose addresses never change.
+    CPU during a capture; inputs are copied into buffers whose addresses never change. With `stream`, onnxruntime
+    computes on that torch stream and returns without synchronising, so torch and onnxruntime stages queue on one
+    stream and the host never waits between them.
     """
 
-    def __init__(self, model_path: Path, spec: StageSpec, feeds: Mapping[str, Any], device: str):
+    def __init__(self, model_path: Path, spec: StageSpec, feeds: Mapping[str, Any], device: str,
+                 stream: torch.cuda.Stream | None = None):
         import onnx
         import onnxruntime as ort
         from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
@@ -85,7 +114,12 @@ class PinnedOnnxSession:
         onnx.save_model(model, str(self.path))
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"] if self.on_cuda \
+        cuda = {"enable_cuda_graph": "1"}
+        self.stream, self.run_options = (stream if self.on_cuda else None), ort.RunOptions()
+        if self.stream is not None:
+            cuda["user_compute_stream"] = str(self.stream.cuda_stream)
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"] if self.on_cuda \
             else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         types = {i.name: ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
@@ -104,18 +138,21 @@ class PinnedOnnxSession:
         self.binding.clear_binding_outputs()
         for n, t in self.outputs.items():
             self.binding.bind_output(n, bound, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
-        self.session.run_with_iobinding(self.binding)
+        self.session.run_with_iobinding(self.binding)  # the capture
+        self._sync()
 
     def infer(self, feeds):
-        for n, t in self.inputs.items():
-            t.copy_(torch.as_tensor(feeds[n]).to(t.device, t.dtype))
-        self._sync()
-        self.session.run_with_iobinding(self.binding)
+        with on_stream(self.stream):
+            for n, t in self.inputs.items():
+                copy_into(t, feeds[n])
+            if self.stream is None:
+                self._sync()
+            self.session.run_with_iobinding(self.binding, self.run_options)
         return self.outputs
 
     def _sync(self) -> None:
-        if self.on_cuda:
-            torch.cuda.current_stream().synchronize()  # torch wrote the inputs on its stream; ORT reads on its own
+        if self.on_cuda:  # without a shared stream, torch writes the inputs on its stream and ORT reads on its own
+            torch.cuda.synchronize()
 
     def close(self) -> None:
         del self.session
@@ -132,7 +169,8 @@ class StaticCudaGraphOnnxRunner:
     """
 
     def __init__(self, path: Path, spec: StageSpec, feeds: Mapping[str, Any] | None = None,
-                 workdir: Path | None = None, size: int = 16, device: str = "cuda"):
+                 workdir: Path | None = None, size: int = 16, device: str = "cuda",
+                 stream: torch.cuda.Stream | None = None):
         import onnx
 
         from gr00t_export.pipeline.optimize import save_onnx
@@ -152,7 +190,8 @@ class StaticCudaGraphOnnxRunner:
             shutil.copyfile(path, base)  # the graph proto alone; its weights are in the file linked above
         else:  # weights inside the .onnx: moved out once, so each pinned shape writes only its small graph proto
             save_onnx(onnx.load(str(path)), base, external=True)
-        self.pool = ShapePool(lambda f: PinnedOnnxSession(base, spec, f, device), size, drop=PinnedOnnxSession.close)
+        self.pool = ShapePool(lambda f: PinnedOnnxSession(base, spec, f, device, stream), size,
+                              drop=PinnedOnnxSession.close)
         if feeds is not None:
             self.pool.get(shape_key(spec, feeds), feeds)
 
@@ -181,17 +220,20 @@ def capture_cuda_graph(fn: Callable[[], object], warmup: int) -> tuple[torch.cud
 
 
 class CapturedTorchGraph:
-    """A torch stage captured as one CUDA graph at one set of input shapes, with fixed input buffers."""
+    """A torch stage captured as one CUDA graph at one set of input shapes, with fixed input buffers, replayed on
+    `stream` (see `on_stream`)."""
 
-    def __init__(self, inner: StageRunner, feeds: Mapping[str, Any]):
+    def __init__(self, inner: StageRunner, feeds: Mapping[str, Any], stream: torch.cuda.Stream | None = None):
+        self.stream = stream
         self.inputs = {n: torch.as_tensor(feeds[n]).to("cuda").clone() for n in inner.spec.input_names}
         # 5 warm-ups: past TorchScript's profiling runs, so nothing compiles during capture
         self.graph, self.outputs = capture_cuda_graph(lambda: inner.infer(self.inputs), warmup=5)
 
     def infer(self, feeds):
-        for n, t in self.inputs.items():
-            t.copy_(torch.as_tensor(feeds[n]))
-        self.graph.replay()
+        with on_stream(self.stream):
+            for n, t in self.inputs.items():
+                copy_into(t, feeds[n])
+            self.graph.replay()
         return self.outputs
 
 
@@ -203,9 +245,10 @@ class StaticCudaGraphTorchRunner:
     `StaticCudaGraphOnnxRunner`. `feeds`, when given, are captured at once.
     """
 
-    def __init__(self, inner: StageRunner, feeds: Mapping[str, Any] | None = None, size: int = 16):
+    def __init__(self, inner: StageRunner, feeds: Mapping[str, Any] | None = None, size: int = 16,
+                 stream: torch.cuda.Stream | None = None):
         self.spec = inner.spec
-        self.pool = ShapePool(lambda f: CapturedTorchGraph(inner, f), size)
+        self.pool = ShapePool(lambda f: CapturedTorchGraph(inner, f, stream), size)
         if feeds is not None:
             self.pool.get(shape_key(self.spec, feeds), feeds)
 
@@ -218,9 +261,9 @@ class CapturedWherePossible:
     host tensors per call, as N1.6's video resize builds its taps) runs uncaptured from then on: `failure` says why.
     """
 
-    def __init__(self, inner: StageRunner, size: int = 16):
+    def __init__(self, inner: StageRunner, size: int = 16, stream: torch.cuda.Stream | None = None):
         self.spec, self.inner, self.failure = inner.spec, inner, ""
-        self.graphs: StaticCudaGraphTorchRunner | None = StaticCudaGraphTorchRunner(inner, None, size)
+        self.graphs: StaticCudaGraphTorchRunner | None = StaticCudaGraphTorchRunner(inner, None, size, stream)
 
     def infer(self, feeds):
         if self.graphs is not None:
@@ -235,16 +278,18 @@ def graphed_stages(graph: Any, stages: Mapping[str, StageRunner], artifact_dir: 
                    workdir: Path | None = None, size: int = 16) -> dict[str, StageRunner]:
     """An exported pipeline's stages as CUDA graphs per input shape: each ONNX stage a pool of pinned onnxruntime
     sessions, each GPU TorchScript stage captured where it can be (the tokenizer stays on the host). Captures
-    happen on the first call at each shape. `device="cpu"` pins the ONNX stages' shapes without graphs (tests)."""
+    happen on the first call at each shape. Every graphed stage runs on one CUDA stream, so a tick is queued
+    without the host waiting between stages. `device="cpu"` pins the ONNX stages' shapes without graphs (tests)."""
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="cuda-graphs-"))
+    stream = torch.cuda.Stream() if device.startswith("cuda") else None
     out = dict(stages)
     for spec in graph.stages:
         inner = stages[spec.name]
         if spec.format == "onnx":
             out[spec.name] = StaticCudaGraphOnnxRunner(Path(artifact_dir) / spec.file, spec, None,
-                                                       workdir / spec.name, size, device)
-        elif device.startswith("cuda") and getattr(inner, "device", torch.device("cpu")).type == "cuda":
-            out[spec.name] = CapturedWherePossible(inner, size)
+                                                       workdir / spec.name, size, device, stream)
+        elif stream is not None and getattr(inner, "device", torch.device("cpu")).type == "cuda":
+            out[spec.name] = CapturedWherePossible(inner, size, stream)
     return out
 
 

@@ -136,6 +136,8 @@ class _GridColumn:
         self.sets: dict[int, tuple[GraphSpec, dict[str, StageRunner]]] = {}
         self.shared: dict[str, StageRunner] = {}
         self.pools: list = []
+        # the graphed stages queue on one stream, as in `graphed_stages`
+        self.stream = torch.cuda.Stream() if backend == "ort-cudagraph" and device.type == "cuda" else None
 
     def stages(self, opened: OpenedPolicy) -> tuple[GraphSpec, dict[str, StageRunner]]:
         views = len(opened.interface.video_keys)
@@ -164,11 +166,12 @@ class _GridColumn:
                     if spec.name not in self.shared:
                         self.shared[spec.name] = StaticCudaGraphOnnxRunner(
                             self.runner.dir / spec.file, spec, None, self.scratch / "pinned" / spec.name,
-                            self.max_shapes)
+                            self.max_shapes, stream=self.stream)
                         self.pools.append(self.shared[spec.name])
                     stages[spec.name] = self.shared[spec.name]
                 elif getattr(stages[spec.name], "device", torch.device("cpu")).type == "cuda":
-                    stages[spec.name] = StaticCudaGraphTorchRunner(stages[spec.name], None, self.max_shapes)
+                    stages[spec.name] = StaticCudaGraphTorchRunner(stages[spec.name], None, self.max_shapes,
+                                                                   self.stream)
                     self.pools.append(stages[spec.name])
         return graph, stages
 

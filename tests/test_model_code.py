@@ -171,7 +171,7 @@ def test_lowering_swaps_blocks_only_while_exporting_and_restores_them(tmp_path: 
     plain = _export(tower, (pixels,), ["pixel_values"], tmp_path / "plain.onnx", onnxruntime_ops=False)
     assert {name: (m, type(m)) for name, m in tower.named_modules()} == before
     assert all(torch.equal(v, state[k]) for k, v in tower.state_dict().items())
-    assert fused["MultiHeadAttention"] == 2 and fused["FastGelu"] == 2 and "Softmax" not in fused
+    assert fused["Attention"] == 2 and fused["FastGelu"] == 2 and "Softmax" not in fused  # self-attention: packed
     assert plain["Softmax"] == 2 and "MultiHeadAttention" not in plain and "FastGelu" not in plain
     with torch.no_grad():
         want = tower(pixels).numpy()
@@ -186,9 +186,15 @@ def test_lowered_qwen3_runs_rotary_and_masked_attention_in_onnxruntime(tmp_path:
     embeds = torch.randn(2, 11, 32, generator=torch.Generator().manual_seed(3))
     mask = torch.ones(2, 11, dtype=torch.long)
     mask[0, :4] = 0  # left padding
-    fused = _export(llm, (embeds, mask), ["inputs_embeds", "attention_mask"], tmp_path / "llm.onnx", True)
+    # inside a stage module, as in the backbone (the lowering swaps children: the module exported is kept)
+    stage = torch.nn.ModuleDict({"language_model": llm})
+    stage.forward = lambda *args: stage["language_model"](*args)
+    fused = _export(stage, (embeds, mask), ["inputs_embeds", "attention_mask"], tmp_path / "llm.onnx", True)
+    assert type(stage["language_model"]) is Qwen3Model
     assert all(type(m) is Qwen3Attention for m in (layer.self_attn for layer in llm.layers))
     assert fused["MultiHeadAttention"] == 2 and fused["RotaryEmbedding"] == 4 and "Neg" not in fused
+    # two residual adds per layer, each fused with the RMSNorm after it (the last with the final norm)
+    assert fused["SkipSimplifiedLayerNormalization"] == 4 and fused["Split"] == 2  # q/k/v: one GEMM per layer
     with torch.no_grad():
         want = llm(embeds, mask)
     got = _run(tmp_path / "llm.onnx", {"inputs_embeds": embeds, "attention_mask": mask})
@@ -217,9 +223,10 @@ def test_lowered_n16_masked_cross_attention_matches_eager(tmp_path: Path):
             torch.randn(2, 50, 128, generator=g))
     names = ["features", "attention_mask", "image_mask", "state", "embodiment_id", "noise"]
     fused = _export(_Sampler(head), args, names, tmp_path / "head.onnx", onnxruntime_ops=True)
-    ah = head.cfg
-    blocks = ah.num_inference_timesteps * ah.diffusion_model.num_layers
-    assert fused["MultiHeadAttention"] == blocks and fused["FastGelu"] == blocks and "Softmax" not in fused
+    ah, dit = head.cfg, head.cfg.diffusion_model
+    steps, cross = ah.num_inference_timesteps, sum(map(dit.is_cross_attention, range(dit.num_layers)))
+    assert fused["MultiHeadAttention"] == steps * cross and fused["Attention"] == steps * (dit.num_layers - cross)
+    assert fused["FastGelu"] == steps * dit.num_layers and "Softmax" not in fused
     with torch.no_grad():
         want = head.get_action(*args).numpy()
     got = _run(tmp_path / "head.onnx", dict(zip(names, args, strict=True)))

@@ -134,8 +134,11 @@ class FusedAttention(nn.Module):
             return self.out_proj(PackedSelfAttentionOp.apply(x, self.qkv_weight, self.qkv_bias, self.heads))
         if mask is not None:
             mask = mask.expand(-1, -1, x.shape[1], -1)
-        if kv is not None:  # keys and values projected (biases included) once for several calls
-            return self.out_proj(MultiHeadAttentionOp.apply(self.q_proj(x), *kv, None, mask, self.heads))
+        if kv is not None:  # keys and values projected (biases included) once for several calls; q's bias is
+            # added in the kernel that splits its heads, as MultiHeadAttention does with every bias it is given
+            bias = torch.cat([self.q_proj.bias, torch.zeros_like(self.q_proj.bias).repeat(2)])
+            return self.out_proj(MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), *kv, bias, mask,
+                                                            self.heads))
         context = x if context is None else context
         qkv_bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         out = MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), F.linear(context, self.k_proj.weight),

@@ -275,20 +275,22 @@ class CapturedWherePossible:
 
 
 def graphed_stages(graph: Any, stages: Mapping[str, StageRunner], artifact_dir: Path, device: str,
-                   workdir: Path | None = None, size: int = 16) -> dict[str, StageRunner]:
+                   workdir: Path | None = None, size: int = 16, one_stream: bool = True) -> dict[str, StageRunner]:
     """An exported pipeline's stages as CUDA graphs per input shape: each ONNX stage a pool of pinned onnxruntime
     sessions, each GPU TorchScript stage captured where it can be (the tokenizer stays on the host). Captures
     happen on the first call at each shape. Every graphed stage runs on one CUDA stream, so a tick is queued
-    without the host waiting between stages. `device="cpu"` pins the ONNX stages' shapes without graphs (tests)."""
+    without the host waiting between stages (`one_stream=False`: each stage synchronised, as before; for
+    comparison). `device="cpu"` pins the ONNX stages' shapes without graphs (tests)."""
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="cuda-graphs-"))
-    stream = torch.cuda.Stream() if device.startswith("cuda") else None
+    on_cuda = device.startswith("cuda")
+    stream = torch.cuda.Stream() if on_cuda and one_stream else None
     out = dict(stages)
     for spec in graph.stages:
         inner = stages[spec.name]
         if spec.format == "onnx":
             out[spec.name] = StaticCudaGraphOnnxRunner(Path(artifact_dir) / spec.file, spec, None,
                                                        workdir / spec.name, size, device, stream)
-        elif stream is not None and getattr(inner, "device", torch.device("cpu")).type == "cuda":
+        elif on_cuda and getattr(inner, "device", torch.device("cpu")).type == "cuda":
             out[spec.name] = CapturedWherePossible(inner, size, stream)
     return out
 

@@ -92,7 +92,7 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other")
 
 
-def kernel_profile(runner: StageRunner, feeds: dict, iters: int = 5, top_n: int = 12) -> KernelProfile:
+def kernel_profile(runner: StageRunner, feeds: dict, iters: int = 5, top_n: int = 30) -> KernelProfile:
     """CUPTI trace (torch.profiler) of `iters` calls; sees onnxruntime's kernels too, CUDA-graph replays included."""
     from torch.profiler import ProfilerActivity, profile
 

@@ -1,0 +1,63 @@
+"""One tick of an exported build as CUDA graphs, the stages on one shared stream vs each stage synchronised.
+
+    python benchmarks/stream_ab.py ARTIFACT_DIR --obs obs.npz [--iters 50] [--out results.json]
+
+Both variants are set up in one process, then timed alternately (A B A B ...) so host drift hits both alike;
+median and p90 of the end-to-end tick (observation to actions on the host), as `gr00t-export bench` times it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gr00t_export.families.base import make_noise
+from gr00t_export.runtime.cuda_graphs import graphed_stages
+from gr00t_export.runtime.runner import ExportedGr00tRunner
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifacts", type=Path)
+    ap.add_argument("--obs", type=Path, required=True, help="npz with obs.* keys")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    with np.load(args.obs, allow_pickle=False) as data:
+        obs = {k.removeprefix("obs."): data[k] for k in data.files if k.startswith("obs.")}
+    variants = {}
+    for name, one_stream in (("each stage synchronised", False), ("one stream", True)):
+        runner = ExportedGr00tRunner(args.artifacts, device="cuda")
+        runner.stages = graphed_stages(runner.graph, runner.stages, runner.dir, "cuda", one_stream=one_stream)
+        variants[name] = runner
+    raw = next(iter(variants.values())).reader(obs)
+    init = make_noise((raw.batch, *next(iter(variants.values())).interface.noise_shape), None, 0)
+    outputs, samples = {}, {name: [] for name in variants}
+    for i in range(10 + args.iters):
+        for name, runner in variants.items():
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            actions = runner.run_raw(raw, init)
+            outputs[name] = {k: v.float().cpu() for k, v in actions.items()}  # the host copy ends the tick
+            if i >= 10:
+                samples[name].append((time.perf_counter() - start) * 1e3)
+    first, second = outputs.values()
+    diff = max(float((first[k] - second[k]).abs().max()) for k in first)
+    rows = {name: {"p50_ms": statistics.median(s), "p90_ms": sorted(s)[int(0.9 * len(s))]}
+            for name, s in samples.items()}
+    report = {"gpu": torch.cuda.get_device_name(), "iters": args.iters, "variants": rows, "max_abs_diff": diff}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    for name, row in rows.items():
+        print(f"{name:>26}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms")
+    print(f"actions differ by at most {diff:.3g} between the two")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,9 +17,10 @@ Bounded: fixed request counts and a --max_seconds deadline.
 --batch_window_ms, each against --clients_list concurrent clients (threads, each its own REQ socket, all sending
 --per_client requests back to back). Every client sends its own observations (seeded synthetic ones of the
 build's shapes, one instruction) with its own seed, and every reply is checked against the answer the same
-request got alone (a sequential pass first): "off" counts replies further than --atol from it, "mixed" replies
-closer to another request's answer than to their own, "lost" requests never answered. The batched server is
-started afresh per client count, so its log gives that phase's policy calls by requests merged.
+request got alone (a sequential pass first, by a server without --cuda_graphs): "off" counts replies further than
+--atol from it, "mixed" replies closer to another request's answer than to their own, "lost" requests never
+answered. The batched server is started afresh per client count, so its log gives that phase's policy calls by
+requests merged.
 
     python benchmarks/serve_load.py --batching --json out/serve_batching.json                       # CPU, tiny
     python benchmarks/serve_load.py --batching --artifacts /root/gb/b3b_fp16_ortops --device cuda --cuda_graphs \
@@ -285,11 +286,14 @@ def batching_load(args: argparse.Namespace) -> int:
         observations = client_observations(iface, max(counts), args.distinct, args.envs)
         atol = args.atol if args.atol is not None else (1e-5 if args.device == "cpu" else 1e-2)
         phases = []
-        with ServeProcess(target, device, tmp / "serve_off.log", args.start_timeout) as server:
+        # each request alone (one at a time, nothing else running), by a server without CUDA graphs: what every
+        # reply must equal (a graphed server's own answers would hide a replay that writes elsewhere)
+        plain = [d for d in device if d != "--cuda_graphs"]
+        with ServeProcess(target, plain, tmp / "serve_alone.log", args.start_timeout) as server:
             with connect(args.protocol, server.port) as client:
-                # each request alone (one at a time, nothing else running): what every reply must equal
                 expected = [[ask(client, args.protocol, obs, seed=c + 1) for obs in mine]
                             for c, mine in enumerate(observations)]
+        with ServeProcess(target, device, tmp / "serve_off.log", args.start_timeout) as server:
             for n in counts:
                 phase = batching_phase(server.port, args.protocol, observations, expected, n, args.per_client,
                                        atol, deadline)

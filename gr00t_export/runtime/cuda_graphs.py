@@ -87,6 +87,20 @@ def copy_into(buffer: torch.Tensor, value: Any) -> None:
         buffer.copy_(value)
 
 
+def pinned_output_shapes(model: Any, spec: StageSpec, path: Path) -> dict[str, tuple[int, ...]]:
+    """Each output's shape once the inputs' dims are pinned: the exporter names output dims after input dims
+    (the graph spec's), so pinning the inputs fixes every output dim."""
+    declared = {o.name: o.type.tensor_type.shape.dim for o in model.graph.output}
+    shapes = {}
+    for name in spec.output_names:
+        dims = declared[name]
+        if any(not d.HasField("dim_value") for d in dims):
+            raise InputError(f"{path}: output {name} keeps a dim not named after an input's, so its shape is unknown "
+                             "before a run; rebuild the artifacts with this gr00t-export")
+        shapes[name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
 class PinnedOnnxSession:
     """One onnxruntime session with every dynamic dim pinned to one set of input shapes and fixed I/O buffers; on
     the CUDA EP the run is captured once and replayed as a CUDA graph.
@@ -128,17 +142,17 @@ class PinnedOnnxSession:
         self.binding = self.session.io_binding()
         for n, t in self.inputs.items():
             self.binding.bind_input(n, bound, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
-        for n in spec.output_names:
-            self.binding.bind_output(n, bound)
-        self._sync()
-        self.session.run_with_iobinding(self.binding)  # warm-up run (onnxruntime allocates the outputs), then capture
-        shapes = [(tuple(o.shape()), ORT_TYPES[o.data_type()]) for o in self.binding.get_outputs()]
-        self.outputs = {n: torch.empty(s, dtype=d, device=bound) for n, (s, d) in zip(spec.output_names, shapes,
-                                                                                        strict=True)}
-        self.binding.clear_binding_outputs()
+        # Outputs bound to their final buffers before the first run: onnxruntime may capture on any run, and a
+        # graph replays into the addresses bound when it was captured (a capture over onnxruntime's own output
+        # buffers leaves these untouched).
+        out_types = {o.name: ORT_TYPES[o.type] for o in self.session.get_outputs()}
+        self.outputs = {n: torch.empty(s, dtype=out_types[n], device=bound)
+                        for n, s in pinned_output_shapes(model, spec, model_path).items()}
         for n, t in self.outputs.items():
             self.binding.bind_output(n, bound, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
-        self.session.run_with_iobinding(self.binding)  # the capture
+        self._sync()
+        for _ in range(2):  # a regular run, then the capture (replayed at once)
+            self.session.run_with_iobinding(self.binding)
         self._sync()
 
     def infer(self, feeds):

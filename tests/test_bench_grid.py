@@ -209,3 +209,21 @@ def test_onnxruntime_cuda_graphs_are_kept_per_shape(builds, tmp_path):
         got = graphed.infer({k: v.cuda() for k, v in feeds.items()})["vit_embeds"].cpu()
         torch.testing.assert_close(got, dynamic.infer(feeds)["vit_embeds"], rtol=1e-4, atol=1e-4)
     assert graphed.pool.made == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/stream_ab.py runs this")
+def test_graphed_pipeline_on_one_stream_answers_as_the_ungraphed_runner(builds, tmp_path):
+    import onnxruntime
+
+    from gr00t_export.runtime.cuda_graphs import graphed_stages
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    plain = ExportedGr00tRunner(builds[1], device="cuda")
+    graphed = ExportedGr00tRunner(builds[1], device="cuda")
+    graphed.stages = graphed_stages(graphed.graph, graphed.stages, graphed.dir, "cuda", tmp_path / "graphs")
+    for seed in (1, 2, 1):  # a capture, a replay on new inputs, a replay of the first
+        obs = grid_observation(plain.interface, 1, seed)
+        want, got = plain.get_action(obs, seed=seed), graphed.get_action(obs, seed=seed)
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-4, err_msg=f"{key}, seed {seed}")

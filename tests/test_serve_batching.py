@@ -223,10 +223,12 @@ def test_pinned_shapes_serve_each_batch_as_alone(env, tmp_path):
     requests = [env.obs(0), env.obs(3), env.obs(5), env.obs(7)]
     with serving(pinned, batch_window_ms=WINDOW_MS, max_batch=3) as (server, _):
         got = at_once(server.port, [(Client, lambda c, o=o: c.get_action(o)) for o in requests[:3]])
+    assert server.latency.policy_calls == {3: 1}
+    with serving(pinned, batch_window_ms=WINDOW_MS, max_batch=1) as (server, _):  # full at once: no window wait
         got += [at_once(server.port, [(Client, lambda c: c.get_action(requests[3]))])[0]]
+    assert server.latency.policy_calls == {1: 1}
     for obs, reply in zip(requests, got, strict=True):
         assert_close(reply, env.policies["exported"].get_action(obs, seed=0))
-    assert server.latency.policy_calls == {3: 1, 1: 1}
     assert {n: sorted(k[0][0] for k in p.entries) for n, p in pools.items()} == {
         "vit": [1, 4], "llm": [1, 4], "denoising_subgraph": [1, 4]}
 

@@ -150,10 +150,11 @@ class PinnedOnnxSession:
                         for n, s in pinned_output_shapes(model, spec, model_path).items()}
         for n, t in self.outputs.items():
             self.binding.bind_output(n, bound, 0, ORT_ELEMENT_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
-        self._sync()
-        for _ in range(2):  # a regular run, then the capture (replayed at once)
-            self.session.run_with_iobinding(self.binding)
-        self._sync()
+        if self.on_cuda:  # a regular run, then the capture (replayed at once); the CPU has nothing to capture
+            self._sync()
+            for _ in range(2):
+                self.session.run_with_iobinding(self.binding)
+            self._sync()
 
     def infer(self, feeds):
         with on_stream(self.stream):

@@ -281,14 +281,13 @@ def batching_load(args: argparse.Namespace) -> int:
             build(BuildOptions(model_path=ckpt, output=tmp / "build"))
             target, what = [str(tmp / "build")], "tiny build"
             iface = Manifest.read(tmp / "build").interface
-        device = ["--device", args.device] + (["--backend", args.backend] if args.backend else []) \
-            + (["--cuda_graphs"] if args.cuda_graphs else [])
+        plain = ["--device", args.device] + (["--backend", args.backend] if args.backend else [])
+        device = plain + (["--cuda_graphs"] if args.cuda_graphs else [])
         observations = client_observations(iface, max(counts), args.distinct, args.envs)
         atol = args.atol if args.atol is not None else (1e-5 if args.device == "cpu" else 1e-2)
         phases = []
         # each request alone (one at a time, nothing else running), by a server without CUDA graphs: what every
         # reply must equal (a graphed server's own answers would hide a replay that writes elsewhere)
-        plain = [d for d in device if d != "--cuda_graphs"]
         with ServeProcess(target, plain, tmp / "serve_alone.log", args.start_timeout) as server:
             with connect(args.protocol, server.port) as client:
                 expected = [[ask(client, args.protocol, obs, seed=c + 1) for obs in mine]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -20,6 +19,11 @@ import torch
 from gr00t_export.families.base import make_noise
 from gr00t_export.runtime.cuda_graphs import graphed_stages
 from gr00t_export.runtime.runner import ExportedGr00tRunner
+from gr00t_export.tools.bench import summarize
+
+
+def non_finite(actions: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {k: int((~torch.isfinite(v)).sum()) for k, v in actions.items()}
 
 
 def main() -> None:
@@ -31,13 +35,15 @@ def main() -> None:
     args = ap.parse_args()
     with np.load(args.obs, allow_pickle=False) as data:
         obs = {k.removeprefix("obs."): data[k] for k in data.files if k.startswith("obs.")}
+    plain = ExportedGr00tRunner(args.artifacts, device="cuda")  # no graphs, host round trips: the reference
+    raw = plain.reader(obs)
+    init = make_noise((raw.batch, *plain.interface.noise_shape), None, 0)
+    want = {k: v.float().cpu() for k, v in plain.run_raw(raw, init).items()}
     variants = {}
     for name, one_stream in (("each stage synchronised", False), ("one stream", True)):
         runner = ExportedGr00tRunner(args.artifacts, device="cuda")
         runner.stages = graphed_stages(runner.graph, runner.stages, runner.dir, "cuda", one_stream=one_stream)
         variants[name] = runner
-    raw = next(iter(variants.values())).reader(obs)
-    init = make_noise((raw.batch, *next(iter(variants.values())).interface.noise_shape), None, 0)
     outputs, samples = {}, {name: [] for name in variants}
     for i in range(10 + args.iters):
         for name, runner in variants.items():
@@ -47,17 +53,14 @@ def main() -> None:
             outputs[name] = {k: v.float().cpu() for k, v in actions.items()}  # the host copy ends the tick
             if i >= 10:
                 samples[name].append((time.perf_counter() - start) * 1e3)
-    plain = ExportedGr00tRunner(args.artifacts, device="cuda")  # no graphs, host round trips: the reference
-    want = {k: v.float().cpu() for k, v in plain.run_raw(raw, init).items()}
     rows = {}
     for name, s in samples.items():
-        got = outputs[name]
-        rows[name] = {"p50_ms": statistics.median(s), "p90_ms": sorted(s)[int(0.9 * len(s))],
-                      "non_finite": {k: int((~torch.isfinite(v)).sum()) for k, v in got.items()},
+        got, timing = outputs[name], summarize(s)
+        rows[name] = {"p50_ms": timing.median_ms, "p90_ms": timing.p90_ms, "non_finite": non_finite(got),
                       "max_abs_vs_ungraphed": {k: float((got[k] - want[k]).abs().nan_to_num(float("inf")).max())
                                                for k in want}}
     report = {"gpu": torch.cuda.get_device_name(), "iters": args.iters, "variants": rows,
-              "reference_non_finite": {k: int((~torch.isfinite(v)).sum()) for k, v in want.items()}}
+              "reference_non_finite": non_finite(want)}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     for name, row in rows.items():

@@ -123,10 +123,10 @@ class FusedAttention(nn.Module):
         self.heads = base.heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = base.q_proj, base.k_proj, base.v_proj, base.out_proj
         projections = (self.q_proj, self.k_proj, self.v_proj)
+        self.register_buffer("qkv_bias", torch.cat([p.bias for p in projections]))  # each inner-wide
         self.packable = len({(p.in_features, p.out_features) for p in projections}) == 1
         if self.packable:  # one (dim, 3 * inner) weight: stored once however many calls (Euler steps) use it
             self.register_buffer("qkv_weight", torch.cat([p.weight for p in projections]).t().contiguous())
-            self.register_buffer("qkv_bias", torch.cat([p.bias for p in projections]))
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
                 kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -136,13 +136,13 @@ class FusedAttention(nn.Module):
             mask = mask.expand(-1, -1, x.shape[1], -1)
         if kv is not None:  # keys and values projected (biases included) once for several calls; q's bias is
             # added in the kernel that splits its heads, as MultiHeadAttention does with every bias it is given
-            bias = torch.cat([self.q_proj.bias, torch.zeros_like(self.q_proj.bias).repeat(2)])
+            inner = self.q_proj.out_features
+            bias = torch.cat([self.qkv_bias[:inner], torch.zeros_like(self.qkv_bias[inner:])])
             return self.out_proj(MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), *kv, bias, mask,
                                                             self.heads))
         context = x if context is None else context
-        qkv_bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         out = MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), F.linear(context, self.k_proj.weight),
-                                         F.linear(context, self.v_proj.weight), qkv_bias, mask, self.heads)
+                                         F.linear(context, self.v_proj.weight), self.qkv_bias, mask, self.heads)
         return self.out_proj(out)
 
     def kv(self, context: Tensor) -> tuple[Tensor, Tensor]:

@@ -125,7 +125,8 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _stats(samples: list[float]) -> Timing:
+def summarize(samples: list[float]) -> Timing:
+    """Median and p90 of wall-time samples in ms."""
     ordered = sorted(samples)
     return Timing(statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))])
 
@@ -167,7 +168,7 @@ def time_pipeline(graph, stages: dict[str, StageRunner], raw: RawInputs, init: t
         run_pipeline(graph, stages, raw, init)
         sync_device(device)
         free.append((time.perf_counter() - start) * 1e3)
-    return {n: _stats(t.samples) for n, t in timed.items()}, _stats(free)
+    return {n: summarize(t.samples) for n, t in timed.items()}, summarize(free)
 
 
 def fusion_report(artifact_dir: Path, graph, device: str) -> dict[str, dict[str, int]]:

@@ -217,7 +217,7 @@ def main() -> None:
         from gr00t_export.families.n1_5.checkpoint import open_checkpoint
         from gr00t_export.families.n1_5.floor import floor_analysis
         from gr00t_export.spec import load_graph_spec
-        from gr00t_export.tools.bench import fusion_report, kernel_rows, table_rows
+        from gr00t_export.tools.bench import fusion_report, kernel_rows, table_rows, timeline_rows
 
         backends = [b for b in args.backends.split(",") if dev.startswith("cuda") or b != "ort-cudagraph"]
         run = dict(iters=args.iters, warmup=args.warmup, device=dev, log=log, observation=obs, profile=True)
@@ -271,6 +271,12 @@ def main() -> None:
                     print(f"\ncostliest kernels, {r.backend} {stage} (ms per call, launches per call)")
                     for name, ms, n in k.top:
                         print(f"  {ms:6.3f} {n:5.0f}  {name[:130]}")
+        t_header, t_table = timeline_rows(rows)
+        if t_table:
+            print("\none whole tick on the GPU, ms (CUPTI)")
+            print(" | ".join(t_header))
+            for row in t_table:
+                print(" | ".join(row))
         for r in rows:
             if r.note:
                 print(f"note {r.backend}: {r.note}")

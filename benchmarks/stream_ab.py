@@ -3,7 +3,8 @@
     python benchmarks/stream_ab.py ARTIFACT_DIR --obs obs.npz [--iters 50] [--out results.json]
 
 Both variants are set up in one process, then timed alternately (A B A B ...) so host drift hits both alike;
-median and p90 of the end-to-end tick (observation to actions on the host), as `gr00t-export bench` times it.
+median and p90 of the end-to-end tick (observation to actions on the host), as `gr00t-export bench` times it;
+then a CUPTI trace of 20 ticks of each says where the tick's wall time goes (GPU busy, launch gaps, stalls).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 from gr00t_export.families.base import make_noise
 from gr00t_export.runtime.cuda_graphs import graphed_stages
 from gr00t_export.runtime.runner import ExportedGr00tRunner
-from gr00t_export.tools.bench import summarize
+from gr00t_export.tools.bench import profile_ticks, summarize
 
 
 def non_finite(actions: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -59,13 +61,19 @@ def main() -> None:
         rows[name] = {"p50_ms": timing.median_ms, "p90_ms": timing.p90_ms, "non_finite": non_finite(got),
                       "max_abs_vs_ungraphed": {k: float((got[k] - want[k]).abs().nan_to_num(float("inf")).max())
                                                for k in want}}
+        tick = variants[name]
+        rows[name]["timeline"] = asdict(profile_ticks(lambda r=tick: [v.cpu() for v in r.run_raw(raw, init).values()]))
     report = {"gpu": torch.cuda.get_device_name(), "iters": args.iters, "variants": rows,
               "reference_non_finite": non_finite(want)}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     for name, row in rows.items():
+        t = row["timeline"]
         print(f"{name:>26}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms; vs the ungraphed runner "
               f"{max(row['max_abs_vs_ungraphed'].values()):.3g}; non-finite {row['non_finite']}")
+        print(f"{'':>26}  profiled tick {t['wall_ms']:.2f} ms: GPU busy {t['busy_ms']:.2f}, launch gaps "
+              f"{t['gaps_ms']:.2f}, stalls {t['stalls_ms']:.2f}, lead-in {t['lead_ms']:.2f}, tail {t['tail_ms']:.2f}, "
+              f"{t['activities']:.0f} activities; worst stalls {t['worst_stalls'][:3]}")
     print(f"ungraphed runner non-finite: {report['reference_non_finite']}")
 
 

@@ -133,7 +133,7 @@ def print_model_file(view: Any) -> None:
 
 def print_bench(results: Any, device_name: str, iters: int) -> None:
     """`bench`'s latency table (median ms per stage and backend, ratios) and, when profiled, its kernel table."""
-    from gr00t_export.tools.bench import kernel_rows, table_rows
+    from gr00t_export.tools.bench import kernel_rows, table_rows, timeline_rows
 
     header, rows = table_rows(results)
     table = Table(title=f"latency in ms on {device_name} ({iters} iterations, median)", title_justify="left")
@@ -150,6 +150,14 @@ def print_bench(results: Any, device_name: str, iters: int) -> None:
         for row in k_rows:
             kernels.add_row(*row)
         out_console.print(kernels)
+    t_header, t_rows = timeline_rows(results)
+    if t_rows:
+        ticks = Table(title="one whole tick on the GPU, ms (CUPTI trace; medians)", title_justify="left")
+        for col in t_header:
+            ticks.add_column(col)
+        for row in t_rows:
+            ticks.add_row(*row)
+        out_console.print(ticks)
 
 
 def print_engines(reports: list, title: str) -> None:

@@ -9,7 +9,7 @@ from gr00t_export.families.n1_5.config import preset
 from gr00t_export.families.n1_5.floor import floor_analysis
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
 from gr00t_export.pipeline.build import BuildOptions, build
-from gr00t_export.tools.bench import bench, table_rows, write_json
+from gr00t_export.tools.bench import BackendResult, bench, table_rows, write_json
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,51 @@ def test_kernel_kinds_and_profile_table():
     assert header[:3] == ["backend", "stage", "kernels"] and len(rows) == 1
     assert rows[0][:6] == ["ort", "vit", "500", "1.50", "2.00", "75"]
     assert rows[0][6].startswith("matmul 1.00 (190)")
+
+
+def test_tick_timeline_splits_wall_time_into_busy_gaps_and_stalls():
+    from gr00t_export.errors import InputError
+    from gr00t_export.tools.bench import TickTimeline, tick_timeline, timeline_rows
+
+    # tick 1 (us): lead 10, kernels a, b 1 us apart (a launch gap), 10 us idle before c (a stall), a copy d
+    # overlapping c (counted once), tail 45; an activity after the tick belongs to no tick
+    acts = [(10, 20, "a"), (21, 30, "b"), (40, 50, "c"), (45, 55, "copy d"), (150, 160, "outside")]
+    one = tick_timeline([(0, 100)], acts)
+    assert (one.wall_ms, one.activities) == (0.1, 4)
+    assert one.busy_ms == pytest.approx(0.034) and one.gaps_ms == pytest.approx(0.001)
+    assert one.stalls_ms == pytest.approx(0.010) and one.lead_ms == pytest.approx(0.010)
+    assert one.tail_ms == pytest.approx(0.045) and one.worst_stalls == [(10, "c")]
+    # the wall time is fully accounted for: lead + busy + gaps + stalls + tail
+    assert one.lead_ms + one.busy_ms + one.gaps_ms + one.stalls_ms + one.tail_ms == pytest.approx(one.wall_ms)
+    # three ticks: medians, and a stall threshold that makes the 10 us gap a launch gap
+    shifted = [(a + off, b + off, n) for off in (0, 200, 400) for a, b, n in acts[:4]]
+    three = tick_timeline([(0, 100), (200, 300), (400, 520)], shifted, stall_us=20.0)
+    assert three.wall_ms == pytest.approx(0.1) and three.stalls_ms == 0 and three.gaps_ms == pytest.approx(0.011)
+    assert three.worst_stalls == []
+    with pytest.raises(InputError, match="no device activity"):
+        tick_timeline([(0, 100)], [(150, 160, "outside")])
+    header, rows = timeline_rows([BackendResult("ort", timeline=one), BackendResult("torch")])
+    assert len(rows) == 1 and rows[0][:5] == ["ort", "0.10", "0.03", "0.00", "0.01"] and "10 c" in rows[0][-1]
+    assert isinstance(one, TickTimeline) and header[0] == "backend"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUPTI traces need a GPU; benchmarks/gpu_bench.py runs this")
+def test_tick_profile_sees_the_gpu_wait_for_a_sleeping_host():
+    import time
+
+    from gr00t_export.tools.bench import profile_ticks
+
+    x = torch.randn(2048, 2048, device="cuda")
+
+    def tick():
+        y = x @ x
+        torch.cuda.synchronize()
+        time.sleep(0.002)  # the host works 2 ms while the GPU has nothing queued
+        return (y @ x).sum().item()
+
+    t = profile_ticks(tick, iters=5)
+    assert t.activities >= 3 and t.busy_ms > 0
+    assert t.stalls_ms >= 1.9 and t.wall_ms >= t.busy_ms + t.stalls_ms
 
 
 def test_profile_is_a_no_op_on_cpu(tiny_build):

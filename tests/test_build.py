@@ -234,6 +234,14 @@ def test_onnxruntime_ops_fuse_every_attention_rope_and_gelu(ort_ops_build: Path,
         # itself, and the llm's q/k/v GEMMs merged into one per layer
         merged = 2 * cfg.select_layer if rel == "eagle2/llm.onnx" else 0
         assert fused.get("MatMul", 0) == plain.get("MatMul", 0) - 2 * sum(n) - 3 * n[0] - merged, (rel, fused, plain)
+    # the DiT's cross-attention keys and values reach the kernel split into heads, (B, heads, L, dim), projected
+    # and transposed once per call: no per-step transposes or bias adds of the whole VL context
+    denoiser = onnx.shape_inference.infer_shapes(onnx.load(str(ort_ops_build / "action_head/denoising_subgraph.onnx"),
+                                                           load_external_data=False))
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in denoiser.graph.value_info}
+    cross = [n for n in denoiser.graph.node if n.op_type == "MultiHeadAttention"]
+    assert cross and all(ranks.get(n.input[1]) == ranks.get(n.input[2]) == 4 for n in cross), ranks
+    assert len({n.input[1] for n in cross}) == len(cross) // steps  # each block's keys serve every step
     llm = _op_counts(ort_ops_build / "eagle2/llm.onnx")
     assert llm.get("RotaryEmbedding", 0) == 2 * cfg.select_layer and "Neg" not in llm  # q and k, every layer
     # every residual add is one SkipSimplifiedLayerNormalization with the RMSNorm after it (the final norm

@@ -10,7 +10,8 @@ submodules (same weights, same scope names) and routes the same math through `to
   refuses packed q/k/v, its Attention op does not);
 - other `Attention` calls (cross-attention, masked) -> MultiHeadAttention with the three projection biases packed
   into its `bias` input (added inside the kernel), and an additive key mask (N1.6's cross-attention) as
-  `attention_bias`, expanded to (B, 1, Lq, Lk) because the kernel does not broadcast the query axis;
+  `attention_bias`, expanded to (B, 1, Lq, Lk) because the kernel does not broadcast the query axis; keys and
+  values projected once for several calls (`kv`) are handed over already split into heads, (B, heads, Lk, dim);
 - `Qwen3Attention` -> one GEMM for q, k and v (weights stacked), RotaryEmbedding on q and k (non-interleaved =
   rotate-half, half-width cos/sin caches, position offset 0) and MultiHeadAttention with the causal + padding mask
   as `attention_bias`;
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gr00t_export.nn.layers import Attention, GeluMLP, apply_rope, attention, rms_norm
+from gr00t_export.nn.layers import Attention, GeluMLP, apply_rope, attention, merge_heads, rms_norm, split_heads
 from gr00t_export.nn.qwen3 import Qwen3Attention, Qwen3Model
 
 
@@ -50,6 +51,8 @@ class MultiHeadAttentionOp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, qkv_bias: Tensor | None, attention_bias: Tensor | None,
                 num_heads: int) -> Tensor:
+        # k and v: (B, Lk, heads*dim), or (B, heads, Lk, dim) already split (then their biases must be zero)
+        k, v = (merge_heads(t) if t.dim() == 4 else t for t in (k, v))
         if qkv_bias is not None:
             bq, bk, bv = qkv_bias.split([q.shape[-1], k.shape[-1], v.shape[-1]])
             q, k, v = q + bq, k + bk, v + bv
@@ -134,8 +137,8 @@ class FusedAttention(nn.Module):
             return self.out_proj(PackedSelfAttentionOp.apply(x, self.qkv_weight, self.qkv_bias, self.heads))
         if mask is not None:
             mask = mask.expand(-1, -1, x.shape[1], -1)
-        if kv is not None:  # keys and values projected (biases included) once for several calls; q's bias is
-            # added in the kernel that splits its heads, as MultiHeadAttention does with every bias it is given
+        if kv is not None:  # keys and values projected (biases included) and split into heads once for several
+            # calls (`kv`); q's bias is added by the kernel, which reads the (B, heads, Lk, dim) keys as they are
             inner = self.q_proj.out_features
             bias = torch.cat([self.qkv_bias[:inner], torch.zeros_like(self.qkv_bias[inner:])])
             return self.out_proj(MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), *kv, bias, mask,
@@ -146,7 +149,9 @@ class FusedAttention(nn.Module):
         return self.out_proj(out)
 
     def kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        return self.k_proj(context), self.v_proj(context)
+        # (B, heads, Lk, dim): given keys in that layout, MultiHeadAttention neither transposes nor adds their
+        # biases again on every call (two kernels per call, per Euler step)
+        return split_heads(self.k_proj(context), self.heads), split_heads(self.v_proj(context), self.heads)
 
 
 class FusedQwen3Attention(nn.Module):

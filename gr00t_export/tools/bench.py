@@ -12,6 +12,7 @@ camera-count cells.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -65,12 +66,30 @@ class KernelProfile:
 
 
 @dataclass
+class TickTimeline:
+    """Where one whole tick's wall time goes on the GPU (medians over ticks): what separates the end-to-end latency
+    from the summed kernel time is either short gaps between back-to-back kernels (launch latency, also inside CUDA
+    graphs) or stalls where the GPU waits for the host."""
+
+    wall_ms: float  # host: tick start to its outputs on the host
+    busy_ms: float  # union of the device's kernels, copies and memsets
+    activities: float  # device activities per tick (kernels, copies, memsets)
+    lead_ms: float  # tick start to the first device activity (host work before the GPU has anything)
+    tail_ms: float  # last device activity's end to the tick's end (the readback's host side)
+    gaps_ms: float  # gaps shorter than `stall_us` between device activities: launch latency
+    stalls_ms: float  # gaps of `stall_us` or more: the GPU idles, waiting for the host
+    stall_us: float = 5.0
+    worst_stalls: list[tuple[float, str]] = field(default_factory=list)  # (us, the activity after it), per tick
+
+
+@dataclass
 class BackendResult:
     backend: str
     stages: dict[str, Timing] = field(default_factory=dict)
     end_to_end: Timing | None = None
     note: str = ""
     kernels: dict[str, KernelProfile] = field(default_factory=dict)
+    timeline: TickTimeline | None = None
 
 
 # kernel-name patterns, first match wins: which kind of work a CUDA kernel does
@@ -118,6 +137,58 @@ def kernel_profile(runner: StageRunner, feeds: dict, iters: int = 5, top_n: int 
     top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top_n]
     return KernelProfile(count / iters, total / iters, {k: (ms / iters, n / iters) for k, (ms, n) in ranked},
                          [(name, ms / iters, n / iters) for name, (ms, n) in top])
+
+
+def tick_timeline(ticks: list[tuple[float, float]], activities: list[tuple[float, float, str]],
+                  stall_us: float = 5.0, worst: int = 5) -> TickTimeline:
+    """Splits each tick (host start, end; us) into lead, device busy, short gaps, stalls and tail, given the device
+    activities (start, end, name; us, the host's clock) that fall inside it; medians over ticks."""
+    rows, stalls_named = [], {}
+    for start, end in ticks:
+        inside = sorted((a for a in activities if a[0] >= start and a[1] <= end), key=lambda a: a[0])
+        if not inside:
+            continue
+        busy = gaps = stalls = 0.0
+        covered = inside[0][0]  # the union's frontier: overlapping activities (copies beside kernels) count once
+        for a_start, a_end, name in inside:
+            if a_start > covered:
+                gap = a_start - covered
+                if gap < stall_us:
+                    gaps += gap
+                else:
+                    stalls += gap
+                    stalls_named.setdefault(name[:80], []).append(gap)
+            busy += max(0.0, a_end - max(a_start, covered))
+            covered = max(covered, a_end)
+        rows.append((end - start, busy, len(inside), inside[0][0] - start, end - covered, gaps, stalls))
+    if not rows:
+        raise InputError("no device activity inside any tick: was the profile taken on the GPU?")
+    med = [statistics.median(col) / 1e3 for col in zip(*rows, strict=True)]
+    per_tick = len(rows)
+    top = sorted(((sum(v) / per_tick, k) for k, v in stalls_named.items()), reverse=True)[:worst]
+    return TickTimeline(med[0], med[1], med[2] * 1e3, med[3], med[4], med[5], med[6], stall_us, top)
+
+
+def profile_ticks(tick: Callable[[], object], iters: int = 20, stall_us: float = 5.0) -> TickTimeline:
+    """CUPTI trace (torch.profiler) of `iters` whole ticks, each synchronised at its end, read by `tick_timeline`."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    label = "gr00t_export.tick"
+    tick()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            with record_function(label):
+                tick()
+                torch.cuda.synchronize()
+    ticks, activities = [], []
+    for event in prof.events():
+        if event.name == label:  # the host range; its GPU-side annotation (same name) is no device work
+            if event.device_type == torch.autograd.DeviceType.CPU:
+                ticks.append((event.time_range.start, event.time_range.end))
+        elif event.device_type == torch.autograd.DeviceType.CUDA:
+            activities.append((event.time_range.start, event.time_range.end, event.name))
+    return tick_timeline(ticks, activities, stall_us)
 
 
 def sync_device(device: torch.device) -> None:
@@ -385,6 +456,10 @@ def bench(artifact_dir: Path | None, model_path: Path | None, backends: list[str
         if backend == "ort-cudagraph":
             result.note = graphed
         if profile and dev.type == "cuda":
+            try:
+                result.timeline = profile_ticks(functools.partial(run_pipeline, graph, stages, raw, init))
+            except Exception as err:  # noqa: BLE001 - a profiler without CUPTI must not lose the timings
+                result.note = f"tick profile failed: {type(err).__name__}: {str(err)[:120]}"
             if not trace:
                 run_pipeline(graph, stages, raw, init, trace)
             for name in (s.name for s in graph.stages if s.format == "onnx" or s.name in COMPILED_STAGES):
@@ -434,6 +509,21 @@ def kernel_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]
             kinds = ", ".join(f"{kind} {ms:.2f} ({n:.0f})" for kind, (ms, n) in list(k.by_kind.items())[:4])
             rows.append([r.backend, stage, f"{k.kernels:.0f}", f"{k.gpu_ms:.2f}", f"{wall:.2f}",
                          f"{100 * k.gpu_ms / wall:.0f}", kinds])
+    return header, rows
+
+
+def timeline_rows(results: list[BackendResult]) -> tuple[list[str], list[list[str]]]:
+    """Per backend: one whole tick's wall time split into host lead-in, GPU busy, launch gaps, stalls and tail."""
+    header = ["backend", "tick ms", "GPU busy", "launch gaps", "stalls (GPU waits for host)", "lead-in", "tail",
+              "activities", "worst stalls (us, before)"]
+    rows = []
+    for r in results:
+        t = r.timeline
+        if t is None:
+            continue
+        worst = ", ".join(f"{us:.0f} {name[:40]}" for us, name in t.worst_stalls[:3])
+        rows.append([r.backend, f"{t.wall_ms:.2f}", f"{t.busy_ms:.2f}", f"{t.gaps_ms:.2f}", f"{t.stalls_ms:.2f}",
+                     f"{t.lead_ms:.2f}", f"{t.tail_ms:.2f}", f"{t.activities:.0f}", worst])
     return header, rows
 
 

@@ -234,6 +234,45 @@ def test_lowered_n16_masked_cross_attention_matches_eager(tmp_path: Path):
     assert np.abs(got - want).max() <= 5e-5 * np.abs(want).max(), np.abs(got - want).max()
 
 
+class _N15Sampler(torch.nn.Module):
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features, state, embodiment_id, noise):
+        return self.head.get_action(features, state, embodiment_id, noise)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="exporting on the GPU needs one; benchmarks/gpu_bench.py builds there"))])
+def test_lowered_n15_sampler_reads_keys_split_into_heads_and_matches_eager(tmp_path: Path, device: str):
+    # the exporter folds constants on the device the module lives on: a concat of host and GPU constants inside a
+    # twin's forward only fails there (it did: the kv branch's bias, built per call)
+    from gr00t_export.families.n1_5.model import FlowmatchingActionHead
+
+    cfg = n15_preset("tiny").action_head
+    head = _randomized(FlowmatchingActionHead(cfg), 6).to(device)
+    g = torch.Generator().manual_seed(7)
+    args = tuple(t.to(device) for t in (torch.randn(2, 9, cfg.backbone_embedding_dim, generator=g),
+                                        torch.randn(2, 1, cfg.max_state_dim, generator=g), torch.tensor([3, 5]),
+                                        torch.randn(2, cfg.action_horizon, cfg.action_dim, generator=g)))
+    names = ["features", "state", "embodiment_id", "noise"]
+    fused = _export(_N15Sampler(head), args, names, tmp_path / "head.onnx", onnxruntime_ops=True)
+    dit, steps = head.model, cfg.num_inference_timesteps
+    cross = sum(map(dit.is_cross, range(len(dit.transformer_blocks))))
+    assert fused["MultiHeadAttention"] == steps * cross and "Softmax" not in fused
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "head.onnx")))
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.value_info}
+    keys = [n.input[1] for n in model.graph.node if n.op_type == "MultiHeadAttention"]
+    assert all(ranks[k] == 4 for k in keys) and len(set(keys)) == cross  # (B, heads, L, dim), once per block
+    with torch.no_grad():
+        want = head.get_action(*args).cpu().numpy()
+    got = _run(tmp_path / "head.onnx", {n: t.cpu() for n, t in zip(names, args, strict=True)})
+    # four Euler steps through random weights amplify float rounding (the plain-ONNX export of this head is 8e-4
+    # off, relative); keys or values in the wrong layout are off by the values' own size
+    assert np.abs(got - want).max() <= 3e-3 * np.abs(want).max(), np.abs(got - want).max()
+
+
 # ------------------------------------------------------------------------------ checkpoint names, RoPE tables
 
 

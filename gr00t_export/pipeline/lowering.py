@@ -127,6 +127,10 @@ class FusedAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = base.q_proj, base.k_proj, base.v_proj, base.out_proj
         projections = (self.q_proj, self.k_proj, self.v_proj)
         self.register_buffer("qkv_bias", torch.cat([p.bias for p in projections]))  # each inner-wide
+        # the same with zeros for k and v, whose biases `kv` adds: stacked here, since a concat in the forward would
+        # be constant-folded by the exporter across devices (its zeros on the host, the weights on the GPU)
+        inner = self.q_proj.out_features
+        self.register_buffer("q_bias", torch.cat([self.qkv_bias[:inner], self.qkv_bias.new_zeros(2 * inner)]))
         self.packable = len({(p.in_features, p.out_features) for p in projections}) == 1
         if self.packable:  # one (dim, 3 * inner) weight: stored once however many calls (Euler steps) use it
             self.register_buffer("qkv_weight", torch.cat([p.weight for p in projections]).t().contiguous())
@@ -139,9 +143,7 @@ class FusedAttention(nn.Module):
             mask = mask.expand(-1, -1, x.shape[1], -1)
         if kv is not None:  # keys and values projected (biases included) and split into heads once for several
             # calls (`kv`); q's bias is added by the kernel, which reads the (B, heads, Lk, dim) keys as they are
-            inner = self.q_proj.out_features
-            bias = torch.cat([self.qkv_bias[:inner], torch.zeros_like(self.qkv_bias[inner:])])
-            return self.out_proj(MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), *kv, bias, mask,
+            return self.out_proj(MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), *kv, self.q_bias, mask,
                                                             self.heads))
         context = x if context is None else context
         out = MultiHeadAttentionOp.apply(F.linear(x, self.q_proj.weight), F.linear(context, self.k_proj.weight),

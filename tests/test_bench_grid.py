@@ -207,7 +207,9 @@ def test_onnxruntime_cuda_graphs_are_kept_per_shape(builds, tmp_path):
     for images in (1, 2, 1, 2):
         feeds = {"pixel_values": torch.randn(images, 3, 224, 224, generator=torch.Generator().manual_seed(images))}
         got = graphed.infer({k: v.cuda() for k, v in feeds.items()})["vit_embeds"].cpu()
-        torch.testing.assert_close(got, dynamic.infer(feeds)["vit_embeds"], rtol=1e-4, atol=1e-4)
+        # onnxruntime's CUDA EP runs fp32 GEMMs in TF32 (its default): ~1e-3 from the CPU's answer; a replay on
+        # stale inputs or into an unbound buffer is off by the values' own size
+        torch.testing.assert_close(got, dynamic.infer(feeds)["vit_embeds"], rtol=1e-2, atol=5e-3)
     assert graphed.pool.made == 2
 
 
@@ -226,4 +228,5 @@ def test_graphed_pipeline_on_one_stream_answers_as_the_ungraphed_runner(builds, 
         obs = grid_observation(plain.interface, 1, seed)
         want, got = plain.get_action(obs, seed=seed), graphed.get_action(obs, seed=seed)
         for key, value in want.items():
-            np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-4, err_msg=f"{key}, seed {seed}")
+            # TF32 GEMMs, and kernels picked for pinned shapes: ~1e-3 (the capture bug this guards was O(1), NaN)
+            np.testing.assert_allclose(got[key], value, rtol=1e-2, atol=5e-3, err_msg=f"{key}, seed {seed}")

@@ -77,6 +77,20 @@ class GraphSpec:
                     flow.setdefault(t.source, []).append(f"{s.name}/{t.name}")
         return flow
 
+    def launch_order(self) -> tuple[StageSpec, ...]:
+        """The stages in spec order, except that each one reading strings (the tokenizer: host work) waits until the
+        first stage that reads its outputs: the host tokenizes while the GPU runs the stages queued before (the
+        vit), instead of the GPU idling while the host tokenizes."""
+        deferred = [s for s in self.stages if any(t.dtype == "string" for t in s.inputs)]
+        order: list[StageSpec] = []
+        for s in self.stages:
+            if s in deferred:
+                continue
+            reads = {t.source.split("/")[0] for t in s.inputs if t.source != "external"}
+            order += [d for d in deferred if d.name in reads and d not in order]
+            order.append(s)
+        return (*order, *(d for d in deferred if d not in order))
+
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
             if s.name == name:

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from gr00t_export.families.base import make_noise, synthetic_observation
 from gr00t_export.families.n1_5.config import preset
 from gr00t_export.families.n1_5.floor import floor_analysis
 from gr00t_export.families.n1_5.synthetic import make_checkpoint
@@ -178,6 +179,46 @@ def test_tick_profile_sees_the_gpu_wait_for_a_sleeping_host():
     t = profile_ticks(tick, iters=5)
     assert t.activities >= 3 and t.busy_ms > 0
     assert t.stalls_ms >= 1.9 and t.wall_ms >= t.busy_ms + t.stalls_ms
+
+
+@pytest.mark.parametrize("family", ["n1_5", "n1_6"])
+def test_the_host_tokenizes_while_the_gpu_runs_the_stages_before(family, tiny_build):
+    import importlib
+
+    from gr00t_export.runtime.runner import ExportedGr00tRunner, run_pipeline
+    from gr00t_export.spec import load_graph_spec
+
+    graph = load_graph_spec(importlib.import_module(f"gr00t_export.families.{family}.partition").graph_spec_path(),
+                            views=1)
+    order = [s.name for s in graph.launch_order()]
+    assert sorted(order) == sorted(s.name for s in graph.stages)
+    done: set[str] = set()
+    for name in order:  # every input is produced before its stage runs
+        assert all(t.source == "external" or t.source.split("/")[0] in done for t in graph.stage(name).inputs), name
+        done.add(name)
+    host = [s.name for s in graph.stages if any(t.dtype == "string" for t in s.inputs)]
+    assert host and all(order.index(h) > [s.name for s in graph.stages].index(h) for h in host)  # later than in spec
+    for h in host:  # right before the first stage that reads it, after the GPU stages queued before that one
+        reader = next(n for n in order if any(t.source.startswith(f"{h}/") for t in graph.stage(n).inputs))
+        assert order.index(h) == order.index(reader) - 1
+    if family == "n1_5":  # a real run calls the stages in that order
+        assert order.index("vit") < order.index("eagle2_tokenizer") < order.index("llm")
+        runner = ExportedGr00tRunner(tiny_build[1])
+        ran: list[str] = []
+
+        class Recorded:
+            def __init__(self, name, inner):
+                self.name, self.inner, self.spec = name, inner, inner.spec
+
+            def infer(self, feeds):
+                ran.append(self.name)
+                return self.inner.infer(feeds)
+
+        raw = runner.reader(synthetic_observation(runner.interface))
+        init = make_noise((raw.batch, *runner.interface.noise_shape), None, 0)
+        out = run_pipeline(runner.graph, {n: Recorded(n, r) for n, r in runner.stages.items()}, raw, init)
+        assert ran == [s.name for s in runner.graph.launch_order()]
+        assert set(out) == set(runner.interface.action_keys)  # the spec's last stage answers, as before
 
 
 def test_profile_is_a_no_op_on_cpu(tiny_build):

@@ -159,7 +159,8 @@ class InstructionCache:
 
 def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInputs, init_actions: torch.Tensor,
                  trace: dict[str, dict[str, Any]] | None = None) -> dict[str, torch.Tensor]:
-    """Runs every stage in spec order, feeding each input from its `from:`; returns the last stage's outputs.
+    """Runs every stage in `spec.launch_order()`, feeding each input from its `from:`; returns the outputs of the
+    spec's last stage.
 
     With `trace`, records each stage's feeds (so a stage can be re-run alone on real inputs).
     """
@@ -167,13 +168,13 @@ def run_pipeline(spec: GraphSpec, stages: Mapping[str, StageRunner], raw: RawInp
     external["init_actions"] = init_actions
     produced: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
-    for stage in spec.stages:
+    for stage in spec.launch_order():
         feeds = {t.name: external[t.name] if t.source == "external" else produced[t.source] for t in stage.inputs}
         if trace is not None:
             trace[stage.name] = feeds
-        outputs = stages[stage.name].infer(feeds)
-        produced |= {f"{stage.name}/{k}": v for k, v in outputs.items()}
-    return outputs
+        outputs[stage.name] = stages[stage.name].infer(feeds)
+        produced |= {f"{stage.name}/{k}": v for k, v in outputs[stage.name].items()}
+    return outputs[spec.stages[-1].name]
 
 
 def check_denoising_steps(artifact_dir: Path, requested: int | None) -> None:

@@ -1,6 +1,8 @@
-"""One tick of an exported build as CUDA graphs, the stages on one shared stream vs each stage synchronised.
+"""One tick of an exported build as CUDA graphs, the stages on one shared stream vs each stage synchronised, and
+one-stream variants with other onnxruntime CUDA EP options (which attention kernels it may pick, say).
 
     python benchmarks/stream_ab.py ARTIFACT_DIR --obs obs.npz [--iters 50] [--out results.json]
+        [--cuda_variant "flash attention=sdpa_kernel:1" --cuda_variant "no cudnn=sdpa_kernel:3;prefer_nhwc:1" ...]
 
 Both variants are set up in one process, then timed alternately (A B A B ...) so host drift hits both alike;
 median and p90 of the end-to-end tick (observation to actions on the host), as `gr00t-export bench` times it;
@@ -34,6 +36,8 @@ def main() -> None:
     ap.add_argument("--obs", type=Path, required=True, help="npz with obs.* keys")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cuda_variant", action="append", default=[],
+                    help='NAME=option:value[;option:value]: one more one-stream variant with these CUDA EP options')
     args = ap.parse_args()
     with np.load(args.obs, allow_pickle=False) as data:
         obs = {k.removeprefix("obs."): data[k] for k in data.files if k.startswith("obs.")}
@@ -41,11 +45,16 @@ def main() -> None:
     raw = plain.reader(obs)
     init = make_noise((raw.batch, *plain.interface.noise_shape), None, 0)
     want = {k: v.float().cpu() for k, v in plain.run_raw(raw, init).items()}
-    variants = {}
-    for name, one_stream in (("each stage synchronised", False), ("one stream", True)):
+    setups = [("each stage synchronised", False, {}), ("one stream", True, {})]
+    for spec in args.cuda_variant:
+        name, _, options = spec.partition("=")
+        setups.append((name, True, dict(o.split(":", 1) for o in options.split(";") if o)))
+    variants, options_of = {}, {}
+    for name, one_stream, cuda_options in setups:
         runner = ExportedGr00tRunner(args.artifacts, device="cuda")
-        runner.stages = graphed_stages(runner.graph, runner.stages, runner.dir, "cuda", one_stream=one_stream)
-        variants[name] = runner
+        runner.stages = graphed_stages(runner.graph, runner.stages, runner.dir, "cuda", one_stream=one_stream,
+                                       cuda_options=cuda_options)
+        variants[name], options_of[name] = runner, cuda_options
     outputs, samples = {}, {name: [] for name in variants}
     for i in range(10 + args.iters):
         for name, runner in variants.items():
@@ -58,7 +67,8 @@ def main() -> None:
     rows = {}
     for name, s in samples.items():
         got, timing = outputs[name], summarize(s)
-        rows[name] = {"p50_ms": timing.median_ms, "p90_ms": timing.p90_ms, "non_finite": non_finite(got),
+        rows[name] = {"cuda_options": options_of[name], "p50_ms": timing.median_ms, "p90_ms": timing.p90_ms,
+                      "non_finite": non_finite(got),
                       "max_abs_vs_ungraphed": {k: float((got[k] - want[k]).abs().nan_to_num(float("inf")).max())
                                                for k in want}}
         tick = variants[name]

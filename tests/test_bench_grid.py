@@ -214,6 +214,22 @@ def test_onnxruntime_cuda_graphs_are_kept_per_shape(builds, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/stream_ab.py runs this")
+def test_cuda_options_reach_every_pinned_session(builds, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    spec = load_graph_spec(builds[1] / "graph_spec.yaml", views=1).stage("vit")
+    graphed = StaticCudaGraphOnnxRunner(builds[1] / spec.file, spec, None, tmp_path / "pinned",
+                                        cuda_options={"sdpa_kernel": "1"})  # ORT's flash attention only
+    for images in (1, 2):
+        graphed.infer({"pixel_values": torch.randn(images, 3, 224, 224, device="cuda")})
+    for session in graphed.pool.entries.values():
+        options = session.session.get_provider_options()["CUDAExecutionProvider"]
+        assert options["sdpa_kernel"] == "1" and options["enable_cuda_graph"] == "1"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/stream_ab.py runs this")
 def test_graphed_pipeline_on_one_stream_answers_as_the_ungraphed_runner(builds, tmp_path):
     import onnxruntime
 

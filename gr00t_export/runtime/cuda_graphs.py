@@ -112,7 +112,7 @@ class PinnedOnnxSession:
     """
 
     def __init__(self, model_path: Path, spec: StageSpec, feeds: Mapping[str, Any], device: str,
-                 stream: torch.cuda.Stream | None = None):
+                 stream: torch.cuda.Stream | None = None, cuda_options: Mapping[str, str] | None = None):
         import onnx
         import onnxruntime as ort
         from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
@@ -128,7 +128,7 @@ class PinnedOnnxSession:
         onnx.save_model(model, str(self.path))
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        cuda = {"enable_cuda_graph": "1"}
+        cuda = {**(cuda_options or {}), "enable_cuda_graph": "1"}
         self.stream, self.run_options = (stream if self.on_cuda else None), ort.RunOptions()
         if self.stream is not None:
             cuda["user_compute_stream"] = str(self.stream.cuda_stream)
@@ -185,7 +185,7 @@ class StaticCudaGraphOnnxRunner:
 
     def __init__(self, path: Path, spec: StageSpec, feeds: Mapping[str, Any] | None = None,
                  workdir: Path | None = None, size: int = 16, device: str = "cuda",
-                 stream: torch.cuda.Stream | None = None):
+                 stream: torch.cuda.Stream | None = None, cuda_options: Mapping[str, str] | None = None):
         import onnx
 
         from gr00t_export.pipeline.optimize import save_onnx
@@ -205,7 +205,7 @@ class StaticCudaGraphOnnxRunner:
             shutil.copyfile(path, base)  # the graph proto alone; its weights are in the file linked above
         else:  # weights inside the .onnx: moved out once, so each pinned shape writes only its small graph proto
             save_onnx(onnx.load(str(path)), base, external=True)
-        self.pool = ShapePool(lambda f: PinnedOnnxSession(base, spec, f, device, stream), size,
+        self.pool = ShapePool(lambda f: PinnedOnnxSession(base, spec, f, device, stream, cuda_options), size,
                               drop=PinnedOnnxSession.close)
         if feeds is not None:
             self.pool.get(shape_key(spec, feeds), feeds)
@@ -290,12 +290,14 @@ class CapturedWherePossible:
 
 
 def graphed_stages(graph: Any, stages: Mapping[str, StageRunner], artifact_dir: Path, device: str,
-                   workdir: Path | None = None, size: int = 16, one_stream: bool = True) -> dict[str, StageRunner]:
+                   workdir: Path | None = None, size: int = 16, one_stream: bool = True,
+                   cuda_options: Mapping[str, str] | None = None) -> dict[str, StageRunner]:
     """An exported pipeline's stages as CUDA graphs per input shape: each ONNX stage a pool of pinned onnxruntime
     sessions, each GPU TorchScript stage captured where it can be (the tokenizer stays on the host). Captures
     happen on the first call at each shape. Every graphed stage runs on one CUDA stream, so a tick is queued
     without the host waiting between stages (`one_stream=False`: each stage synchronised, as before; for
-    comparison). `device="cpu"` pins the ONNX stages' shapes without graphs (tests)."""
+    comparison). `cuda_options`: more onnxruntime CUDA EP options for every ONNX stage (e.g. `sdpa_kernel`, which
+    attention kernels it may pick). `device="cpu"` pins the ONNX stages' shapes without graphs (tests)."""
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="cuda-graphs-"))
     on_cuda = device.startswith("cuda")
     stream = torch.cuda.Stream() if on_cuda and one_stream else None
@@ -304,7 +306,7 @@ def graphed_stages(graph: Any, stages: Mapping[str, StageRunner], artifact_dir: 
         inner = stages[spec.name]
         if spec.format == "onnx":
             out[spec.name] = StaticCudaGraphOnnxRunner(Path(artifact_dir) / spec.file, spec, None,
-                                                       workdir / spec.name, size, device, stream)
+                                                       workdir / spec.name, size, device, stream, cuda_options)
         elif on_cuda and getattr(inner, "device", torch.device("cpu")).type == "cuda":
             out[spec.name] = CapturedWherePossible(inner, size, stream)
     return out

@@ -259,24 +259,18 @@ def main() -> None:
             print(f"  {f['stage']:20s} {f['params_M']:8.1f} M params {f['gflop']:8.1f} GFLOP "
                   f"weights {f['weight_read_ms']:.2f} ms compute {f['compute_ms']:.2f} ms "
                   f"-> floor {f['floor_ms']:.2f} ms")
-        k_header, k_table = kernel_rows(rows)
-        if k_table:
-            print("\nCUDA kernels per call (CUPTI)")
-            print(" | ".join(k_header))
-            for row in k_table:
-                print(" | ".join(row))
+        for title, (header, table) in (("CUDA kernels per call (CUPTI)", kernel_rows(rows)),
+                                       ("one whole tick on the GPU, ms (CUPTI)", timeline_rows(rows))):
+            if table:
+                print(f"\n{title}")
+                for row in (header, *table):
+                    print(" | ".join(row))
         for r in rows:
             for stage, k in r.kernels.items():
                 if r.backend.startswith(("ort-cudagraph", "torch-compile")) and k.top:
                     print(f"\ncostliest kernels, {r.backend} {stage} (ms per call, launches per call)")
                     for name, ms, n in k.top:
                         print(f"  {ms:6.3f} {n:5.0f}  {name[:130]}")
-        t_header, t_table = timeline_rows(rows)
-        if t_table:
-            print("\none whole tick on the GPU, ms (CUPTI)")
-            print(" | ".join(t_header))
-            for row in t_table:
-                print(" | ".join(row))
         for r in rows:
             if r.note:
                 print(f"note {r.backend}: {r.note}")

@@ -142,22 +142,15 @@ def print_bench(results: Any, device_name: str, iters: int) -> None:
     for row in rows:
         table.add_row(*row)
     out_console.print(table)
-    k_header, k_rows = kernel_rows(results)
-    if k_rows:
-        kernels = Table(title="CUDA kernels per call (CUPTI trace)", title_justify="left")
-        for col in k_header:
-            kernels.add_column(col)
-        for row in k_rows:
-            kernels.add_row(*row)
-        out_console.print(kernels)
-    t_header, t_rows = timeline_rows(results)
-    if t_rows:
-        ticks = Table(title="one whole tick on the GPU, ms (CUPTI trace; medians)", title_justify="left")
-        for col in t_header:
-            ticks.add_column(col)
-        for row in t_rows:
-            ticks.add_row(*row)
-        out_console.print(ticks)
+    for title, (header, rows) in (("CUDA kernels per call (CUPTI trace)", kernel_rows(results)),
+                                  ("one whole tick on the GPU, ms (CUPTI trace; medians)", timeline_rows(results))):
+        if rows:
+            profiled = Table(title=title, title_justify="left")
+            for col in header:
+                profiled.add_column(col)
+            for row in rows:
+                profiled.add_row(*row)
+            out_console.print(profiled)
 
 
 def print_engines(reports: list, title: str) -> None:

@@ -122,6 +122,39 @@ def test_pixel_values_are_exact_eager_and_scripted(golden):
     assert np.abs(alone - want).max() == 0.0
 
 
+def test_a_call_on_square_frames_builds_no_resize_taps(golden, monkeypatch):
+    # what lets a CUDA graph capture the stage: no host tensors built (and copied to the GPU) during a call
+    from gr00t_export.families.n1_6 import video
+
+    stage = VideoPreprocessor()
+
+    def refuse(*args):
+        raise AssertionError("resize taps built per call")
+
+    for name in ("cv_area_enlarge_taps", "cv_area_shrink_weights", "pil_bicubic_weights"):
+        monkeypatch.setattr(video, name, refuse)
+    assert np.abs(stage(_frame(golden)).numpy() - golden["processed.pixel_values"]).max() == 0.0
+    with pytest.raises(AssertionError, match="per call"):  # another size still builds its first resize's weights
+        stage(torch.zeros(1, 200, 300, 3, dtype=torch.uint8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; benchmarks/device_run.py runs this")
+def test_the_video_stage_replays_as_a_cuda_graph(golden):
+    from gr00t_export.families.n1_6.partition import VideoStage, graph_spec_path
+    from gr00t_export.runtime.cuda_graphs import CapturedWherePossible
+    from gr00t_export.runtime.runner import TorchStageRunner
+    from gr00t_export.spec import load_graph_spec
+
+    spec = load_graph_spec(graph_spec_path(), views=1).stage("preprocess_video")
+    direct = TorchStageRunner(torch.jit.script(VideoStage(256, 0.95, torch.float16)).cuda(), spec, "cuda")
+    graphed = CapturedWherePossible(direct)
+    frames = _frame(golden)[None]  # (B=1, T=1, 256, 256, 3)
+    for shift in (0, 7, 0):  # a capture, a replay on other frames, a replay of the first
+        feeds = {"frames_0": torch.roll(frames, shift, dims=3)}
+        got = graphed.infer(feeds)["pixel_values"].clone()
+        assert graphed.failure == "" and torch.equal(got, direct.infer(feeds)["pixel_values"])
+
+
 @pytest.mark.parametrize("height, width", [(480, 640), (256, 320), (200, 200), (720, 1280)])
 def test_transform_matches_opencv_pipeline(height: int, width: int):
     cv2 = pytest.importorskip("cv2")

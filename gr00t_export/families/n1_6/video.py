@@ -96,6 +96,12 @@ def pil_bicubic_resize(images: Tensor, out_h: int, out_w: int) -> Tensor:
     return x
 
 
+def pil_bicubic_resize_square(images: Tensor, weights: Tensor) -> Tensor:
+    """`pil_bicubic_resize` of square images to a square, with the weights (`pil_bicubic_weights(in, out)`, on the
+    images' device) given: both passes use the same matrix."""
+    return _pil_pass(_pil_pass(images, weights).transpose(-1, -2), weights).transpose(-1, -2)
+
+
 def cv_area_shrink_weights(in_size: int, out_size: int) -> Tensor:
     """(out, in) weights of OpenCV's INTER_AREA when shrinking (`computeResizeAreaTab`): overlap / cell width,
     edge overlaps of at most 1e-3 dropped, weights rounded to float32 as OpenCV stores them."""
@@ -149,21 +155,33 @@ def cv_area_resize(images: Tensor, out_h: int, out_w: int) -> Tensor:
         return torch.clamp(torch.round(x), 0.0, 255.0)
     if out_h >= in_h and out_w >= in_w:
         c0, c1, a0, a1 = cv_area_enlarge_taps(in_w, out_w)
-        c0, c1, a0, a1 = c0.to(images.device), c1.to(images.device), a0.to(images.device), a1.to(images.device)
-        # exact ints, scaled by 2^11
-        horizontal = torch.index_select(images, 3, c0) * a0 + torch.index_select(images, 3, c1) * a1
         r0, r1, b0, b1 = cv_area_enlarge_taps(in_h, out_h)
-        r0, r1, b0, b1 = r0.to(images.device), r1.to(images.device), b0.to(images.device), b1.to(images.device)
-        top = torch.floor(torch.index_select(horizontal, 2, r0) / 16.0)
-        bottom = torch.floor(torch.index_select(horizontal, 2, r1) / 16.0)
-        mixed = (torch.floor(b0[:, None] * top / 65536.0) + torch.floor(b1[:, None] * bottom / 65536.0))
-        return torch.clamp(torch.floor((mixed + 2.0) / 4.0), 0.0, 255.0)
+        device = images.device
+        return cv_area_enlarge(images, torch.stack([c0, c1]).to(device), torch.stack([a0, a1]).to(device),
+                               torch.stack([r0, r1]).to(device), torch.stack([b0, b1]).to(device))
     raise ValueError("cv_area_resize: shrinking one axis and enlarging the other is not supported")
+
+
+def cv_area_enlarge(images: Tensor, columns: Tensor, column_weights: Tensor, rows: Tensor, row_weights: Tensor
+                    ) -> Tensor:
+    """INTER_AREA enlargement with its taps given (`cv_area_enlarge_taps` of each axis, stacked: (2, out) source
+    indices and (2, out) weights, on the images' device)."""
+    # exact ints, scaled by 2^11
+    horizontal = (torch.index_select(images, 3, columns[0]) * column_weights[0]
+                  + torch.index_select(images, 3, columns[1]) * column_weights[1])
+    top = torch.floor(torch.index_select(horizontal, 2, rows[0]) / 16.0)
+    bottom = torch.floor(torch.index_select(horizontal, 2, rows[1]) / 16.0)
+    mixed = (torch.floor(row_weights[0][:, None] * top / 65536.0)
+             + torch.floor(row_weights[1][:, None] * bottom / 65536.0))
+    return torch.clamp(torch.floor((mixed + 2.0) / 4.0), 0.0, 255.0)
 
 
 class Gr00tImageTransform(nn.Module):
     """uint8 frames (N, H, W, 3) of one camera -> uint8 (N, S, S, 3), S = `shortest_edge`: NVIDIA's eval transform
-    (letterbox, INTER_AREA to S, centre crop `crop_fraction`, INTER_AREA to S)."""
+    (letterbox, INTER_AREA to S, centre crop `crop_fraction`, INTER_AREA to S).
+
+    The crop -> S enlargement is the same for every camera: its taps are built once (buffers), so a call on S x S
+    frames makes no host tensors and a CUDA graph can capture it. Other sizes build the first resize's per call."""
 
     def __init__(self, shortest_edge: int = 256, crop_fraction: float = 0.95):
         super().__init__()
@@ -171,6 +189,10 @@ class Gr00tImageTransform(nn.Module):
             raise InputError(f"shortest_edge {shortest_edge} must be > 0 and crop_fraction {crop_fraction} in (0, 1]")
         self.shortest_edge = int(shortest_edge)
         self.crop_fraction = float(crop_fraction)
+        self.crop = max(1, int(self.shortest_edge * self.crop_fraction))
+        s0, s1, w0, w1 = cv_area_enlarge_taps(self.crop, self.shortest_edge)
+        self.register_buffer("enlarge_from", torch.stack([s0, s1]), persistent=False)
+        self.register_buffer("enlarge_weights", torch.stack([w0, w1]), persistent=False)
 
     def forward(self, frames: Tensor) -> Tensor:
         if frames.dim() != 4 or frames.size(3) != 3 or frames.dtype != torch.uint8:
@@ -182,22 +204,37 @@ class Gr00tImageTransform(nn.Module):
         x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
         # SmallestMaxSize on a square: round(side * S / side) = S
         x = cv_area_resize(x, self.shortest_edge, self.shortest_edge)
-        crop = max(1, int(self.shortest_edge * self.crop_fraction))
+        crop = self.crop
         offset = (self.shortest_edge - crop) // 2
         x = x[:, :, offset:offset + crop, offset:offset + crop]
-        x = cv_area_resize(x, self.shortest_edge, self.shortest_edge)
+        if crop < self.shortest_edge:
+            x = cv_area_enlarge(x, self.enlarge_from, self.enlarge_weights, self.enlarge_from, self.enlarge_weights)
         return x.permute(0, 2, 3, 1).to(torch.uint8)
 
 
 class EagleImageProcessor(nn.Module):
     """uint8 (N, H, W, 3) -> float32 pixel_values (N, 3, h, w) in [-1, 1]: smart_resize with PIL bicubic, then
-    (x / 255 - 0.5) / 0.5, which the fast image processor fuses into (x - 127.5) / 127.5."""
+    (x / 255 - 0.5) / 0.5, which the fast image processor fuses into (x - 127.5) / 127.5.
+
+    `square`: the side of the images it usually gets (the GR00T transform's S): their bicubic weights are built
+    once (a buffer), so those calls make no host tensors; other sizes build theirs per call."""
+
+    def __init__(self, square: int = 0):
+        super().__init__()
+        self.square = int(square)
+        side = smart_resize(square, square)[0] if square > 0 else 0
+        weights = pil_bicubic_weights(square, side) if square > 0 and side != square else torch.zeros(0, 0)
+        self.register_buffer("square_weights", weights.to(torch.float64), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.size(3) != 3 or images.dtype != torch.uint8:
             raise ValueError("images must be uint8 (N, H, W, 3) RGB")
         out_h, out_w = smart_resize(images.size(1), images.size(2))
-        x = pil_bicubic_resize(images.permute(0, 3, 1, 2).to(torch.float64), out_h, out_w)
+        x = images.permute(0, 3, 1, 2).to(torch.float64)
+        if images.size(1) == self.square and images.size(2) == self.square and self.square_weights.numel() > 0:
+            x = pil_bicubic_resize_square(x, self.square_weights)
+        else:
+            x = pil_bicubic_resize(x, out_h, out_w)
         return ((x - 127.5) / 127.5).to(torch.float32)
 
 
@@ -208,7 +245,7 @@ class VideoPreprocessor(nn.Module):
     def __init__(self, shortest_edge: int = 256, crop_fraction: float = 0.95):
         super().__init__()
         self.transform = Gr00tImageTransform(shortest_edge, crop_fraction)
-        self.processor = EagleImageProcessor()
+        self.processor = EagleImageProcessor(shortest_edge)
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.processor(self.transform(frames))

@@ -211,7 +211,9 @@ class _Sampler(torch.nn.Module):
         return self.head.get_action(features, attention_mask, image_mask, state, embodiment_id, noise)
 
 
-def test_lowered_n16_masked_cross_attention_matches_eager(tmp_path: Path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="exporting on the GPU needs one; benchmarks/device_run.py builds there"))])
+def test_lowered_n16_masked_cross_attention_matches_eager(tmp_path: Path, device: str):
     head = _randomized(Gr00tN16ActionHead(n16_preset("n1.6-tiny").action_head), 4)
     g = torch.Generator().manual_seed(5)
     features = torch.randn(2, 12, 64, generator=g)
@@ -222,13 +224,19 @@ def test_lowered_n16_masked_cross_attention_matches_eager(tmp_path: Path):
     args = (features, attention_mask, image_mask, torch.randn(2, 1, 128, generator=g), torch.tensor([20, 10]),
             torch.randn(2, 50, 128, generator=g))
     names = ["features", "attention_mask", "image_mask", "state", "embodiment_id", "noise"]
-    fused = _export(_Sampler(head), args, names, tmp_path / "head.onnx", onnxruntime_ops=True)
+    head, on_device = head.to(device), tuple(t.to(device) for t in args)
+    fused = _export(_Sampler(head), on_device, names, tmp_path / "head.onnx", onnxruntime_ops=True)
     ah, dit = head.cfg, head.cfg.diffusion_model
     steps, cross = ah.num_inference_timesteps, sum(map(dit.is_cross_attention, range(dit.num_layers)))
     assert fused["MultiHeadAttention"] == steps * cross and fused["Attention"] == steps * (dit.num_layers - cross)
     assert fused["FastGelu"] == steps * dit.num_layers and "Softmax" not in fused
+    # keys and values split into heads, once per cross block for every step (the masks still vary by block)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "head.onnx")))
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.value_info}
+    keys = [n.input[1] for n in model.graph.node if n.op_type == "MultiHeadAttention"]
+    assert all(ranks[k] == 4 for k in keys) and len(set(keys)) == cross
     with torch.no_grad():
-        want = head.get_action(*args).numpy()
+        want = head.get_action(*on_device).cpu().numpy()
     got = _run(tmp_path / "head.onnx", dict(zip(names, args, strict=True)))
     # random weights drive the velocities to O(100); a key mask lost or misread shows as O(1) errors
     assert np.abs(got - want).max() <= 5e-5 * np.abs(want).max(), np.abs(got - want).max()
@@ -324,25 +332,38 @@ if __name__ == "__main__" and sys.argv[1:] == ["WRITE_GOLDEN"]:
     print({k: (v.shape, float(np.abs(v).max())) for k, v in preds.items()})
 
 
-def test_cross_attention_keys_and_values_are_projected_once_per_call():
+@pytest.mark.parametrize("family", ["n1_5", "n1_6"])
+def test_cross_attention_keys_and_values_are_projected_once_per_call(family: str):
     """The VL tokens do not change across Euler steps: each cross block projects them once per sampler call, so the
     exported graph holds one k/v projection per block whatever the step count (not left to a runtime's CSE)."""
     from gr00t_export.families.n1_5.model import FlowmatchingActionHead
 
     torch.manual_seed(0)
-    cfg = n15_preset("tiny").action_head
-    head = FlowmatchingActionHead(cfg).eval()
+    b, length = 2, 7
+    if family == "n1_5":
+        cfg = n15_preset("tiny").action_head
+        head = FlowmatchingActionHead(cfg).eval()
+        args = (torch.randn(b, length, cfg.backbone_embedding_dim), torch.randn(b, 1, cfg.max_state_dim),
+                torch.tensor([3, 5]), torch.randn(b, cfg.action_horizon, cfg.action_dim))
+        is_cross = head.model.is_cross
+    else:
+        cfg = n16_preset("n1.6-tiny").action_head
+        head = Gr00tN16ActionHead(cfg).eval()
+        image_mask = torch.zeros(b, length, dtype=torch.bool)
+        image_mask[:, 2:5] = True
+        args = (torch.randn(b, length, cfg.backbone_embedding_dim), torch.ones(b, length, dtype=torch.long),
+                image_mask, torch.randn(b, 1, cfg.max_state_dim), torch.tensor([3, 5]),
+                torch.randn(b, cfg.action_horizon, cfg.max_action_dim))
+        is_cross = cfg.diffusion_model.is_cross_attention
     calls: dict[str, int] = {}
     for i, block in enumerate(head.model.transformer_blocks):
         for name in ("k_proj", "q_proj"):
             layer = getattr(block.attn1, name)
             layer.register_forward_hook(lambda *_, key=f"{i}.{name}": calls.__setitem__(key, calls.get(key, 0) + 1))
-    b, length = 2, 7
     with torch.no_grad():
-        head.get_action(torch.randn(b, length, cfg.backbone_embedding_dim), torch.randn(b, 1, cfg.max_state_dim),
-                        torch.tensor([3, 5]), torch.randn(b, cfg.action_horizon, cfg.action_dim))
+        head.get_action(*args)
     steps = cfg.num_inference_timesteps
-    assert steps > 1
+    assert steps > 1 and any(map(is_cross, range(len(head.model.transformer_blocks))))
     for i in range(len(head.model.transformer_blocks)):
         assert calls[f"{i}.q_proj"] == steps  # the queries change every step
-        assert calls[f"{i}.k_proj"] == (1 if head.model.is_cross(i) else steps), i
+        assert calls[f"{i}.k_proj"] == (1 if is_cross(i) else steps), i

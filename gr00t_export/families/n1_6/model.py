@@ -150,15 +150,20 @@ class AlternateVLDiT(nn.Module):
         then the output layer's (shift, scale) (the reverse order, as NVIDIA's `proj_out_1` chunks it)."""
         return dit_conditioning(self.timestep_encoder, self.transformer_blocks, self.proj_out_1, timesteps)
 
-    def forward(self, sa_embs: Tensor, vl_embs: Tensor, conditioning: Tensor, text_bias: Tensor,
-                image_bias: Tensor) -> Tensor:
-        # sa_embs (B, 1 + 50, inner), vl_embs (B, L, backbone), conditioning (num_layers + 1, 2, inner) of the step;
-        # text_bias / image_bias (B, 1, 1, L) additive key masks -> (B, 1 + 50, output_dim)
+    def cross_kv(self, vl_embs: Tensor) -> list[tuple[Tensor, Tensor] | None]:
+        """Keys and values of the VL tokens for every cross-attention block: the same at every Euler step, so the
+        sampler computes them once per call."""
+        return [block.attn1.kv(vl_embs) if self.cross[i] else None for i, block in enumerate(self.transformer_blocks)]
+
+    def forward(self, sa_embs: Tensor, context_kv: list[tuple[Tensor, Tensor] | None], conditioning: Tensor,
+                text_bias: Tensor, image_bias: Tensor) -> Tensor:
+        # sa_embs (B, 1 + 50, inner), context_kv from `cross_kv`, conditioning (num_layers + 1, 2, inner) of the
+        # step; text_bias / image_bias (B, 1, 1, L) additive key masks -> (B, 1 + 50, output_dim)
         x = sa_embs
-        for i, block in enumerate(self.transformer_blocks):
+        for i, (block, kv) in enumerate(zip(self.transformer_blocks, context_kv, strict=True)):
             scale, shift = conditioning[i, 0], conditioning[i, 1]
             if self.cross[i]:
-                x = modulated_block(block, x, scale, shift, vl_embs, text_bias if self.text[i] else image_bias)
+                x = modulated_block(block, x, scale, shift, mask=text_bias if self.text[i] else image_bias, kv=kv)
             else:
                 x = modulated_block(block, x, scale, shift)
         shift, scale = conditioning[-1, 0], conditioning[-1, 1]
@@ -185,15 +190,16 @@ class Gr00tN16ActionHead(nn.Module):
         return torch.stack([self.model.conditioning(torch.full((1,), t, dtype=torch.long, device=device))
                             for t in self.cfg.timestep_buckets()])
 
-    def velocity(self, vl_embs: Tensor, text_bias: Tensor, image_bias: Tensor, state_features: Tensor,
-                 actions: Tensor, timesteps: Tensor, conditioning: Tensor, embodiment_id: Tensor) -> Tensor:
+    def velocity(self, context_kv: list[tuple[Tensor, Tensor] | None], text_bias: Tensor, image_bias: Tensor,
+                 state_features: Tensor, actions: Tensor, timesteps: Tensor, conditioning: Tensor,
+                 embodiment_id: Tensor) -> Tensor:
         """One DiT evaluation: noisy actions (B, 50, action_dim) at `timesteps` (1,) with that step's `conditioning`
         -> velocity (B, 50, action_dim)."""
         action_features = self.action_encoder(actions, timesteps, embodiment_id)
         if self.cfg.add_pos_embed:
             action_features = action_features + self.position_embedding.weight[: actions.shape[1]].unsqueeze(0)
         sa_embs = torch.cat([state_features, action_features], dim=1)
-        out = self.model(sa_embs, vl_embs, conditioning, text_bias, image_bias)
+        out = self.model(sa_embs, context_kv, conditioning, text_bias, image_bias)
         return self.action_decoder(out, embodiment_id)[:, -actions.shape[1]:]
 
     def get_action(self, backbone_features: Tensor, attention_mask: Tensor, image_mask: Tensor, state: Tensor,
@@ -205,6 +211,7 @@ class Gr00tN16ActionHead(nn.Module):
         `self.conditioning()`, computed here when not given (an export passes it as a constant).
         """
         vl_embs = self.vlln(backbone_features)
+        context_kv = self.model.cross_kv(vl_embs)  # once per call, not once per Euler step
         text_bias, image_bias = cross_attention_biases(image_mask, attention_mask, vl_embs.dtype)
         state_features = self.state_encoder(state.to(vl_embs.dtype), embodiment_id)
         actions = init_actions.to(vl_embs.dtype)
@@ -213,7 +220,7 @@ class Gr00tN16ActionHead(nn.Module):
             # one timestep for the whole batch, independent of the inputs
             timesteps = torch.full((1,), t, dtype=torch.long, device=actions.device)
             step_conditioning = self.model.conditioning(timesteps) if conditioning is None else conditioning[step]
-            actions = actions + dt * self.velocity(vl_embs, text_bias, image_bias, state_features, actions,
+            actions = actions + dt * self.velocity(context_kv, text_bias, image_bias, state_features, actions,
                                                    timesteps, step_conditioning, embodiment_id)
         return actions
 
